@@ -1,0 +1,247 @@
+//! Command-line parsing, output and exit codes. Everything else lives in the library.
+
+mod progress;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::engine::restore::{self, RestoreOptions};
+use crate::engine::target::{self, Target, TimelineChoice};
+use crate::engine::{Context, archive, backup, check, human_bytes, info, verify};
+
+/// Where the config is looked for when neither --config nor PGKEEP_CONFIG says.
+const DEFAULT_CONFIG: &str = "/etc/pgkeep/pgkeep.toml";
+
+/// Exit code for archive-get failures other than "not archived": PostgreSQL treats
+/// codes above 125 as fatal and stops recovery, instead of taking the failure as the
+/// end of WAL and promoting a database that is missing data.
+const EXIT_STOP_RECOVERY: i32 = 126;
+
+#[derive(Parser)]
+#[command(name = "pgkeep", version, about = "PostgreSQL backup and point-in-time recovery")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "PGKEEP_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Cluster (a [cluster.NAME] section); may be left out when the config has one.
+    #[arg(long, global = true)]
+    cluster: Option<String>,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Register the cluster in the repository (creating the repository if needed).
+    Init,
+    /// Check configuration, connection, archiving settings, and that WAL arrives.
+    Check,
+    /// Take an online backup.
+    Backup,
+    /// Archive one WAL file (for archive_command = '... archive-push %p').
+    ArchivePush { path: PathBuf },
+    /// Fetch one archived WAL file (for restore_command = '... archive-get %f "%p"').
+    ArchiveGet { name: String, dest: PathBuf },
+    /// Restore a backup into a new data directory, set up to recover to a target.
+    Restore(RestoreArgs),
+    /// Show backups, the WAL archive and the recoverable window.
+    Info {
+        /// Machine-readable output (shape documented in docs/INFO-JSON.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read and check every chunk and WAL file, and WAL continuity.
+    Verify,
+}
+
+#[derive(Args)]
+#[group(id = "recovery_target", multiple = false)]
+struct TargetArgs {
+    /// Recover to this time (with a time zone, e.g. '2026-11-21 09:30:00+00').
+    #[arg(long)]
+    target_time: Option<String>,
+    /// Recover up to the commit of this transaction.
+    #[arg(long)]
+    target_xid: Option<u64>,
+    /// Recover to this named restore point (pg_create_restore_point).
+    #[arg(long)]
+    target_name: Option<String>,
+    /// Recover to this WAL position.
+    #[arg(long)]
+    target_lsn: Option<String>,
+    /// 'immediate': stop as soon as the backup is consistent.
+    #[arg(long, value_parser = ["immediate"])]
+    target: Option<String>,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// New data directory (must be empty or not exist).
+    #[arg(long)]
+    pgdata: PathBuf,
+    /// Backup label to restore (default: the newest that can reach the target).
+    #[arg(long)]
+    backup: Option<String>,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// What the server does at the target: promote, pause or shutdown.
+    #[arg(long)]
+    target_action: Option<String>,
+    /// Timeline to follow: latest, current or a number.
+    #[arg(long, default_value = "latest")]
+    target_timeline: String,
+    /// Relocate a tablespace: OLD=NEW (repeatable).
+    #[arg(long, value_name = "OLD=NEW")]
+    tablespace_map: Vec<String>,
+}
+
+fn parse_target(t: &TargetArgs) -> Result<Target> {
+    Ok(if let Some(time) = &t.target_time {
+        Target::Time(target::parse_time(time)?)
+    } else if let Some(xid) = t.target_xid {
+        Target::Xid(xid)
+    } else if let Some(name) = &t.target_name {
+        Target::Name(name.clone())
+    } else if let Some(lsn) = &t.target_lsn {
+        Target::Lsn(lsn.parse().map_err(anyhow::Error::msg)?)
+    } else if t.target.is_some() {
+        Target::Immediate
+    } else {
+        Target::End
+    })
+}
+
+fn restore_options(args: &RestoreArgs) -> Result<RestoreOptions> {
+    let mut map = Vec::new();
+    for m in &args.tablespace_map {
+        let Some((old, new)) = m.split_once('=') else {
+            bail!("--tablespace-map '{m}' must be OLD=NEW");
+        };
+        map.push((old.to_string(), new.to_string()));
+    }
+    Ok(RestoreOptions {
+        pgdata: args.pgdata.clone(),
+        backup: args.backup.clone(),
+        target: parse_target(&args.target)?,
+        action: args.target_action.clone(),
+        timeline: args.target_timeline.parse::<TimelineChoice>().map_err(anyhow::Error::msg)?,
+        tablespace_map: map,
+    })
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGKEEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pgkeep={default}")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let is_archive_get = matches!(cli.command, Command::ArchiveGet { .. });
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pgkeep: error: {e:#}");
+            if is_archive_get { EXIT_STOP_RECOVERY } else { 1 }
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<i32> {
+    let config = Config::load(&cli.config)?;
+    let create = matches!(cli.command, Command::Init);
+    let ctx = Context::new(&config, cli.cluster.as_deref(), create)?;
+    match &cli.command {
+        Command::Init => println!("{}", check::init(&ctx)?),
+        Command::Check => {
+            let problems = check::check(&ctx)?;
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("problem: {p}");
+                }
+                return Ok(1);
+            }
+            println!("ok: configuration, connection and WAL archiving all work for cluster '{}'", ctx.cluster_name);
+        }
+        Command::Backup => {
+            let bar = progress::bar("backup");
+            let started = std::time::Instant::now();
+            let m = backup::backup(&ctx, &bar)?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "backup {}: {} in {} files, stored {} new, {:.1} s, {}/s{}",
+                m.label,
+                human_bytes(m.size),
+                m.files.len(),
+                human_bytes(m.stored_size),
+                secs,
+                human_bytes((m.size as f64 / secs.max(0.001)) as u64),
+                match m.bad_block_count() {
+                    0 => String::new(),
+                    n => format!(", WARNING: {n} blocks failed page checksum validation (see `pgkeep info`)"),
+                }
+            );
+            for f in m.files.iter().filter(|f| !f.bad_blocks.is_empty()) {
+                eprintln!("warning: {} has invalid page checksums in blocks {:?}", f.path, f.bad_blocks);
+            }
+        }
+        Command::ArchivePush { path } => archive::push(&ctx, path)?,
+        Command::ArchiveGet { name, dest } => {
+            if !archive::get(&ctx, name, dest)? {
+                tracing::info!("{name} is not in the archive");
+                return Ok(1);
+            }
+        }
+        Command::Restore(args) => {
+            let opts = restore_options(args)?;
+            let bar = progress::bar("restore");
+            let s = restore::restore(&ctx, &opts, &bar)?;
+            println!(
+                "restored backup {} ({} in {} files) into {} in {:.1} s; start PostgreSQL on it to recover",
+                s.label,
+                human_bytes(s.bytes),
+                s.files,
+                opts.pgdata.display(),
+                s.seconds
+            );
+        }
+        Command::Info { json } => {
+            let manifests = ctx.repo.manifests()?;
+            let report = info::report(&ctx, &manifests)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", info::render(&report));
+            }
+        }
+        Command::Verify => {
+            let r = verify::verify(&ctx)?;
+            for p in &r.problems {
+                let breaks = if p.breaks.is_empty() { "no backup".to_string() } else { p.breaks.join(", ") };
+                eprintln!("problem: {} (affects: {breaks})", p.what);
+            }
+            if !r.problems.is_empty() {
+                eprintln!("verify found {} problem(s)", r.problems.len());
+                return Ok(1);
+            }
+            println!(
+                "verify ok: {} backups, {} chunks, {} WAL files checked",
+                r.backups, r.chunks, r.wal_files
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,145 @@
+//! The TOML configuration file. Unknown keys are errors: a typo must never silently
+//! turn a setting off.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub repository: RepositoryConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
+    pub cluster: BTreeMap<String, ClusterConfig>,
+    /// Absolute path of the file this came from, for `archive_command` and
+    /// `restore_command` lines.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Local directory holding the repository.
+    pub path: PathBuf,
+    /// zstd level for data and WAL (0 stores uncompressed).
+    #[serde(default = "default_compress_level")]
+    pub compress_level: i32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Parallel workers; 0 means one per core.
+    #[serde(default)]
+    pub jobs: usize,
+    /// Seconds a backup waits for its last WAL segment to reach the archive.
+    #[serde(default = "default_archive_timeout")]
+    pub archive_timeout: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig { jobs: 0, archive_timeout: default_archive_timeout() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub pgdata: PathBuf,
+    /// libpq-style connection string or URI.
+    #[serde(default)]
+    pub connection: String,
+}
+
+fn default_compress_level() -> i32 {
+    3
+}
+
+fn default_archive_timeout() -> u64 {
+    60
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read config file {}; pass --config FILE or set PGKEEP_CONFIG", path.display())
+        })?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config file {} is invalid: {}", path.display(), e.to_string().trim()))?;
+        config.path = std::path::absolute(path)?;
+        for name in config.cluster.keys() {
+            let ok = !name.is_empty()
+                && !name.starts_with('.')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            if !ok {
+                bail!("cluster name '{name}' in {} may use only letters, digits, '_', '-' and '.'", path.display());
+            }
+        }
+        if !(0..=22).contains(&config.repository.compress_level) {
+            bail!("repository.compress_level must be between 0 and 22 (zstd levels), not {}", config.repository.compress_level);
+        }
+        Ok(config)
+    }
+
+    /// The cluster to work on: the one named, or the only one configured.
+    pub fn select_cluster(&self, name: Option<&str>) -> Result<(&str, &ClusterConfig)> {
+        match name {
+            Some(n) => self
+                .cluster
+                .get_key_value(n)
+                .map(|(k, v)| (k.as_str(), v))
+                .with_context(|| format!("cluster '{n}' is not in {}; add a [cluster.{n}] section", self.path.display())),
+            None => match self.cluster.len() {
+                1 => Ok(self.cluster.iter().next().map(|(k, v)| (k.as_str(), v)).unwrap()),
+                0 => bail!("{} defines no cluster; add a [cluster.NAME] section", self.path.display()),
+                _ => bail!(
+                    "{} defines several clusters ({}); choose one with --cluster",
+                    self.path.display(),
+                    self.cluster.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            },
+        }
+    }
+
+    pub fn jobs(&self) -> usize {
+        if self.backup.jobs > 0 {
+            self.backup.jobs
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgkeep.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn minimal_config_and_selection() {
+        let c = load("[repository]\npath='/r'\n[cluster.main]\npgdata='/d'\nconnection='port=5432'\n").unwrap();
+        assert_eq!(c.select_cluster(None).unwrap().0, "main");
+        assert_eq!(c.repository.compress_level, 3);
+        assert!(c.select_cluster(Some("other")).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = load("[repository]\npath='/r'\ncompres_level=3\n").unwrap_err().to_string();
+        assert!(err.contains("compres_level"), "{err}");
+        let err = load("[repository]\npath='/r'\n[cluster.main]\npgdata='/d'\nconection='x'\n").unwrap_err().to_string();
+        assert!(err.contains("conection"), "{err}");
+    }
+}

@@ -1,0 +1,82 @@
+//! `archive-push` and `archive-get`: the endpoints PostgreSQL's `archive_command` and
+//! `restore_command` call.
+//!
+//! Invariants: push returns success only once the file is durable in the repository; a
+//! file already archived with the same content is a success; different content under the
+//! same name is an error and the stored file is never replaced.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Context;
+use crate::format::wal::{self, WalFile};
+use crate::repo::object;
+
+/// Archives one WAL file (segment, `.partial`, `.backup` or `.history`).
+pub fn push(ctx: &Context, path: &Path) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let file = WalFile::parse(name).with_context(|| {
+        format!("'{}' is not a WAL file name; archive_command must pass %p", path.display())
+    })?;
+    let info = ctx.repo.require_info()?;
+    let data = std::fs::read(path).with_context(|| format!("cannot read WAL file {}", path.display()))?;
+    if let WalFile::Segment { .. } = file {
+        if data.len() as u64 != info.wal_segment_size {
+            bail!(
+                "WAL segment {name} is {} bytes but the cluster's segments are {}; refusing a truncated or foreign segment",
+                data.len(),
+                info.wal_segment_size
+            );
+        }
+        if let Some(header) = wal::parse_long_header(&data)
+            && header.system_identifier != info.system_identifier
+        {
+            bail!(
+                "WAL segment {name} comes from database system {} but repository cluster '{}' is system {}; \
+                 check that archive_command names the right --cluster",
+                header.system_identifier,
+                ctx.cluster_name,
+                info.system_identifier
+            );
+        }
+    }
+    let key = ctx.repo.wal_key(&file, name);
+    let encoded = object::encode(&data, ctx.config.repository.compress_level)?;
+    if ctx.repo.storage.put_new(&key, &encoded)? {
+        return Ok(());
+    }
+    let stored = ctx
+        .repo
+        .storage
+        .get(&key)?
+        .with_context(|| format!("archived {name} vanished while being compared"))?;
+    if object::recorded_hash(&stored).ok() == Some(*blake3::hash(&data).as_bytes()) {
+        tracing::info!("{name} is already archived with identical content");
+        return Ok(());
+    }
+    bail!(
+        "{name} is already archived with different content; pgkeep never overwrites archived WAL: \
+         check whether another server archives to cluster '{}'",
+        ctx.cluster_name
+    )
+}
+
+/// Fetches one archived WAL file to `dest`. `Ok(false)` when it is not in the archive,
+/// which PostgreSQL treats as the normal end of archived WAL.
+pub fn get(ctx: &Context, name: &str, dest: &Path) -> Result<bool> {
+    let Some(data) = ctx.repo.get_wal(name)? else { return Ok(false) };
+    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let temp = dir.join(format!(".pgkeep.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&temp)?;
+        f.write_all(&data)?;
+        std::fs::rename(&temp, dest)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e).with_context(|| format!("cannot write {}", dest.display()));
+    }
+    Ok(true)
+}

@@ -1,0 +1,232 @@
+//! `info`: backups, the WAL archive per timeline, and the window one can restore to.
+//! The JSON shape is documented in `docs/INFO-JSON.md` and kept stable.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::Context;
+use crate::format::lsn::Lsn;
+use crate::format::wal::{SegmentSize, WalFile};
+use crate::repo::manifest::Manifest;
+
+#[derive(Serialize)]
+pub struct InfoReport {
+    pub cluster: String,
+    /// A string: 64-bit identifiers do not survive JSON number parsing everywhere.
+    pub system_identifier: String,
+    pub pg_version: u32,
+    pub backups: Vec<BackupInfo>,
+    pub wal: Vec<TimelineInfo>,
+    pub recoverable: Option<Window>,
+}
+
+#[derive(Serialize)]
+pub struct BackupInfo {
+    pub label: String,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub timeline: u32,
+    pub size: u64,
+    pub stored_size: u64,
+    pub files: usize,
+    pub bad_blocks: usize,
+}
+
+#[derive(Serialize)]
+pub struct TimelineInfo {
+    pub timeline: u32,
+    pub first_segment: String,
+    pub last_segment: String,
+    pub segments: usize,
+    /// Runs of missing segments between the first and the last: `[first, last]`.
+    pub gaps: Vec<[String; 2]>,
+    pub last_archived: DateTime<Utc>,
+}
+
+/// From the end of the oldest restorable backup to the last WAL that continues, without a
+/// gap, from a backup. `to_time` is when that segment was archived: recovery can reach
+/// any commit before it.
+#[derive(Serialize)]
+pub struct Window {
+    pub from_time: DateTime<Utc>,
+    pub from_backup: String,
+    pub to_time: DateTime<Utc>,
+    pub to_segment: String,
+}
+
+/// Archived segments of one timeline: segment number → archive time.
+pub type Segments = BTreeMap<u64, i64>;
+
+/// Archived segments of every timeline.
+pub fn archived_segments(ctx: &Context, seg: SegmentSize) -> Result<BTreeMap<u32, Segments>> {
+    let mut out: BTreeMap<u32, Segments> = BTreeMap::new();
+    for (_, file, meta) in ctx.repo.wal_files()? {
+        if let WalFile::Segment { timeline, log, seg: s } = file {
+            out.entry(timeline).or_default().insert(seg.segno_of(log, s), meta.modified);
+        }
+    }
+    Ok(out)
+}
+
+/// Missing runs between the first and last archived segment.
+pub fn gaps(segments: &Segments) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut prev: Option<u64> = None;
+    for &s in segments.keys() {
+        if let Some(p) = prev
+            && s > p + 1
+        {
+            out.push((p + 1, s - 1));
+        }
+        prev = Some(s);
+    }
+    out
+}
+
+/// The last segment reachable without a gap from `start` on `timeline`, if `start` is there.
+pub fn contiguous_end(segments: Option<&Segments>, start: u64) -> Option<(u64, i64)> {
+    let segments = segments?;
+    segments.get(&start)?;
+    let mut end = start;
+    while segments.contains_key(&(end + 1)) {
+        end += 1;
+    }
+    Some((end, segments[&end]))
+}
+
+fn to_time(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs, 0).unwrap_or_default()
+}
+
+pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
+    let info = ctx.repo.require_info()?;
+    let seg = SegmentSize(info.wal_segment_size);
+    let archive = archived_segments(ctx, seg)?;
+    let wal = archive
+        .iter()
+        .map(|(&timeline, segments)| TimelineInfo {
+            timeline,
+            first_segment: seg.name(timeline, *segments.keys().next().unwrap()),
+            last_segment: seg.name(timeline, *segments.keys().next_back().unwrap()),
+            segments: segments.len(),
+            gaps: gaps(segments).into_iter().map(|(a, b)| [seg.name(timeline, a), seg.name(timeline, b)]).collect(),
+            last_archived: to_time(*segments.values().max().unwrap()),
+        })
+        .collect();
+    let mut recoverable: Option<Window> = None;
+    for m in manifests {
+        let start = seg.segno(m.start_lsn);
+        let Some((end, archived)) = contiguous_end(archive.get(&m.timeline), start) else { continue };
+        if end < seg.segno_before(m.stop_lsn) {
+            continue; // not even consistent
+        }
+        let w = recoverable.get_or_insert_with(|| Window {
+            from_time: m.stop_time,
+            from_backup: m.label.clone(),
+            to_time: to_time(archived),
+            to_segment: seg.name(m.timeline, end),
+        });
+        if m.stop_time < w.from_time {
+            w.from_time = m.stop_time;
+            w.from_backup = m.label.clone();
+        }
+        if to_time(archived) > w.to_time {
+            w.to_time = to_time(archived);
+            w.to_segment = seg.name(m.timeline, end);
+        }
+    }
+    Ok(InfoReport {
+        cluster: ctx.cluster_name.to_string(),
+        system_identifier: info.system_identifier.to_string(),
+        pg_version: info.pg_version,
+        backups: manifests
+            .iter()
+            .map(|m| BackupInfo {
+                label: m.label.clone(),
+                start_time: m.start_time,
+                stop_time: m.stop_time,
+                start_lsn: m.start_lsn,
+                stop_lsn: m.stop_lsn,
+                timeline: m.timeline,
+                size: m.size,
+                stored_size: m.stored_size,
+                files: m.files.len(),
+                bad_blocks: m.bad_block_count(),
+            })
+            .collect(),
+        wal,
+        recoverable,
+    })
+}
+
+/// The report as text for a terminal.
+pub fn render(r: &InfoReport) -> String {
+    use super::human_bytes;
+    let mut out = format!(
+        "cluster {} (system {}, PostgreSQL {})\n\nbackups:\n",
+        r.cluster,
+        r.system_identifier,
+        r.pg_version / 10000
+    );
+    if r.backups.is_empty() {
+        out.push_str("  none\n");
+    }
+    for b in &r.backups {
+        out.push_str(&format!(
+            "  {}  {} .. {}  tl {}  lsn {} .. {}  size {}  stored {}{}\n",
+            b.label,
+            b.start_time.format("%Y-%m-%d %H:%M:%S"),
+            b.stop_time.format("%H:%M:%S"),
+            b.timeline,
+            b.start_lsn,
+            b.stop_lsn,
+            human_bytes(b.size),
+            human_bytes(b.stored_size),
+            if b.bad_blocks > 0 { format!("  {} BAD BLOCKS", b.bad_blocks) } else { String::new() }
+        ));
+    }
+    out.push_str("\nWAL archive:\n");
+    if r.wal.is_empty() {
+        out.push_str("  empty\n");
+    }
+    for t in &r.wal {
+        out.push_str(&format!(
+            "  timeline {}: {} .. {} ({} segments, last archived {})\n",
+            t.timeline,
+            t.first_segment,
+            t.last_segment,
+            t.segments,
+            t.last_archived.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+        for [a, b] in &t.gaps {
+            out.push_str(&format!("    GAP: {a} .. {b} missing\n"));
+        }
+    }
+    match &r.recoverable {
+        Some(w) => out.push_str(&format!(
+            "\nrecoverable: {} .. {} (UTC)\n",
+            w.from_time.format("%Y-%m-%d %H:%M:%S"),
+            w.to_time.format("%Y-%m-%d %H:%M:%S")
+        )),
+        None => out.push_str("\nrecoverable: nothing yet (no backup with its WAL archived)\n"),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_and_runs() {
+        let s: Segments = [(3, 10), (4, 11), (7, 12), (9, 13)].into_iter().collect();
+        assert_eq!(gaps(&s), vec![(5, 6), (8, 8)]);
+        assert_eq!(contiguous_end(Some(&s), 3), Some((4, 11)));
+        assert_eq!(contiguous_end(Some(&s), 5), None);
+    }
+}

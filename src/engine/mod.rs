@@ -1,0 +1,91 @@
+//! The commands: each configures the read → checksum → chunk → compress → store pipeline
+//! (or its reverse) for one job.
+
+pub mod archive;
+pub mod backup;
+pub mod check;
+pub mod info;
+pub mod restore;
+pub mod target;
+pub mod verify;
+mod walk;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::config::{ClusterConfig, Config};
+use crate::pg::conninfo::{self, ConnParams};
+use crate::pg::session::Session;
+use crate::repo::{self, ClusterRepo, storage::LocalStorage};
+
+/// Everything a command needs: the configuration, the chosen cluster and its repository.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub cluster_name: &'a str,
+    pub cluster: &'a ClusterConfig,
+    pub repo: ClusterRepo,
+}
+
+impl<'a> Context<'a> {
+    /// Opens the repository; `create` makes it if it does not exist (for `init`).
+    pub fn new(config: &'a Config, cluster: Option<&str>, create: bool) -> Result<Context<'a>> {
+        let (cluster_name, cluster) = config.select_cluster(cluster)?;
+        let storage = Arc::new(LocalStorage::new(&config.repository.path));
+        let repo = repo::open(storage, cluster_name, create)?;
+        Ok(Context { config, cluster_name, cluster, repo })
+    }
+
+    pub fn conn_params(&self) -> Result<ConnParams> {
+        conninfo::resolve(&self.cluster.connection)
+    }
+
+    pub fn connect(&self) -> Result<Session> {
+        Session::connect(&self.conn_params()?)
+    }
+
+    /// The command line that runs pgkeep with this config and cluster, shell-quoted, for
+    /// `archive_command` and `restore_command`.
+    pub fn self_command(&self) -> Result<String> {
+        let exe = std::env::current_exe()?;
+        Ok(format!(
+            "{} --config {} --cluster {}",
+            shell_quote(&exe.to_string_lossy()),
+            shell_quote(&self.config.path.to_string_lossy()),
+            shell_quote(self.cluster_name)
+        ))
+    }
+}
+
+/// Quotes a word for `/bin/sh` unless it needs none.
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:,".contains(c)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// Human-readable byte counts for summaries.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/usr/bin/pgkeep"), "/usr/bin/pgkeep");
+        assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}

@@ -1,0 +1,310 @@
+//! `restore`: rebuild a data directory from a backup and set it up to recover to a target.
+//!
+//! Everything that can be checked is checked before the target directory is touched:
+//! the directory is empty, the backup is complete in the repository, the WAL it needs to
+//! become consistent is archived, and the target is reachable from it. `global/pg_control`
+//! is written last, so a restore that stops half-way leaves a directory PostgreSQL refuses
+//! to start.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use crossbeam_channel::unbounded;
+use indicatif::ProgressBar;
+
+use super::Context;
+use super::target::{self, Target, TimelineChoice};
+use crate::format::wal::SegmentSize;
+use crate::repo::manifest::{FileEntry, Manifest};
+use crate::repo::pack::ChunkIndex;
+use crate::repo::storage::sync_dir;
+
+pub struct RestoreOptions {
+    pub pgdata: PathBuf,
+    pub backup: Option<String>,
+    pub target: Target,
+    pub action: Option<String>,
+    pub timeline: TimelineChoice,
+    /// Tablespace relocations, old location → new location.
+    pub tablespace_map: Vec<(String, String)>,
+}
+
+pub struct RestoreSummary {
+    pub label: String,
+    pub bytes: u64,
+    pub files: usize,
+    pub seconds: f64,
+}
+
+/// Settings pgkeep owns in `postgresql.auto.conf`; old values are removed so that a
+/// leftover target from an earlier restore cannot conflict.
+const RECOVERY_KEYS: &[&str] = &[
+    "restore_command",
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_name",
+    "recovery_target_lsn",
+    "recovery_target_action",
+    "recovery_target_timeline",
+    "recovery_target_inclusive",
+];
+
+fn guc_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn is_empty_dir(path: &Path) -> Result<bool> {
+    match fs::read_dir(path) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Loads every readable manifest; unreadable ones are reported and left out of the
+/// choice (restoring an older backup is slower, never wrong).
+fn load_manifests(ctx: &Context, named: Option<&str>) -> Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    for label in ctx.repo.backup_labels()? {
+        match ctx.repo.load_manifest(&label) {
+            Ok(m) => out.push(m),
+            Err(e) if named == Some(label.as_str()) => return Err(e),
+            Err(e) => tracing::warn!("skipping backup {label}: {e:#}"),
+        }
+    }
+    Ok(out)
+}
+
+/// The new location of each tablespace OID.
+fn tablespace_locations(manifest: &Manifest, map: &[(String, String)]) -> Result<BTreeMap<u32, String>> {
+    for (old, new) in map {
+        if !manifest.tablespaces.iter().any(|t| &t.location == old) {
+            bail!(
+                "--tablespace-map names {old}, but backup {} has no tablespace there (it has: {})",
+                manifest.label,
+                manifest.tablespaces.iter().map(|t| t.location.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        if !Path::new(new).is_absolute() {
+            bail!("--tablespace-map target {new} must be an absolute path");
+        }
+    }
+    let mut out = BTreeMap::new();
+    for t in &manifest.tablespaces {
+        let new = map.iter().find(|(old, _)| old == &t.location).map_or(t.location.clone(), |(_, n)| n.clone());
+        if !is_empty_dir(Path::new(&new))? {
+            bail!(
+                "tablespace {} would be restored into {new}, which is not empty; empty it or relocate it with --tablespace-map {}=NEWDIR",
+                t.name,
+                t.location
+            );
+        }
+        out.insert(t.oid, new);
+    }
+    Ok(out)
+}
+
+/// Checks, before anything is written, that the backup and the WAL it needs are there.
+fn preflight(ctx: &Context, manifest: &Manifest, index: &ChunkIndex) -> Result<()> {
+    for f in &manifest.files {
+        if let Some(missing) = f.chunks.iter().find(|c| !index.chunks.contains_key(c)) {
+            bail!(
+                "backup {} is damaged: chunk {missing} of {} is missing from the repository; run `pgkeep verify` and restore another backup",
+                manifest.label,
+                f.path
+            );
+        }
+    }
+    let seg = SegmentSize(manifest.wal_segment_size);
+    for segno in seg.segno(manifest.start_lsn)..=seg.segno_before(manifest.stop_lsn) {
+        let name = seg.name(manifest.timeline, segno);
+        let file = crate::format::wal::WalFile::parse(&name).unwrap();
+        if !ctx.repo.storage.exists(&ctx.repo.wal_key(&file, &name))? {
+            bail!(
+                "WAL segment {name}, which backup {} needs to become consistent, is missing from the archive; restore another backup",
+                manifest.label
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes one file from its chunks; all-zero chunks become holes.
+fn restore_file(ctx: &Context, index: &ChunkIndex, entry: &FileEntry, dest: &Path, progress: &ProgressBar) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .with_context(|| format!("cannot create {}", dest.display()))?;
+    let prefix = ctx.repo.packs_prefix();
+    for id in &entry.chunks {
+        let data = index.read(&*ctx.repo.storage, &prefix, id).with_context(|| format!("cannot restore {}", entry.path))?;
+        if data.iter().all(|&b| b == 0) {
+            file.seek(SeekFrom::Current(data.len() as i64))?;
+        } else {
+            file.write_all(&data).with_context(|| format!("cannot write {}", dest.display()))?;
+        }
+        progress.inc(data.len() as u64);
+    }
+    file.set_len(entry.size)?;
+    file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
+    file.set_modified(UNIX_EPOCH + Duration::from_secs(entry.mtime.max(0) as u64))?;
+    file.sync_all().with_context(|| format!("cannot fsync {}", dest.display()))?;
+    Ok(())
+}
+
+/// Appends the recovery settings to `postgresql.auto.conf`, dropping earlier ones.
+fn write_recovery_settings(ctx: &Context, pgdata: &Path, manifest: &Manifest, opts: &RestoreOptions) -> Result<()> {
+    let path = pgdata.join("postgresql.auto.conf");
+    let existing = fs::read_to_string(&path).unwrap_or_default();
+    let mut text: String = existing
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            !RECOVERY_KEYS.contains(&key)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("# Recovery settings added by pgkeep restore of backup {}\n", manifest.label));
+    let restore_command = format!("{} archive-get %f \"%p\"", ctx.self_command()?);
+    text.push_str(&format!("restore_command = {}\n", guc_quote(&restore_command)));
+    let target = match &opts.target {
+        Target::End => None,
+        Target::Immediate => Some(("recovery_target", "immediate".to_string())),
+        Target::Time(t) => Some(("recovery_target_time", target::format_time(t))),
+        Target::Xid(x) => Some(("recovery_target_xid", x.to_string())),
+        Target::Name(n) => Some(("recovery_target_name", n.clone())),
+        Target::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
+    };
+    if let Some((key, value)) = target {
+        text.push_str(&format!("{key} = {}\n", guc_quote(&value)));
+        if let Some(action) = &opts.action {
+            text.push_str(&format!("recovery_target_action = {}\n", guc_quote(action)));
+        }
+    }
+    let timeline = match opts.timeline {
+        TimelineChoice::Latest => "latest".to_string(),
+        TimelineChoice::Current => "current".to_string(),
+        TimelineChoice::Id(n) => n.to_string(),
+    };
+    text.push_str(&format!("recovery_target_timeline = {}\n", guc_quote(&timeline)));
+    fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    File::open(&path)?.sync_all()?;
+    let signal = pgdata.join("recovery.signal");
+    File::create(&signal)?.sync_all()?;
+    Ok(())
+}
+
+pub fn restore(ctx: &Context, opts: &RestoreOptions, progress: &ProgressBar) -> Result<RestoreSummary> {
+    let started = Instant::now();
+    ctx.repo.require_info()?;
+    if let Some(action) = &opts.action
+        && !["promote", "pause", "shutdown"].contains(&action.as_str())
+    {
+        bail!("--target-action must be promote, pause or shutdown, not '{action}'");
+    }
+    let pgdata = std::path::absolute(&opts.pgdata)?;
+    if pgdata.is_file() || !is_empty_dir(&pgdata)? {
+        bail!(
+            "restore directory {} is not empty; pgkeep restores only into an empty or new directory, so choose another --pgdata or empty it",
+            pgdata.display()
+        );
+    }
+    let manifests = load_manifests(ctx, opts.backup.as_deref())?;
+    let paths = target::timeline_paths(&ctx.repo)?;
+    let manifest = target::choose(&manifests, opts.backup.as_deref(), &opts.target, opts.timeline, &paths)?;
+    let locations = tablespace_locations(manifest, &opts.tablespace_map)?;
+    let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
+    preflight(ctx, manifest, &index)?;
+    tracing::info!("restoring backup {} into {}", manifest.label, pgdata.display());
+
+    // Directories, with tablespace links in place of pg_tblspc/OID.
+    fs::create_dir_all(&pgdata).with_context(|| format!("cannot create {}", pgdata.display()))?;
+    fs::set_permissions(&pgdata, fs::Permissions::from_mode(0o700))?;
+    let mut dirs: Vec<PathBuf> = vec![pgdata.clone()];
+    for d in &manifest.directories {
+        let dest = pgdata.join(&d.path);
+        let oid = d.path.strip_prefix("pg_tblspc/").and_then(|o| o.parse::<u32>().ok());
+        if let Some(location) = oid.and_then(|o| locations.get(&o)) {
+            fs::create_dir_all(location).with_context(|| format!("cannot create tablespace directory {location}"))?;
+            fs::set_permissions(location, fs::Permissions::from_mode(0o700))?;
+            std::os::unix::fs::symlink(location, &dest)
+                .with_context(|| format!("cannot link {} to {location}", dest.display()))?;
+            dirs.push(PathBuf::from(location));
+        } else {
+            fs::create_dir(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+            fs::set_permissions(&dest, fs::Permissions::from_mode(d.mode))?;
+            dirs.push(dest);
+        }
+    }
+
+    let (control, files): (Vec<&FileEntry>, Vec<&FileEntry>) =
+        manifest.files.iter().partition(|f| f.path == "global/pg_control");
+    progress.set_length(manifest.size);
+    let (tx, rx) = unbounded();
+    let mut by_size = files.clone();
+    by_size.sort_by(|a, b| b.size.cmp(&a.size));
+    for f in by_size {
+        tx.send(f).unwrap();
+    }
+    drop(tx);
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = (0..ctx.config.jobs())
+            .map(|_| {
+                let rx = rx.clone();
+                let (index, pgdata) = (&index, &pgdata);
+                scope.spawn(move || -> Result<()> {
+                    for entry in rx {
+                        restore_file(ctx, index, entry, &pgdata.join(&entry.path), progress)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow!("a restore worker panicked"))??;
+        }
+        Ok(())
+    })?;
+
+    if !locations.is_empty() && !opts.tablespace_map.is_empty() {
+        let map: String = locations.iter().map(|(oid, loc)| format!("{oid} {loc}\n")).collect();
+        let path = pgdata.join("tablespace_map");
+        fs::write(&path, map)?;
+        File::open(&path)?.sync_all()?;
+    }
+    write_recovery_settings(ctx, &pgdata, manifest, opts)?;
+    for dir in &dirs {
+        sync_dir(dir)?;
+    }
+    // pg_control last: until it exists, PostgreSQL will not start on this directory.
+    for entry in control {
+        let temp = pgdata.join("global/pg_control.pgkeep-tmp");
+        restore_file(ctx, &index, entry, &temp, progress)?;
+        fs::rename(&temp, pgdata.join(&entry.path))?;
+        sync_dir(&pgdata.join("global"))?;
+    }
+    progress.finish_and_clear();
+    Ok(RestoreSummary {
+        label: manifest.label.clone(),
+        bytes: manifest.size,
+        files: manifest.files.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guc_values_are_quoted() {
+        assert_eq!(guc_quote("a'b"), "'a''b'");
+    }
+}

@@ -1,0 +1,211 @@
+//! Recovery targets, and the choice of the backup to restore for one.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, bail};
+use chrono::{DateTime, FixedOffset, Utc};
+
+use crate::format::history::{self, TimelinePath};
+use crate::format::lsn::Lsn;
+use crate::repo::ClusterRepo;
+use crate::repo::manifest::Manifest;
+
+/// Where recovery stops.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// Replay all archived WAL.
+    End,
+    /// Stop as soon as the backup is consistent.
+    Immediate,
+    Time(DateTime<FixedOffset>),
+    Xid(u64),
+    Name(String),
+    Lsn(Lsn),
+}
+
+/// Which timeline recovery follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimelineChoice {
+    Latest,
+    Current,
+    Id(u32),
+}
+
+impl std::str::FromStr for TimelineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "latest" => Ok(TimelineChoice::Latest),
+            "current" => Ok(TimelineChoice::Current),
+            n => n
+                .parse()
+                .ok()
+                .filter(|&n: &u32| n > 0)
+                .map(TimelineChoice::Id)
+                .ok_or_else(|| format!("target timeline '{s}' is not 'latest', 'current' or a timeline number")),
+        }
+    }
+}
+
+/// Parses a target time; a time zone is required so the target means the same thing on
+/// every server.
+pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t);
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f %#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
+            return Ok(t);
+        }
+    }
+    if s.ends_with(" UTC") || s.ends_with("Z") {
+        let bare = s.trim_end_matches(" UTC").trim_end_matches('Z');
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(bare, "%Y-%m-%d %H:%M:%S%.f") {
+            return Ok(t.and_utc().fixed_offset());
+        }
+    }
+    bail!("target time '{s}' is not a timestamp with a time zone; write it like 2026-11-21 09:30:00+00")
+}
+
+/// Formats a target time the way `recovery_target_time` accepts it.
+pub fn format_time(t: &DateTime<FixedOffset>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string()
+}
+
+/// Whether transaction `xid` committed after the backup became consistent, judged from
+/// the snapshot taken right after `pg_backup_stop`: it had not started (>= xmax) or was
+/// still running.
+pub fn xid_after(snapshot: &str, xid: u64) -> bool {
+    let mut parts = snapshot.split(':');
+    let (Some(_xmin), Some(xmax), Some(xip)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(xmax) = xmax.parse::<u64>() else { return false };
+    // A 32-bit xid is taken to be in the epoch of the snapshot, as PostgreSQL does.
+    let full = if xid >> 32 == 0 && xmax >> 32 > 0 {
+        let candidate = (xmax & !0xFFFF_FFFF) | xid;
+        if candidate > xmax + (1 << 31) { candidate - (1 << 32) } else { candidate }
+    } else {
+        xid
+    };
+    full >= xmax || xip.split(',').any(|x| x.parse::<u64>() == Ok(full))
+}
+
+/// Whether recovery from `backup` can reach `target` (judged before any WAL is read).
+pub fn reaches(backup: &Manifest, target: &Target) -> bool {
+    match target {
+        Target::End | Target::Immediate | Target::Name(_) => true,
+        Target::Time(t) => backup.stop_time < t.with_timezone(&Utc),
+        Target::Lsn(l) => backup.stop_lsn <= *l,
+        Target::Xid(x) => xid_after(&backup.snapshot_at_stop, *x),
+    }
+}
+
+/// Loads the history of every timeline the archive knows.
+pub fn timeline_paths(repo: &ClusterRepo) -> Result<BTreeMap<u32, TimelinePath>> {
+    let mut paths = BTreeMap::new();
+    paths.insert(1, TimelinePath { timeline: 1, ancestors: Vec::new() });
+    for (name, file, _) in repo.wal_files()? {
+        if let crate::format::wal::WalFile::History { timeline } = file {
+            let data = repo.get_wal(&name)?.with_context(|| format!("{name} vanished"))?;
+            let text = String::from_utf8_lossy(&data);
+            let ancestors = history::parse(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            paths.insert(timeline, TimelinePath { timeline, ancestors });
+        }
+    }
+    Ok(paths)
+}
+
+/// Picks the backup to restore: the named one (checked), or the newest that is on the
+/// target timeline's path and ends before the target.
+pub fn choose<'m>(
+    manifests: &'m [Manifest],
+    label: Option<&str>,
+    target: &Target,
+    timeline: TimelineChoice,
+    paths: &BTreeMap<u32, TimelinePath>,
+) -> Result<&'m Manifest> {
+    if manifests.is_empty() {
+        bail!("the repository has no backups of this cluster yet; run `pgkeep backup` first");
+    }
+    let path_for = |tli: u32| -> Result<TimelinePath> {
+        paths.get(&tli).cloned().with_context(|| {
+            format!("timeline {tli} has no history file in the archive, so it cannot be recovered to; `pgkeep info` lists the timelines")
+        })
+    };
+    let on_timeline = |m: &Manifest| -> Result<bool> {
+        Ok(match timeline {
+            TimelineChoice::Current => true,
+            TimelineChoice::Latest => {
+                let latest = *paths.keys().next_back().unwrap();
+                path_for(latest.max(m.timeline))?.contains(m.timeline, m.stop_lsn)
+            }
+            TimelineChoice::Id(tli) => path_for(tli)?.contains(m.timeline, m.stop_lsn),
+        })
+    };
+    if let Some(label) = label {
+        let m = manifests
+            .iter()
+            .find(|m| m.label == label)
+            .with_context(|| format!("backup '{label}' does not exist; `pgkeep info` lists the backups"))?;
+        if !on_timeline(m)? {
+            bail!("backup {label} is not on the path of the target timeline; choose another backup or --target-timeline");
+        }
+        if !reaches(m, target) {
+            bail!("backup {label} ends after the recovery target, so it cannot recover to it; choose an older backup or leave out --backup");
+        }
+        return Ok(m);
+    }
+    let mut best: Option<&Manifest> = None;
+    for m in manifests {
+        if on_timeline(m)? && reaches(m, target) && best.is_none_or(|b| m.stop_time > b.stop_time) {
+            best = Some(m);
+        }
+    }
+    best.with_context(|| {
+        let oldest = manifests.iter().min_by_key(|m| m.stop_time).unwrap();
+        format!(
+            "no backup can recover to that target: the oldest backup, {}, became consistent at {} (LSN {}); \
+             choose a later target",
+            oldest.label,
+            oldest.stop_time.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+            oldest.stop_lsn
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_need_a_zone() {
+        assert!(parse_time("2026-11-21 09:30:00+00").is_ok());
+        assert!(parse_time("2026-11-21 09:30:00.123456+01:00").is_ok());
+        assert!(parse_time("2026-11-21T09:30:00Z").is_ok());
+        assert!(parse_time("2026-11-21 09:30:00 UTC").is_ok());
+        assert!(parse_time("2026-11-21 09:30:00").is_err());
+        let t = parse_time("2026-11-21 09:30:00.5+02").unwrap();
+        assert_eq!(format_time(&t), "2026-11-21 09:30:00.500000+02:00");
+    }
+
+    #[test]
+    fn xid_against_snapshot() {
+        assert!(xid_after("100:105:100,103", 105));
+        assert!(xid_after("100:105:100,103", 103));
+        assert!(!xid_after("100:105:100,103", 104));
+        assert!(!xid_after("100:105:100,103", 50));
+        // 32-bit xid in epoch 1.
+        let snap = format!("{}:{}:", (1u64 << 32) + 10, (1u64 << 32) + 20);
+        assert!(xid_after(&snap, 25));
+        assert!(!xid_after(&snap, 15));
+    }
+
+    #[test]
+    fn timeline_choice() {
+        assert_eq!("latest".parse(), Ok(TimelineChoice::Latest));
+        assert_eq!("3".parse(), Ok(TimelineChoice::Id(3)));
+        assert!("0".parse::<TimelineChoice>().is_err());
+    }
+}

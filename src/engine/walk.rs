@@ -1,0 +1,214 @@
+//! Lists what a backup must copy from the data directory and its tablespaces, leaving
+//! out what PostgreSQL rebuilds or must not see again (see `basebackup.c`'s exclusions).
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Directories whose contents are never copied; the directory itself is kept.
+const EMPTY_DIRS: &[&str] = &[
+    "pg_wal",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat_tmp",
+    "pg_subtrans",
+];
+
+/// Files left out at the top of the data directory. `backup_label` and
+/// `tablespace_map` come from `pg_backup_stop` instead.
+const SKIP_TOP_FILES: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+    "tablespace_map.old",
+    "backup_manifest",
+    "recovery.signal",
+    "standby.signal",
+    "postgresql.auto.conf.tmp",
+    "current_logfiles.tmp",
+];
+
+pub struct SourceFile {
+    /// Path in the manifest (tablespaces under `pg_tblspc/OID/`).
+    pub rel: String,
+    pub abs: PathBuf,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+    /// For relation data files: the segment number, so block numbers can be computed.
+    pub relation_segment: Option<u32>,
+}
+
+pub struct SourceDir {
+    pub rel: String,
+    pub mode: u32,
+}
+
+/// Parses a relation file name (`16384`, `16384.2`, `16384_fsm`, `16384_vm.1`) into
+/// (relfilenode, fork, segment).
+fn relation_name(name: &str) -> Option<(&str, &str, u32)> {
+    let (base, seg) = match name.split_once('.') {
+        Some((b, s)) => (b, s.parse().ok()?),
+        None => (name, 0),
+    };
+    let (node, fork) = base.split_once('_').unwrap_or((base, ""));
+    let valid = !node.is_empty()
+        && node.bytes().all(|b| b.is_ascii_digit())
+        && ["", "fsm", "vm", "init"].contains(&fork);
+    valid.then_some((node, fork, seg))
+}
+
+/// Temporary relations: `tBACKENDID_RELFILENODE[...]`.
+fn is_temp_relation(name: &str) -> bool {
+    name.strip_prefix('t')
+        .and_then(|r| r.split_once('_'))
+        .is_some_and(|(a, b)| !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && relation_name(b).is_some())
+}
+
+/// Whether files directly inside `rel_dir` are relation files of a database.
+fn is_database_dir(rel_dir: &str) -> bool {
+    let parts: Vec<&str> = rel_dir.split('/').collect();
+    matches!(parts.as_slice(), ["base", _] | ["global"] | ["pg_tblspc", _, _, _])
+}
+
+pub struct Walk {
+    pub dirs: Vec<SourceDir>,
+    pub files: Vec<SourceFile>,
+}
+
+/// Walks the data directory, following `pg_tblspc/OID` links into tablespaces.
+pub fn walk(pgdata: &Path) -> Result<Walk> {
+    let mut out = Walk { dirs: Vec::new(), files: Vec::new() };
+    walk_dir(pgdata, "", &mut out)?;
+    Ok(out)
+}
+
+fn walk_dir(abs: &Path, rel: &str, out: &mut Walk) -> Result<()> {
+    let entries = match fs::read_dir(abs) {
+        Ok(e) => e,
+        // A directory dropped while we walk (DROP DATABASE) is simply gone.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.is_empty() => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read directory {}", abs.display())),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        match entry.file_name().into_string() {
+            Ok(n) => names.push(n),
+            Err(n) => tracing::warn!("skipping {} in {}: name is not UTF-8", n.to_string_lossy(), abs.display()),
+        }
+    }
+    names.sort();
+    let database_dir = is_database_dir(rel);
+    // Unlogged relations: every fork except `_init` is left out (reset at recovery).
+    let unlogged: HashSet<&str> = if database_dir {
+        names.iter().filter_map(|n| relation_name(n).filter(|r| r.1 == "init").map(|r| r.0)).collect()
+    } else {
+        HashSet::new()
+    };
+    for name in &names {
+        let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let child_abs = abs.join(name);
+        if rel.is_empty() && SKIP_TOP_FILES.contains(&name.as_str()) {
+            continue;
+        }
+        if name == "pg_internal.init" || name.starts_with("pgsql_tmp") {
+            continue;
+        }
+        // Follow symlinks (tablespaces, a linked pg_wal); a vanished entry is skipped.
+        let meta = match fs::metadata(&child_abs) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", child_abs.display())),
+        };
+        if meta.is_dir() {
+            out.dirs.push(SourceDir { rel: child_rel.clone(), mode: meta.permissions().mode() & 0o7777 });
+            if rel.is_empty() && EMPTY_DIRS.contains(&name.as_str()) {
+                if name == "pg_wal" {
+                    out.dirs.push(SourceDir { rel: "pg_wal/archive_status".into(), mode: 0o700 });
+                }
+                continue;
+            }
+            walk_dir(&child_abs, &child_rel, out)?;
+        } else if meta.is_file() {
+            let relation = if database_dir { relation_name(name) } else { None };
+            if database_dir && is_temp_relation(name) {
+                continue;
+            }
+            if let Some((node, fork, _)) = relation
+                && fork != "init"
+                && unlogged.contains(node)
+            {
+                continue;
+            }
+            out.files.push(SourceFile {
+                rel: child_rel,
+                abs: child_abs,
+                size: meta.len(),
+                mode: meta.permissions().mode() & 0o7777,
+                mtime: meta.mtime(),
+                relation_segment: relation.map(|r| r.2),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relation_names() {
+        assert_eq!(relation_name("16384"), Some(("16384", "", 0)));
+        assert_eq!(relation_name("16384_vm.3"), Some(("16384", "vm", 3)));
+        assert_eq!(relation_name("PG_VERSION"), None);
+        assert_eq!(relation_name("16384_xyz"), None);
+        assert!(is_temp_relation("t3_16384"));
+        assert!(is_temp_relation("t3_16384_fsm.1"));
+        assert!(!is_temp_relation("16384"));
+        assert!(is_database_dir("base/5"));
+        assert!(is_database_dir("pg_tblspc/16400/PG_15_202209061/5"));
+        assert!(!is_database_dir("base"));
+    }
+
+    #[test]
+    fn exclusions() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            "PG_VERSION",
+            "postmaster.pid",
+            "backup_label",
+            "base/5/100",
+            "base/5/200",
+            "base/5/200_init",
+            "base/5/200_fsm",
+            "base/5/t3_300",
+            "base/5/pg_internal.init",
+            "base/pgsql_tmp/pgsql_tmp1.0",
+            "pg_wal/000000010000000000000001",
+            "pg_stat_tmp/db.stat",
+            "global/pg_control",
+        ] {
+            let p = d.join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, b"x").unwrap();
+        }
+        let w = walk(d).unwrap();
+        let files: Vec<&str> = w.files.iter().map(|f| f.rel.as_str()).collect();
+        assert_eq!(files, vec!["PG_VERSION", "base/5/100", "base/5/200_init", "global/pg_control"]);
+        let dirs: Vec<&str> = w.dirs.iter().map(|d| d.rel.as_str()).collect();
+        assert!(dirs.contains(&"pg_wal") && dirs.contains(&"pg_wal/archive_status") && dirs.contains(&"pg_stat_tmp"));
+        assert!(!dirs.contains(&"base/pgsql_tmp"));
+        assert_eq!(w.files[1].relation_segment, Some(0));
+    }
+}

@@ -1,0 +1,8 @@
+//! PostgreSQL on-disk and on-wire formats as pure functions: no I/O here, so every
+//! piece is unit-tested against values PostgreSQL's own tools print.
+
+pub mod history;
+pub mod label;
+pub mod lsn;
+pub mod page;
+pub mod wal;

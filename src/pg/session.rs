@@ -1,0 +1,155 @@
+//! One SQL session to the cluster. Backups need a single session that stays open from
+//! `pg_backup_start` to `pg_backup_stop`: this type is that session.
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::conninfo::ConnParams;
+use crate::format::lsn::Lsn;
+
+pub struct Session {
+    client: postgres::Client,
+    pub version_num: u32,
+}
+
+/// What `pg_backup_stop` hands back: the stop position and the two files the backup
+/// must contain instead of anything found in PGDATA.
+pub struct BackupStop {
+    pub stop_lsn: Lsn,
+    pub label_file: String,
+    pub tablespace_map: Option<String>,
+}
+
+/// A tablespace outside the data directory.
+pub struct Tablespace {
+    pub oid: u32,
+    pub name: String,
+    pub location: String,
+}
+
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+impl Session {
+    pub fn connect(params: &ConnParams) -> Result<Session> {
+        let config = params.to_client_config()?;
+        let mut client = config.connect(postgres::NoTls).map_err(|e| {
+            anyhow!(
+                "cannot connect to PostgreSQL at {} as user '{}': {}; check `connection` in the pgkeep config and that the server is running",
+                params.describe(),
+                params.user,
+                describe(&e)
+            )
+        })?;
+        let version: String = client
+            .query_one("SELECT current_setting('server_version_num')", &[])
+            .map_err(|e| anyhow!("cannot read the server version: {}", describe(&e)))?
+            .get(0);
+        let version_num = version.parse().context("server_version_num is not a number")?;
+        if version_num < 150000 {
+            bail!(
+                "PostgreSQL {} is not supported; pgkeep needs PostgreSQL 15 or newer",
+                version_num / 10000
+            );
+        }
+        Ok(Session { client, version_num })
+    }
+
+    /// Runs a query that returns one text value.
+    pub fn text(&mut self, sql: &str) -> Result<String> {
+        let row = self.client.query_one(sql, &[]).map_err(|e| anyhow!("query `{sql}` failed: {}", describe(&e)))?;
+        Ok(row.get(0))
+    }
+
+    pub fn setting(&mut self, name: &str) -> Result<String> {
+        let row = self
+            .client
+            .query_one("SELECT current_setting($1)", &[&name])
+            .map_err(|e| anyhow!("cannot read setting {name}: {}", describe(&e)))?;
+        Ok(row.get(0))
+    }
+
+    pub fn system_identifier(&mut self) -> Result<u64> {
+        self.text("SELECT system_identifier::text FROM pg_control_system()")?
+            .parse()
+            .context("system_identifier is not a number")
+    }
+
+    pub fn wal_segment_size(&mut self) -> Result<u64> {
+        Ok(self.text("SELECT pg_size_bytes(current_setting('wal_segment_size'))::text")?.parse()?)
+    }
+
+    pub fn in_recovery(&mut self) -> Result<bool> {
+        Ok(self.text("SELECT pg_is_in_recovery()::text")? == "true")
+    }
+
+    /// Seconds since the epoch on the server's clock.
+    pub fn now(&mut self) -> Result<f64> {
+        Ok(self.text("SELECT extract(epoch FROM clock_timestamp())::text")?.parse()?)
+    }
+
+    pub fn tablespaces(&mut self) -> Result<Vec<Tablespace>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT oid::text, spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+                 WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
+                &[],
+            )
+            .map_err(|e| anyhow!("cannot list tablespaces: {}", describe(&e)))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Tablespace {
+                    oid: r.get::<_, String>(0).parse()?,
+                    name: r.get(1),
+                    location: r.get(2),
+                })
+            })
+            .collect()
+    }
+
+    /// Starts a non-exclusive backup with an immediate checkpoint.
+    pub fn backup_start(&mut self, label: &str) -> Result<Lsn> {
+        let row = self
+            .client
+            .query_one("SELECT pg_backup_start($1, true)::text", &[&label])
+            .map_err(|e| anyhow!("pg_backup_start failed: {}", describe(&e)))?;
+        row.get::<_, String>(0).parse().map_err(|e: String| anyhow!(e))
+    }
+
+    /// Stops the backup without waiting for archiving: pgkeep waits for the WAL itself,
+    /// with a timeout and a clear error, rather than hang inside the server.
+    pub fn backup_stop(&mut self) -> Result<BackupStop> {
+        let row = self
+            .client
+            .query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[])
+            .map_err(|e| anyhow!("pg_backup_stop failed: {}", describe(&e)))?;
+        let spcmap: Option<String> = row.get(2);
+        Ok(BackupStop {
+            stop_lsn: row.get::<_, String>(0).parse().map_err(|e: String| anyhow!(e))?,
+            label_file: row.get(1),
+            tablespace_map: spcmap.filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// The transaction snapshot as `xmin:xmax:xip,...` (64-bit xids).
+    pub fn snapshot(&mut self) -> Result<String> {
+        self.text("SELECT pg_current_snapshot()::text")
+    }
+
+    /// Forces a WAL switch and returns the name of the segment that it completed.
+    pub fn switch_wal(&mut self) -> Result<String> {
+        self.text("SELECT pg_walfile_name(pg_switch_wal())")
+    }
+}

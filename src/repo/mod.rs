@@ -1,0 +1,184 @@
+//! The repository: storage backends, the object envelope, chunks and packs, manifests,
+//! and the layout that ties them together. The format is specified in `docs/FORMAT.md`.
+//!
+//! ```text
+//! pgkeep.repo                          repository marker with the format version
+//! CLUSTER/cluster.info                 system identifier, version, segment size
+//! CLUSTER/backups/LABEL.manifest       published backups
+//! CLUSTER/packs/XX/HASH.pack|.idx      chunk packs and their indexes
+//! CLUSTER/wal/TTTTTTTT/NAME            WAL segments, .partial and .backup files
+//! CLUSTER/wal/history/TTTTTTTT.history timeline history files
+//! ```
+
+pub mod manifest;
+pub mod object;
+pub mod pack;
+pub mod storage;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use self::manifest::Manifest;
+use self::storage::{ObjectMeta, Storage};
+use crate::format::wal::WalFile;
+
+/// Repository format version written by this pgkeep.
+pub const FORMAT_VERSION: u32 = 1;
+const MARKER_KEY: &str = "pgkeep.repo";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Marker {
+    format: u32,
+}
+
+/// What the repository knows about a cluster: set by `init`, checked by every command.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterInfo {
+    pub system_identifier: u64,
+    pub pg_version: u32,
+    pub wal_segment_size: u64,
+}
+
+/// A repository opened for one cluster.
+#[derive(Clone)]
+pub struct ClusterRepo {
+    pub storage: Arc<dyn Storage>,
+    pub name: String,
+}
+
+/// Checks the repository marker, creating it when `create` is set.
+pub fn open(storage: Arc<dyn Storage>, cluster: &str, create: bool) -> Result<ClusterRepo> {
+    match storage.get(MARKER_KEY)? {
+        Some(bytes) => {
+            let marker: Marker = object::decode(&bytes)
+                .and_then(|p| Ok(serde_json::from_slice(&p)?))
+                .with_context(|| format!("{} is not a pgkeep repository (bad {MARKER_KEY})", storage.describe()))?;
+            if marker.format > FORMAT_VERSION {
+                bail!(
+                    "repository {} has format {} but this pgkeep reads up to {FORMAT_VERSION}; upgrade pgkeep",
+                    storage.describe(),
+                    marker.format
+                );
+            }
+        }
+        None if create => {
+            let marker = serde_json::to_vec(&Marker { format: FORMAT_VERSION })?;
+            storage.put_new(MARKER_KEY, &object::encode(&marker, 0)?)?;
+        }
+        None => bail!(
+            "{} is not a pgkeep repository yet; run `pgkeep init` first",
+            storage.describe()
+        ),
+    }
+    Ok(ClusterRepo { storage, name: cluster.to_string() })
+}
+
+impl ClusterRepo {
+    fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.name)
+    }
+
+    pub fn packs_prefix(&self) -> String {
+        self.key("packs")
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let Some(bytes) = self.storage.get(key)? else { return Ok(None) };
+        let plain = object::decode(&bytes).with_context(|| format!("repository object {key} is unreadable"))?;
+        let value = serde_json::from_slice(&plain).with_context(|| format!("repository object {key} is malformed"))?;
+        Ok(Some(value))
+    }
+
+    pub fn info(&self) -> Result<Option<ClusterInfo>> {
+        self.get_json(&self.key("cluster.info"))
+    }
+
+    /// The registered cluster, or an error telling the user to run `init`.
+    pub fn require_info(&self) -> Result<ClusterInfo> {
+        self.info()?.with_context(|| {
+            format!("cluster '{}' is not registered in the repository; run `pgkeep init` first", self.name)
+        })
+    }
+
+    pub fn put_info(&self, info: &ClusterInfo) -> Result<()> {
+        self.storage.put(&self.key("cluster.info"), &object::encode(&serde_json::to_vec_pretty(info)?, 0)?)
+    }
+
+    fn manifest_key(&self, label: &str) -> String {
+        self.key(&format!("backups/{label}.manifest"))
+    }
+
+    /// Labels of all published backups, oldest first (labels sort by time).
+    pub fn backup_labels(&self) -> Result<Vec<String>> {
+        let prefix = self.key("backups");
+        Ok(self
+            .storage
+            .list(&prefix)?
+            .iter()
+            .filter_map(|o| o.key.strip_prefix(&format!("{prefix}/"))?.strip_suffix(".manifest").map(str::to_string))
+            .collect())
+    }
+
+    pub fn load_manifest(&self, label: &str) -> Result<Manifest> {
+        let manifest: Manifest = self
+            .get_json(&self.manifest_key(label))?
+            .with_context(|| format!("backup '{label}' does not exist; `pgkeep info` lists the backups"))?;
+        manifest
+            .validate()
+            .map_err(|e| anyhow::anyhow!("backup '{label}' has an invalid manifest: {e}"))?;
+        Ok(manifest)
+    }
+
+    pub fn manifests(&self) -> Result<Vec<Manifest>> {
+        self.backup_labels()?.iter().map(|l| self.load_manifest(l)).collect()
+    }
+
+    /// Publishes a backup. Called only when everything it refers to is durable.
+    pub fn publish_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let json = serde_json::to_vec(manifest)?;
+        let key = self.manifest_key(&manifest.label);
+        if !self.storage.put_new(&key, &object::encode(&json, 3)?)? {
+            bail!("backup '{}' already exists", manifest.label);
+        }
+        Ok(())
+    }
+
+    /// Where an archived WAL file is stored.
+    pub fn wal_key(&self, file: &WalFile, name: &str) -> String {
+        match file {
+            WalFile::History { .. } => self.key(&format!("wal/history/{name}")),
+            other => self.key(&format!("wal/{:08X}/{name}", other.timeline())),
+        }
+    }
+
+    /// Every archived WAL file (segments, partials, backup and timeline history), with
+    /// its name and parsed kind.
+    pub fn wal_files(&self) -> Result<Vec<(String, WalFile, ObjectMeta)>> {
+        Ok(self
+            .storage
+            .list(&self.key("wal"))?
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.key.rsplit('/').next()?.to_string();
+                let file = WalFile::parse(&name)?;
+                Some((name, file, o))
+            })
+            .collect())
+    }
+
+    /// Reads and checks an archived WAL file; `None` if it is not in the archive.
+    pub fn get_wal(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let file = WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
+        let key = self.wal_key(&file, name);
+        match self.storage.get(&key)? {
+            None => Ok(None),
+            Some(obj) => Ok(Some(
+                object::decode(&obj).with_context(|| format!("archived WAL file {name} ({key}) is corrupt"))?,
+            )),
+        }
+    }
+}

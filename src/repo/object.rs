@@ -1,0 +1,121 @@
+//! The envelope around every stored object except chunks inside packs: a header saying
+//! how the payload is encoded and a trailer with the length and BLAKE3 hash of the
+//! plaintext, so every read is checked end to end.
+//!
+//! ```text
+//! "PGKO" | version u8 = 1 | compression u8 | encryption u8 | reserved u8
+//! payload (compressed plaintext)
+//! plaintext length u64 LE | BLAKE3(plaintext) [32]
+//! ```
+
+use anyhow::{Result, bail};
+
+const MAGIC: &[u8; 4] = b"PGKO";
+const HEADER_LEN: usize = 8;
+const TRAILER_LEN: usize = 40;
+
+/// How a payload is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Compression {
+    None = 0,
+    Zstd = 1,
+}
+
+/// Wraps `plaintext`, zstd-compressed at `level` (0 stores it uncompressed).
+pub fn encode(plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
+    let (compression, payload) = compress(plaintext, level)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TRAILER_LEN);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, compression as u8, 0, 0]);
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&(plaintext.len() as u64).to_le_bytes());
+    out.extend_from_slice(blake3::hash(plaintext).as_bytes());
+    Ok(out)
+}
+
+/// Compresses with zstd unless that saves nothing (already-compressed data).
+pub fn compress(plaintext: &[u8], level: i32) -> Result<(Compression, Vec<u8>)> {
+    if level > 0 {
+        let packed = zstd::bulk::compress(plaintext, level)?;
+        if packed.len() < plaintext.len() {
+            return Ok((Compression::Zstd, packed));
+        }
+    }
+    Ok((Compression::None, plaintext.to_vec()))
+}
+
+pub fn decompress(compression: Compression, payload: &[u8], plain_len: usize) -> Result<Vec<u8>> {
+    Ok(match compression {
+        Compression::None => payload.to_vec(),
+        Compression::Zstd => zstd::bulk::decompress(payload, plain_len)?,
+    })
+}
+
+/// The plaintext hash recorded in an object's trailer, read without decoding it.
+pub fn recorded_hash(object: &[u8]) -> Result<[u8; 32]> {
+    check_frame(object)?;
+    Ok(object[object.len() - 32..].try_into().unwrap())
+}
+
+fn check_frame(object: &[u8]) -> Result<()> {
+    if object.len() < HEADER_LEN + TRAILER_LEN || &object[..4] != MAGIC {
+        bail!("not a pgkeep object (bad header or truncated)");
+    }
+    if object[4] != 1 {
+        bail!("object format version {} is newer than this pgkeep understands; upgrade pgkeep", object[4]);
+    }
+    if object[6] != 0 {
+        bail!("object is encrypted, which this pgkeep cannot read; upgrade pgkeep");
+    }
+    if object[7] != 0 {
+        bail!("object header has unknown flags (corrupt, or written by a newer pgkeep)");
+    }
+    Ok(())
+}
+
+/// Unwraps an object and checks its plaintext against the trailer.
+pub fn decode(object: &[u8]) -> Result<Vec<u8>> {
+    check_frame(object)?;
+    let compression = match object[5] {
+        0 => Compression::None,
+        1 => Compression::Zstd,
+        other => bail!("object uses unknown compression {other}"),
+    };
+    let trailer = &object[object.len() - TRAILER_LEN..];
+    let plain_len = u64::from_le_bytes(trailer[..8].try_into().unwrap()) as usize;
+    let payload = &object[HEADER_LEN..object.len() - TRAILER_LEN];
+    let plaintext = match decompress(compression, payload, plain_len) {
+        Ok(p) => p,
+        Err(e) => bail!("object is corrupt: cannot decompress ({e})"),
+    };
+    if plaintext.len() != plain_len || blake3::hash(&plaintext).as_bytes() != &trailer[8..] {
+        bail!("object is corrupt: its content does not match its checksum");
+    }
+    Ok(plaintext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_detects_any_flipped_byte() {
+        let plain: Vec<u8> = (0..5000u32).flat_map(|i| (i % 97).to_le_bytes()).collect();
+        let obj = encode(&plain, 3).unwrap();
+        assert_eq!(decode(&obj).unwrap(), plain);
+        assert_eq!(&recorded_hash(&obj).unwrap(), blake3::hash(&plain).as_bytes());
+        for i in (0..obj.len()).step_by(7) {
+            let mut bad = obj.clone();
+            bad[i] ^= 0x40;
+            assert!(decode(&bad).is_err(), "flip at {i} not detected");
+        }
+    }
+
+    #[test]
+    fn incompressible_is_stored_plain() {
+        let plain: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let obj = encode(&plain, 3).unwrap();
+        assert_eq!(decode(&obj).unwrap(), plain);
+    }
+}

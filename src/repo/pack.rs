@@ -1,0 +1,281 @@
+//! Chunks and pack files.
+//!
+//! A chunk is a piece of a file, named by the BLAKE3 hash of its plaintext and stored
+//! once, compressed, inside a pack. A pack is tens of MB of chunks followed by its own
+//! index, so object storage sees few large objects and a lost index can be rebuilt:
+//!
+//! ```text
+//! chunk payloads... | index (see encode_index) | index length u32 LE | "PGKP"
+//! ```
+//!
+//! The pack is named by the BLAKE3 hash of its bytes. Its index is also stored beside it
+//! as `NAME.idx` (an enveloped object) so readers need not open every pack. A pack is
+//! written before its `.idx`, and both before any manifest that refers to their chunks.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::object::{self, Compression};
+use super::storage::Storage;
+
+/// The BLAKE3 hash of a chunk's plaintext: its name and its checksum.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn of(data: &[u8]) -> ChunkId {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({self})")
+    }
+}
+
+impl Serialize for ChunkId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(&text, &mut id).map_err(serde::de::Error::custom)?;
+        Ok(ChunkId(id))
+    }
+}
+
+/// Where one chunk sits inside a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub compression: Compression,
+}
+
+const INDEX_MAGIC: &[u8; 4] = b"PGKI";
+const PACK_MAGIC: &[u8; 4] = b"PGKP";
+const ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
+
+fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + entries.len() * ENTRY_LEN);
+    out.extend_from_slice(INDEX_MAGIC);
+    out.extend_from_slice(&[1, 0, 0, 0]);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.id.0);
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.stored_len.to_le_bytes());
+        out.extend_from_slice(&e.raw_len.to_le_bytes());
+        out.push(e.compression as u8);
+    }
+    out
+}
+
+fn decode_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
+    if bytes.len() < 12 || &bytes[..4] != INDEX_MAGIC || bytes[4] != 1 {
+        bail!("not a pack index of a version this pgkeep reads");
+    }
+    let count = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    if bytes.len() != 12 + count * ENTRY_LEN {
+        bail!("pack index length does not match its entry count");
+    }
+    bytes[12..]
+        .chunks_exact(ENTRY_LEN)
+        .map(|e| {
+            Ok(IndexEntry {
+                id: ChunkId(e[..32].try_into().unwrap()),
+                offset: u64::from_le_bytes(e[32..40].try_into().unwrap()),
+                stored_len: u32::from_le_bytes(e[40..44].try_into().unwrap()),
+                raw_len: u32::from_le_bytes(e[44..48].try_into().unwrap()),
+                compression: match e[48] {
+                    0 => Compression::None,
+                    1 => Compression::Zstd,
+                    c => bail!("pack index names unknown compression {c}"),
+                },
+            })
+        })
+        .collect()
+}
+
+fn pack_key(prefix: &str, name: &str, ext: &str) -> String {
+    format!("{prefix}/{}/{name}.{ext}", &name[..2])
+}
+
+/// Collects compressed chunks into packs and stores each pack when it is full.
+pub struct PackWriter {
+    storage: Arc<dyn Storage>,
+    prefix: String,
+    target_size: usize,
+    buf: Vec<u8>,
+    entries: Vec<IndexEntry>,
+    /// Bytes of packs stored so far (chunk payloads plus index).
+    pub stored_bytes: u64,
+    pub packs_written: usize,
+}
+
+impl PackWriter {
+    /// `prefix` is the folder packs go in, e.g. `main/packs`.
+    pub fn new(storage: Arc<dyn Storage>, prefix: String, target_size: usize) -> PackWriter {
+        PackWriter {
+            storage,
+            prefix,
+            target_size,
+            buf: Vec::new(),
+            entries: Vec::new(),
+            stored_bytes: 0,
+            packs_written: 0,
+        }
+    }
+
+    pub fn add(&mut self, id: ChunkId, raw_len: usize, compression: Compression, payload: &[u8]) -> Result<()> {
+        self.entries.push(IndexEntry {
+            id,
+            offset: self.buf.len() as u64,
+            stored_len: payload.len() as u32,
+            raw_len: raw_len as u32,
+            compression,
+        });
+        self.buf.extend_from_slice(payload);
+        if self.buf.len() >= self.target_size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Stores the pack being filled, then its index.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let index = encode_index(&self.entries);
+        self.buf.extend_from_slice(&index);
+        self.buf.extend_from_slice(&(index.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(PACK_MAGIC);
+        let name = blake3::hash(&self.buf).to_hex().to_string();
+        self.storage.put_new(&pack_key(&self.prefix, &name, "pack"), &self.buf)?;
+        self.storage.put(&pack_key(&self.prefix, &name, "idx"), &object::encode(&index, 3)?)?;
+        self.stored_bytes += self.buf.len() as u64;
+        self.packs_written += 1;
+        self.buf.clear();
+        self.entries.clear();
+        Ok(())
+    }
+}
+
+/// Where a chunk is: which pack (by position in [`ChunkIndex::packs`]) and where in it.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkLocation {
+    pub pack: u32,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub compression: Compression,
+}
+
+/// Every chunk in a repository folder and where it is stored.
+#[derive(Default)]
+pub struct ChunkIndex {
+    pub packs: Vec<String>,
+    pub chunks: HashMap<ChunkId, ChunkLocation>,
+}
+
+impl ChunkIndex {
+    /// Reads every pack index under `prefix`.
+    pub fn load(storage: &dyn Storage, prefix: &str) -> Result<ChunkIndex> {
+        let mut index = ChunkIndex::default();
+        for object in storage.list(prefix)? {
+            let key = object.key;
+            let Some(stem) = key.strip_suffix(".idx") else { continue };
+            let name = stem.rsplit('/').next().unwrap().to_string();
+            let bytes = storage.get(&key)?.with_context(|| format!("pack index {key} vanished while reading"))?;
+            let entries = object::decode(&bytes)
+                .and_then(|plain| decode_index(&plain))
+                .with_context(|| format!("pack index {key} is unreadable"))?;
+            let pack = index.packs.len() as u32;
+            index.packs.push(name);
+            for e in entries {
+                index.chunks.insert(
+                    e.id,
+                    ChunkLocation {
+                        pack,
+                        offset: e.offset,
+                        stored_len: e.stored_len,
+                        raw_len: e.raw_len,
+                        compression: e.compression,
+                    },
+                );
+            }
+        }
+        Ok(index)
+    }
+
+    pub fn pack_key(&self, prefix: &str, pack: u32) -> String {
+        pack_key(prefix, &self.packs[pack as usize], "pack")
+    }
+
+    /// Reads, decompresses and checks one chunk.
+    pub fn read(&self, storage: &dyn Storage, prefix: &str, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self
+            .chunks
+            .get(id)
+            .with_context(|| format!("chunk {id} is missing from the repository"))?;
+        let key = self.pack_key(prefix, loc.pack);
+        let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
+        let plain = object::decompress(loc.compression, &payload, loc.raw_len as usize).ok();
+        match plain {
+            Some(p) if p.len() == loc.raw_len as usize && ChunkId::of(&p) == *id => Ok(p),
+            _ => bail!("chunk {id} in pack {key} is corrupt: its content does not match its checksum"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::storage::LocalStorage;
+
+    #[test]
+    fn chunks_round_trip_through_packs_and_corruption_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
+        let mut writer = PackWriter::new(storage.clone(), "c/packs".into(), 1000);
+        let chunks: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 300 + i as usize]).collect();
+        for c in &chunks {
+            let (comp, payload) = object::compress(c, 3).unwrap();
+            writer.add(ChunkId::of(c), c.len(), comp, &payload).unwrap();
+        }
+        writer.flush().unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        assert_eq!(index.chunks.len(), 10);
+        for c in &chunks {
+            assert_eq!(&index.read(&*storage, "c/packs", &ChunkId::of(c)).unwrap(), c);
+        }
+        // Flip a byte inside the first chunk's payload.
+        let id = ChunkId::of(&chunks[0]);
+        let loc = index.chunks[&id];
+        let key = index.pack_key("c/packs", loc.pack);
+        let path = dir.path().join(&key);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[loc.offset as usize] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = index.read(&*storage, "c/packs", &id).unwrap_err().to_string();
+        assert!(err.contains("is corrupt"), "{err}");
+    }
+}

@@ -1,0 +1,229 @@
+//! Storage backends: where repository objects live. Everything above this module sees
+//! only keys (`a/b/c`) and whole objects, so object storage can slot in beside the local
+//! filesystem without touching the engine.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+/// A place that stores objects durably.
+pub trait Storage: Send + Sync {
+    /// Stores `data` under `key`, replacing any earlier object; durable when it returns.
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Stores `data` under `key` only if no object is there; `Ok(false)` (and nothing
+    /// written) if one is. Durable when it returns `Ok(true)`.
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool>;
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// `len` bytes from `offset`; an error if the object is shorter.
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// All objects under `prefix` (a folder), recursively, sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    fn exists(&self, key: &str) -> Result<bool>;
+    fn delete(&self, key: &str) -> Result<()>;
+    /// Where this storage is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// A listed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// When the object was stored, as seconds since the epoch.
+    pub modified: i64,
+}
+
+/// Rejects keys that could escape the repository (`..`, absolute paths, empty parts).
+pub fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.starts_with('/') || key.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        bail!("refusing repository key '{key}': it is not a plain relative path");
+    }
+    Ok(())
+}
+
+/// A repository on a local (or mounted) filesystem.
+///
+/// Crash safety: every object is written to a temporary file in its final directory,
+/// fsynced, then renamed (or hard-linked, for `put_new`) into place, and the directory is
+/// fsynced, the same sequence as PostgreSQL's `durable_rename`. A reader therefore sees
+/// either no object or the whole object, never a prefix.
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+/// Temporary files start with this so listings skip them and cleanup can find them.
+const TEMP_PREFIX: &str = ".tmp.";
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl LocalStorage {
+    pub fn new(root: impl Into<PathBuf>) -> LocalStorage {
+        LocalStorage { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    /// Writes `data` to a fresh temporary file beside `target` and fsyncs it.
+    fn write_temp(&self, target: &Path, data: &[u8]) -> Result<PathBuf> {
+        let dir = target.parent().expect("keys have a parent");
+        fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+        let name = format!(
+            "{TEMP_PREFIX}{}.{}.{}",
+            target.file_name().unwrap().to_string_lossy(),
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let temp = dir.join(name);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .with_context(|| format!("cannot create {}", temp.display()))?;
+        let written = file.write_all(data).and_then(|_| file.sync_all());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(e).with_context(|| format!("cannot write {}", temp.display()));
+        }
+        Ok(temp)
+    }
+}
+
+/// fsyncs a directory so that a rename or link inside it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot fsync directory {}", dir.display()))
+}
+
+impl Storage for LocalStorage {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let target = self.path(key)?;
+        let temp = self.write_temp(&target, data)?;
+        fs::rename(&temp, &target).with_context(|| format!("cannot rename into {}", target.display()))?;
+        sync_dir(target.parent().unwrap())
+    }
+
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let target = self.path(key)?;
+        if target.exists() {
+            return Ok(false);
+        }
+        let temp = self.write_temp(&target, data)?;
+        // link(2) fails if the target exists, so two writers racing can never overwrite
+        // each other: exactly one wins, the other is told the object exists.
+        let linked = fs::hard_link(&temp, &target);
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => {
+                sync_dir(target.parent().unwrap())?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot link into {}", target.display())),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(key)?;
+        match fs::read(&path) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let path = self.path(key)?;
+        let mut file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut buf = vec![0; len];
+        file.read_exact(&mut buf)
+            .with_context(|| format!("{} is shorter than the repository index says", path.display()))?;
+        Ok(buf)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let base = self.path(prefix)?;
+        let mut out = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    stack.push(path);
+                } else {
+                    use std::os::unix::fs::MetadataExt;
+                    let meta = entry.metadata()?;
+                    let rel = path.strip_prefix(&self.root).unwrap();
+                    out.push(ObjectMeta {
+                        key: rel.to_string_lossy().into_owned(),
+                        size: meta.len(),
+                        modified: meta.mtime(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.path(key)?.exists())
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete {}", path.display())),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_new_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        assert!(s.put_new("a/b", b"one").unwrap());
+        assert!(!s.put_new("a/b", b"two").unwrap());
+        assert_eq!(s.get("a/b").unwrap().unwrap(), b"one");
+        assert_eq!(s.list("a").unwrap()[0].key, "a/b");
+        assert_eq!(s.get_range("a/b", 1, 2).unwrap(), b"ne");
+        assert!(s.get_range("a/b", 1, 5).is_err());
+        assert!(s.get("a/none").unwrap().is_none());
+    }
+
+    #[test]
+    fn keys_cannot_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        for key in ["../x", "/etc/passwd", "a//b", "a/./b", ""] {
+            assert!(s.put(key, b"x").is_err(), "{key}");
+        }
+    }
+}
