@@ -44,7 +44,10 @@ pub struct BackupConfig {
 
 impl Default for BackupConfig {
     fn default() -> Self {
-        BackupConfig { jobs: 0, archive_timeout: default_archive_timeout() }
+        BackupConfig {
+            jobs: 0,
+            archive_timeout: default_archive_timeout(),
+        }
     }
 }
 
@@ -68,21 +71,37 @@ fn default_archive_timeout() -> u64 {
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| {
-            format!("cannot read config file {}; pass --config FILE or set PGKEEP_CONFIG", path.display())
+            format!(
+                "cannot read config file {}; pass --config FILE or set PGKEEP_CONFIG",
+                path.display()
+            )
         })?;
-        let mut config: Config = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("config file {} is invalid: {}", path.display(), e.to_string().trim()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "config file {} is invalid: {}",
+                path.display(),
+                e.to_string().trim()
+            )
+        })?;
         config.path = std::path::absolute(path)?;
         for name in config.cluster.keys() {
             let ok = !name.is_empty()
                 && !name.starts_with('.')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
             if !ok {
-                bail!("cluster name '{name}' in {} may use only letters, digits, '_', '-' and '.'", path.display());
+                bail!(
+                    "cluster name '{name}' in {} may use only letters, digits, '_', '-' and '.'",
+                    path.display()
+                );
             }
         }
         if !(0..=22).contains(&config.repository.compress_level) {
-            bail!("repository.compress_level must be between 0 and 22 (zstd levels), not {}", config.repository.compress_level);
+            bail!(
+                "repository.compress_level must be between 0 and 22 (zstd levels), not {}",
+                config.repository.compress_level
+            );
         }
         Ok(config)
     }
@@ -94,10 +113,23 @@ impl Config {
                 .cluster
                 .get_key_value(n)
                 .map(|(k, v)| (k.as_str(), v))
-                .with_context(|| format!("cluster '{n}' is not in {}; add a [cluster.{n}] section", self.path.display())),
+                .with_context(|| {
+                    format!(
+                        "cluster '{n}' is not in {}; add a [cluster.{n}] section",
+                        self.path.display()
+                    )
+                }),
             None => match self.cluster.len() {
-                1 => Ok(self.cluster.iter().next().map(|(k, v)| (k.as_str(), v)).unwrap()),
-                0 => bail!("{} defines no cluster; add a [cluster.NAME] section", self.path.display()),
+                1 => Ok(self
+                    .cluster
+                    .iter()
+                    .next()
+                    .map(|(k, v)| (k.as_str(), v))
+                    .unwrap()),
+                0 => bail!(
+                    "{} defines no cluster; add a [cluster.NAME] section",
+                    self.path.display()
+                ),
                 _ => bail!(
                     "{} defines several clusters ({}); choose one with --cluster",
                     self.path.display(),
@@ -129,7 +161,9 @@ mod tests {
 
     #[test]
     fn minimal_config_and_selection() {
-        let c = load("[repository]\npath='/r'\n[cluster.main]\npgdata='/d'\nconnection='port=5432'\n").unwrap();
+        let c =
+            load("[repository]\npath='/r'\n[cluster.main]\npgdata='/d'\nconnection='port=5432'\n")
+                .unwrap();
         assert_eq!(c.select_cluster(None).unwrap().0, "main");
         assert_eq!(c.repository.compress_level, 3);
         assert!(c.select_cluster(Some("other")).is_err());
@@ -137,9 +171,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = load("[repository]\npath='/r'\ncompres_level=3\n").unwrap_err().to_string();
+        let err = load("[repository]\npath='/r'\ncompres_level=3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("compres_level"), "{err}");
-        let err = load("[repository]\npath='/r'\n[cluster.main]\npgdata='/d'\nconection='x'\n").unwrap_err().to_string();
+        let err = load("[repository]\npath='/r'\n[cluster.main]\npgdata='/d'\nconection='x'\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("conection"), "{err}");
     }
 }

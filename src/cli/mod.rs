@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engine::restore::{self, RestoreOptions};
 use crate::engine::target::{self, Target, TimelineChoice};
 use crate::engine::{Context, archive, backup, check, human_bytes, info, verify};
+use crate::repo::OpenMode;
 
 /// Where the config is looked for when neither --config nor PGKEEP_CONFIG says.
 const DEFAULT_CONFIG: &str = "/etc/pgkeep/pgkeep.toml";
@@ -21,7 +22,11 @@ const DEFAULT_CONFIG: &str = "/etc/pgkeep/pgkeep.toml";
 const EXIT_STOP_RECOVERY: i32 = 126;
 
 #[derive(Parser)]
-#[command(name = "pgkeep", version, about = "PostgreSQL backup and point-in-time recovery")]
+#[command(
+    name = "pgkeep",
+    version,
+    about = "PostgreSQL backup and point-in-time recovery"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "PGKEEP_CONFIG", default_value = DEFAULT_CONFIG)]
@@ -130,7 +135,10 @@ fn restore_options(args: &RestoreArgs) -> Result<RestoreOptions> {
         backup: args.backup.clone(),
         target: parse_target(&args.target)?,
         action: args.target_action.clone(),
-        timeline: args.target_timeline.parse::<TimelineChoice>().map_err(anyhow::Error::msg)?,
+        timeline: args
+            .target_timeline
+            .parse::<TimelineChoice>()
+            .map_err(anyhow::Error::msg)?,
         tablespace_map: map,
     })
 }
@@ -143,7 +151,11 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGKEEP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pgkeep={default}")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// Runs the command line and returns the process exit code.
@@ -155,15 +167,23 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pgkeep: error: {e:#}");
-            if is_archive_get { EXIT_STOP_RECOVERY } else { 1 }
+            if is_archive_get {
+                EXIT_STOP_RECOVERY
+            } else {
+                1
+            }
         }
     }
 }
 
 fn run(cli: &Cli) -> Result<i32> {
     let config = Config::load(&cli.config)?;
-    let create = matches!(cli.command, Command::Init);
-    let ctx = Context::new(&config, cli.cluster.as_deref(), create)?;
+    let mode = if matches!(cli.command, Command::Init) {
+        OpenMode::MaybeNew
+    } else {
+        OpenMode::Existing
+    };
+    let ctx = Context::new(&config, cli.cluster.as_deref(), mode)?;
     match &cli.command {
         Command::Init => println!("{}", check::init(&ctx)?),
         Command::Check => {
@@ -174,7 +194,10 @@ fn run(cli: &Cli) -> Result<i32> {
                 }
                 return Ok(1);
             }
-            println!("ok: configuration, connection and WAL archiving all work for cluster '{}'", ctx.cluster_name);
+            println!(
+                "ok: configuration, connection and WAL archiving all work for cluster '{}'",
+                ctx.cluster_name
+            );
         }
         Command::Backup => {
             let bar = progress::bar("backup");
@@ -191,11 +214,16 @@ fn run(cli: &Cli) -> Result<i32> {
                 human_bytes((m.size as f64 / secs.max(0.001)) as u64),
                 match m.bad_block_count() {
                     0 => String::new(),
-                    n => format!(", WARNING: {n} blocks failed page checksum validation (see `pgkeep info`)"),
+                    n => format!(
+                        ", WARNING: {n} blocks failed page checksum validation (see `pgkeep info`)"
+                    ),
                 }
             );
             for f in m.files.iter().filter(|f| !f.bad_blocks.is_empty()) {
-                eprintln!("warning: {} has invalid page checksums in blocks {:?}", f.path, f.bad_blocks);
+                eprintln!(
+                    "warning: {} has invalid page checksums in blocks {:?}",
+                    f.path, f.bad_blocks
+                );
             }
         }
         Command::ArchivePush { path } => archive::push(&ctx, path)?,
@@ -230,7 +258,11 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Verify => {
             let r = verify::verify(&ctx)?;
             for p in &r.problems {
-                let breaks = if p.breaks.is_empty() { "no backup".to_string() } else { p.breaks.join(", ") };
+                let breaks = if p.breaks.is_empty() {
+                    "no backup".to_string()
+                } else {
+                    p.breaks.join(", ")
+                };
                 eprintln!("problem: {} (affects: {breaks})", p.what);
             }
             if !r.problems.is_empty() {

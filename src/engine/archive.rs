@@ -18,10 +18,14 @@ use crate::repo::object;
 pub fn push(ctx: &Context, path: &Path) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let file = WalFile::parse(name).with_context(|| {
-        format!("'{}' is not a WAL file name; archive_command must pass %p", path.display())
+        format!(
+            "'{}' is not a WAL file name; archive_command must pass %p",
+            path.display()
+        )
     })?;
     let info = ctx.repo.require_info()?;
-    let data = std::fs::read(path).with_context(|| format!("cannot read WAL file {}", path.display()))?;
+    let data =
+        std::fs::read(path).with_context(|| format!("cannot read WAL file {}", path.display()))?;
     if let WalFile::Segment { .. } = file {
         if data.len() as u64 != info.wal_segment_size {
             bail!(
@@ -66,8 +70,13 @@ pub fn push(ctx: &Context, path: &Path) -> Result<()> {
 /// Fetches one archived WAL file to `dest`. `Ok(false)` when it is not in the archive,
 /// which PostgreSQL treats as the normal end of archived WAL.
 pub fn get(ctx: &Context, name: &str, dest: &Path) -> Result<bool> {
-    let Some(data) = ctx.repo.get_wal(name)? else { return Ok(false) };
-    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Some(data) = ctx.repo.get_wal(name)? else {
+        return Ok(false);
+    };
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let temp = dir.join(format!(".pgkeep.{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&temp)?;

@@ -23,7 +23,9 @@ use super::walk::{self, SourceFile};
 use crate::format::lsn::Lsn;
 use crate::format::page::{self, BLOCKS_PER_SEGMENT, PAGE_SIZE};
 use crate::format::{label, wal::SegmentSize};
-use crate::repo::manifest::{DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry};
+use crate::repo::manifest::{
+    DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry,
+};
 use crate::repo::object::{self, Compression};
 use crate::repo::pack::{ChunkId, ChunkIndex, PackWriter};
 
@@ -54,7 +56,12 @@ impl ChunkSink {
         if self.known.lock().unwrap().insert(id) {
             let (compression, payload) = object::compress(data, self.level)?;
             self.tx
-                .send(Blob { id, raw_len: data.len(), compression, payload })
+                .send(Blob {
+                    id,
+                    raw_len: data.len(),
+                    compression,
+                    payload,
+                })
                 .map_err(|_| anyhow!("the pack writer stopped"))?;
         }
         Ok(id)
@@ -62,8 +69,18 @@ impl ChunkSink {
 
     /// Stores an in-memory file (`backup_label`, `pg_control`) as a manifest entry.
     fn store_file(&self, path: &str, data: &[u8], mode: u32, mtime: i64) -> Result<FileEntry> {
-        let chunks = data.chunks(CHUNK_SIZE).map(|c| self.store(c)).collect::<Result<_>>()?;
-        Ok(FileEntry { path: path.into(), size: data.len() as u64, mode, mtime, chunks, bad_blocks: Vec::new() })
+        let chunks = data
+            .chunks(CHUNK_SIZE)
+            .map(|c| self.store(c))
+            .collect::<Result<_>>()?;
+        Ok(FileEntry {
+            path: path.into(),
+            size: data.len() as u64,
+            mode,
+            mtime,
+            chunks,
+            bad_blocks: Vec::new(),
+        })
     }
 }
 
@@ -84,7 +101,13 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Page checks for one chunk of a relation file. A page that fails is read again: it
 /// counts as bad only if it still fails and was not changed since the backup started
 /// (a page being written may be torn, and WAL replay repairs it).
-fn bad_pages(file: &File, data: &[u8], file_offset: u64, segment: u32, start_lsn: Lsn) -> Result<Vec<u32>> {
+fn bad_pages(
+    file: &File,
+    data: &[u8],
+    file_offset: u64,
+    segment: u32,
+    start_lsn: Lsn,
+) -> Result<Vec<u32>> {
     let mut bad = Vec::new();
     for (i, page_bytes) in data.chunks_exact(PAGE_SIZE).enumerate() {
         let in_file = file_offset + (i * PAGE_SIZE) as u64;
@@ -94,7 +117,9 @@ fn bad_pages(file: &File, data: &[u8], file_offset: u64, segment: u32, start_lsn
         }
         let mut again = vec![0u8; PAGE_SIZE];
         file.read_exact_at(&mut again, in_file)?;
-        if again == page_bytes || !(page::verify(&again, blkno) || page::page_lsn(&again) >= start_lsn) {
+        if again == page_bytes
+            || !(page::verify(&again, blkno) || page::page_lsn(&again) >= start_lsn)
+        {
             bad.push(blkno);
         }
     }
@@ -102,7 +127,12 @@ fn bad_pages(file: &File, data: &[u8], file_offset: u64, segment: u32, start_lsn
 }
 
 /// Backs up one file; `None` if it vanished (dropped relation) before it was opened.
-fn backup_file(src: &SourceFile, sink: &ChunkSink, checksums_from: Option<Lsn>, progress: &ProgressBar) -> Result<Option<FileEntry>> {
+fn backup_file(
+    src: &SourceFile,
+    sink: &ChunkSink,
+    checksums_from: Option<Lsn>,
+    progress: &ProgressBar,
+) -> Result<Option<FileEntry>> {
     let mut file = match File::open(&src.abs) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -112,7 +142,8 @@ fn backup_file(src: &SourceFile, sink: &ChunkSink, checksums_from: Option<Lsn>, 
     let (mut offset, mut chunks, mut bad_blocks) = (0u64, Vec::new(), Vec::new());
     while offset < src.size {
         let want = CHUNK_SIZE.min((src.size - offset) as usize);
-        let n = read_full(&mut file, &mut buf[..want]).with_context(|| format!("cannot read {}", src.abs.display()))?;
+        let n = read_full(&mut file, &mut buf[..want])
+            .with_context(|| format!("cannot read {}", src.abs.display()))?;
         if n == 0 {
             break; // truncated while we read: WAL replay restores it
         }
@@ -127,7 +158,14 @@ fn backup_file(src: &SourceFile, sink: &ChunkSink, checksums_from: Option<Lsn>, 
             break;
         }
     }
-    Ok(Some(FileEntry { path: src.rel.clone(), size: offset, mode: src.mode, mtime: src.mtime, chunks, bad_blocks }))
+    Ok(Some(FileEntry {
+        path: src.rel.clone(),
+        size: offset,
+        mode: src.mode,
+        mtime: src.mtime,
+        chunks,
+        bad_blocks,
+    }))
 }
 
 fn epoch_to_time(secs: f64) -> DateTime<Utc> {
@@ -148,7 +186,13 @@ fn new_label(ctx: &Context) -> Result<String> {
 }
 
 /// Runs the workers over `files`, then returns their entries.
-fn run_workers(files: Vec<SourceFile>, jobs: usize, sink: &ChunkSink, checksums_from: Option<Lsn>, progress: &ProgressBar) -> Result<Vec<FileEntry>> {
+fn run_workers(
+    files: Vec<SourceFile>,
+    jobs: usize,
+    sink: &ChunkSink,
+    checksums_from: Option<Lsn>,
+    progress: &ProgressBar,
+) -> Result<Vec<FileEntry>> {
     let (work_tx, work_rx): (Sender<SourceFile>, Receiver<SourceFile>) = unbounded();
     for f in files {
         work_tx.send(f).unwrap();
@@ -169,7 +213,10 @@ fn run_workers(files: Vec<SourceFile>, jobs: usize, sink: &ChunkSink, checksums_
             .collect();
         let mut entries = Vec::new();
         for h in handles {
-            entries.extend(h.join().map_err(|_| anyhow!("a backup worker panicked"))??);
+            entries.extend(
+                h.join()
+                    .map_err(|_| anyhow!("a backup worker panicked"))??,
+            );
         }
         Ok(entries)
     })
@@ -189,13 +236,19 @@ pub fn backup(ctx: &Context, progress: &ProgressBar) -> Result<Manifest> {
         );
     }
     if session.in_recovery()? {
-        bail!("the server is a standby; pgkeep backs up primaries only for now, so point `connection` at the primary");
+        bail!(
+            "the server is a standby; pgkeep backs up primaries only for now, so point `connection` at the primary"
+        );
     }
     let data_checksums = session.setting("data_checksums")? == "on";
     let tablespaces: Vec<TablespaceEntry> = session
         .tablespaces()?
         .into_iter()
-        .map(|t| TablespaceEntry { oid: t.oid, name: t.name, location: t.location })
+        .map(|t| TablespaceEntry {
+            oid: t.oid,
+            name: t.name,
+            location: t.location,
+        })
         .collect();
 
     let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
@@ -205,9 +258,11 @@ pub fn backup(ctx: &Context, progress: &ProgressBar) -> Result<Manifest> {
     tracing::info!("backup {label} started at {start_lsn}");
 
     let listing = walk::walk(&ctx.cluster.pgdata)?;
-    let (mut files, pg_control): (Vec<_>, Vec<_>) =
-        listing.files.into_iter().partition(|f| f.rel != "global/pg_control");
-    files.sort_by(|a, b| b.size.cmp(&a.size));
+    let (mut files, pg_control): (Vec<_>, Vec<_>) = listing
+        .files
+        .into_iter()
+        .partition(|f| f.rel != "global/pg_control");
+    files.sort_by_key(|f| std::cmp::Reverse(f.size));
     progress.set_length(files.iter().map(|f| f.size).sum());
 
     let (blob_tx, blob_rx) = bounded::<Blob>(64);
@@ -236,20 +291,33 @@ pub fn backup(ctx: &Context, progress: &ProgressBar) -> Result<Manifest> {
         let stop = session.backup_stop()?;
         let snapshot = session.snapshot()?;
         let stop_time = session.now()?;
-        entries.push(sink.store_file("backup_label", stop.label_file.as_bytes(), 0o600, stop_time as i64)?);
+        entries.push(sink.store_file(
+            "backup_label",
+            stop.label_file.as_bytes(),
+            0o600,
+            stop_time as i64,
+        )?);
         if let Some(map) = &stop.tablespace_map {
-            entries.push(sink.store_file("tablespace_map", map.as_bytes(), 0o600, stop_time as i64)?);
+            entries.push(sink.store_file(
+                "tablespace_map",
+                map.as_bytes(),
+                0o600,
+                stop_time as i64,
+            )?);
         }
         Ok((entries, stop, snapshot, stop_time))
     })();
     drop(sink);
-    let writer = writer_thread.join().map_err(|_| anyhow!("the pack writer panicked"))?;
+    let writer = writer_thread
+        .join()
+        .map_err(|_| anyhow!("the pack writer panicked"))?;
     // A writer failure explains a worker's "pack writer stopped", so report it first.
     let writer = writer?;
     let (mut entries, stop, snapshot, stop_time) = result?;
     progress.finish_and_clear();
 
-    let parsed = label::parse(&stop.label_file).map_err(|e| anyhow!("pg_backup_stop returned a bad label: {e}"))?;
+    let parsed = label::parse(&stop.label_file)
+        .map_err(|e| anyhow!("pg_backup_stop returned a bad label: {e}"))?;
     let seg = SegmentSize(info.wal_segment_size);
     let timeout = Duration::from_secs(ctx.config.backup.archive_timeout);
     for segno in seg.segno(parsed.start_lsn)..=seg.segno_before(stop.stop_lsn) {
@@ -282,10 +350,21 @@ pub fn backup(ctx: &Context, progress: &ProgressBar) -> Result<Manifest> {
         size: entries.iter().map(|f| f.size).sum(),
         stored_size: writer.stored_bytes,
         tablespaces,
-        directories: listing.dirs.into_iter().map(|d| DirectoryEntry { path: d.rel, mode: d.mode }).collect(),
+        directories: listing
+            .dirs
+            .into_iter()
+            .map(|d| DirectoryEntry {
+                path: d.rel,
+                mode: d.mode,
+            })
+            .collect(),
         files: entries,
     };
     ctx.repo.publish_manifest(&manifest)?;
-    tracing::info!("backup {} published after {:.1} s", manifest.label, started.elapsed().as_secs_f64());
+    tracing::info!(
+        "backup {} published after {:.1} s",
+        manifest.label,
+        started.elapsed().as_secs_f64()
+    );
     Ok(manifest)
 }

@@ -13,7 +13,10 @@ use crate::repo::ClusterInfo;
 /// Checks that the server behind `connection` is the cluster configured as `pgdata`.
 fn check_data_directory(ctx: &Context, session: &mut Session) -> Result<()> {
     let server_dir = session.setting("data_directory")?;
-    let same = match (Path::new(&server_dir).canonicalize(), ctx.cluster.pgdata.canonicalize()) {
+    let same = match (
+        Path::new(&server_dir).canonicalize(),
+        ctx.cluster.pgdata.canonicalize(),
+    ) {
         (Ok(a), Ok(b)) => a == b,
         _ => Path::new(&server_dir) == ctx.cluster.pgdata,
     };
@@ -44,8 +47,12 @@ pub fn init(ctx: &Context) -> Result<String> {
             existing.system_identifier,
             info.system_identifier
         ),
-        Some(_) => Ok(format!("cluster '{}' is already registered (system {})", ctx.cluster_name, info.system_identifier)),
+        Some(_) => Ok(format!(
+            "cluster '{}' is already registered (system {})",
+            ctx.cluster_name, info.system_identifier
+        )),
         None => {
+            ctx.repo.create()?;
             ctx.repo.put_info(&info)?;
             Ok(format!(
                 "registered cluster '{}': system {}, PostgreSQL {}, {} MiB WAL segments",
@@ -80,7 +87,10 @@ pub fn check(ctx: &Context) -> Result<Vec<String>> {
     let info = match ctx.repo.info()? {
         Some(i) => i,
         None => {
-            problems.push(format!("cluster '{}' is not registered; run `pgkeep init`", ctx.cluster_name));
+            problems.push(format!(
+                "cluster '{}' is not registered; run `pgkeep init`",
+                ctx.cluster_name
+            ));
             return Ok(problems);
         }
     };
@@ -97,11 +107,15 @@ pub fn check(ctx: &Context) -> Result<Vec<String>> {
     }
     let wal_level = session.setting("wal_level")?;
     if wal_level == "minimal" {
-        problems.push("wal_level is minimal; set wal_level = replica in postgresql.conf and restart".into());
+        problems.push(
+            "wal_level is minimal; set wal_level = replica in postgresql.conf and restart".into(),
+        );
     }
     let archive_mode = session.setting("archive_mode")?;
     if archive_mode == "off" {
-        problems.push("archive_mode is off; set archive_mode = on in postgresql.conf and restart".into());
+        problems.push(
+            "archive_mode is off; set archive_mode = on in postgresql.conf and restart".into(),
+        );
     }
     let archive_command = session.setting("archive_command")?;
     let expected = format!("{} archive-push %p", ctx.self_command()?);

@@ -66,8 +66,15 @@ pub type Segments = BTreeMap<u64, i64>;
 pub fn archived_segments(ctx: &Context, seg: SegmentSize) -> Result<BTreeMap<u32, Segments>> {
     let mut out: BTreeMap<u32, Segments> = BTreeMap::new();
     for (_, file, meta) in ctx.repo.wal_files()? {
-        if let WalFile::Segment { timeline, log, seg: s } = file {
-            out.entry(timeline).or_default().insert(seg.segno_of(log, s), meta.modified);
+        if let WalFile::Segment {
+            timeline,
+            log,
+            seg: s,
+        } = file
+        {
+            out.entry(timeline)
+                .or_default()
+                .insert(seg.segno_of(log, s), meta.modified);
         }
     }
     Ok(out)
@@ -114,14 +121,19 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
             first_segment: seg.name(timeline, *segments.keys().next().unwrap()),
             last_segment: seg.name(timeline, *segments.keys().next_back().unwrap()),
             segments: segments.len(),
-            gaps: gaps(segments).into_iter().map(|(a, b)| [seg.name(timeline, a), seg.name(timeline, b)]).collect(),
+            gaps: gaps(segments)
+                .into_iter()
+                .map(|(a, b)| [seg.name(timeline, a), seg.name(timeline, b)])
+                .collect(),
             last_archived: to_time(*segments.values().max().unwrap()),
         })
         .collect();
     let mut recoverable: Option<Window> = None;
     for m in manifests {
         let start = seg.segno(m.start_lsn);
-        let Some((end, archived)) = contiguous_end(archive.get(&m.timeline), start) else { continue };
+        let Some((end, archived)) = contiguous_end(archive.get(&m.timeline), start) else {
+            continue;
+        };
         if end < seg.segno_before(m.stop_lsn) {
             continue; // not even consistent
         }
@@ -187,7 +199,11 @@ pub fn render(r: &InfoReport) -> String {
             b.stop_lsn,
             human_bytes(b.size),
             human_bytes(b.stored_size),
-            if b.bad_blocks > 0 { format!("  {} BAD BLOCKS", b.bad_blocks) } else { String::new() }
+            if b.bad_blocks > 0 {
+                format!("  {} BAD BLOCKS", b.bad_blocks)
+            } else {
+                String::new()
+            }
         ));
     }
     out.push_str("\nWAL archive:\n");

@@ -17,7 +17,7 @@ use anyhow::Result;
 use crate::config::{ClusterConfig, Config};
 use crate::pg::conninfo::{self, ConnParams};
 use crate::pg::session::Session;
-use crate::repo::{self, ClusterRepo, storage::LocalStorage};
+use crate::repo::{self, ClusterRepo, OpenMode, storage::LocalStorage};
 
 /// Everything a command needs: the configuration, the chosen cluster and its repository.
 pub struct Context<'a> {
@@ -28,12 +28,16 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    /// Opens the repository; `create` makes it if it does not exist (for `init`).
-    pub fn new(config: &'a Config, cluster: Option<&str>, create: bool) -> Result<Context<'a>> {
+    pub fn new(config: &'a Config, cluster: Option<&str>, mode: OpenMode) -> Result<Context<'a>> {
         let (cluster_name, cluster) = config.select_cluster(cluster)?;
         let storage = Arc::new(LocalStorage::new(&config.repository.path));
-        let repo = repo::open(storage, cluster_name, create)?;
-        Ok(Context { config, cluster_name, cluster, repo })
+        let repo = repo::open(storage, cluster_name, mode)?;
+        Ok(Context {
+            config,
+            cluster_name,
+            cluster,
+            repo,
+        })
     }
 
     pub fn conn_params(&self) -> Result<ConnParams> {
@@ -59,7 +63,11 @@ impl<'a> Context<'a> {
 
 /// Quotes a word for `/bin/sh` unless it needs none.
 pub fn shell_quote(word: &str) -> String {
-    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:,".contains(c)) {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,".contains(c))
+    {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', "'\\''"))
@@ -75,7 +83,11 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

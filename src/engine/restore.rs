@@ -82,13 +82,21 @@ fn load_manifests(ctx: &Context, named: Option<&str>) -> Result<Vec<Manifest>> {
 }
 
 /// The new location of each tablespace OID.
-fn tablespace_locations(manifest: &Manifest, map: &[(String, String)]) -> Result<BTreeMap<u32, String>> {
+fn tablespace_locations(
+    manifest: &Manifest,
+    map: &[(String, String)],
+) -> Result<BTreeMap<u32, String>> {
     for (old, new) in map {
         if !manifest.tablespaces.iter().any(|t| &t.location == old) {
             bail!(
                 "--tablespace-map names {old}, but backup {} has no tablespace there (it has: {})",
                 manifest.label,
-                manifest.tablespaces.iter().map(|t| t.location.as_str()).collect::<Vec<_>>().join(", ")
+                manifest
+                    .tablespaces
+                    .iter()
+                    .map(|t| t.location.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         if !Path::new(new).is_absolute() {
@@ -97,7 +105,10 @@ fn tablespace_locations(manifest: &Manifest, map: &[(String, String)]) -> Result
     }
     let mut out = BTreeMap::new();
     for t in &manifest.tablespaces {
-        let new = map.iter().find(|(old, _)| old == &t.location).map_or(t.location.clone(), |(_, n)| n.clone());
+        let new = map
+            .iter()
+            .find(|(old, _)| old == &t.location)
+            .map_or(t.location.clone(), |(_, n)| n.clone());
         if !is_empty_dir(Path::new(&new))? {
             bail!(
                 "tablespace {} would be restored into {new}, which is not empty; empty it or relocate it with --tablespace-map {}=NEWDIR",
@@ -136,7 +147,13 @@ fn preflight(ctx: &Context, manifest: &Manifest, index: &ChunkIndex) -> Result<(
 }
 
 /// Writes one file from its chunks; all-zero chunks become holes.
-fn restore_file(ctx: &Context, index: &ChunkIndex, entry: &FileEntry, dest: &Path, progress: &ProgressBar) -> Result<()> {
+fn restore_file(
+    ctx: &Context,
+    index: &ChunkIndex,
+    entry: &FileEntry,
+    dest: &Path,
+    progress: &ProgressBar,
+) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -144,23 +161,32 @@ fn restore_file(ctx: &Context, index: &ChunkIndex, entry: &FileEntry, dest: &Pat
         .with_context(|| format!("cannot create {}", dest.display()))?;
     let prefix = ctx.repo.packs_prefix();
     for id in &entry.chunks {
-        let data = index.read(&*ctx.repo.storage, &prefix, id).with_context(|| format!("cannot restore {}", entry.path))?;
+        let data = index
+            .read(&*ctx.repo.storage, &prefix, id)
+            .with_context(|| format!("cannot restore {}", entry.path))?;
         if data.iter().all(|&b| b == 0) {
             file.seek(SeekFrom::Current(data.len() as i64))?;
         } else {
-            file.write_all(&data).with_context(|| format!("cannot write {}", dest.display()))?;
+            file.write_all(&data)
+                .with_context(|| format!("cannot write {}", dest.display()))?;
         }
         progress.inc(data.len() as u64);
     }
     file.set_len(entry.size)?;
     file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
     file.set_modified(UNIX_EPOCH + Duration::from_secs(entry.mtime.max(0) as u64))?;
-    file.sync_all().with_context(|| format!("cannot fsync {}", dest.display()))?;
+    file.sync_all()
+        .with_context(|| format!("cannot fsync {}", dest.display()))?;
     Ok(())
 }
 
 /// Appends the recovery settings to `postgresql.auto.conf`, dropping earlier ones.
-fn write_recovery_settings(ctx: &Context, pgdata: &Path, manifest: &Manifest, opts: &RestoreOptions) -> Result<()> {
+fn write_recovery_settings(
+    ctx: &Context,
+    pgdata: &Path,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+) -> Result<()> {
     let path = pgdata.join("postgresql.auto.conf");
     let existing = fs::read_to_string(&path).unwrap_or_default();
     let mut text: String = existing
@@ -171,9 +197,15 @@ fn write_recovery_settings(ctx: &Context, pgdata: &Path, manifest: &Manifest, op
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    text.push_str(&format!("# Recovery settings added by pgkeep restore of backup {}\n", manifest.label));
+    text.push_str(&format!(
+        "# Recovery settings added by pgkeep restore of backup {}\n",
+        manifest.label
+    ));
     let restore_command = format!("{} archive-get %f \"%p\"", ctx.self_command()?);
-    text.push_str(&format!("restore_command = {}\n", guc_quote(&restore_command)));
+    text.push_str(&format!(
+        "restore_command = {}\n",
+        guc_quote(&restore_command)
+    ));
     let target = match &opts.target {
         Target::End => None,
         Target::Immediate => Some(("recovery_target", "immediate".to_string())),
@@ -193,7 +225,10 @@ fn write_recovery_settings(ctx: &Context, pgdata: &Path, manifest: &Manifest, op
         TimelineChoice::Current => "current".to_string(),
         TimelineChoice::Id(n) => n.to_string(),
     };
-    text.push_str(&format!("recovery_target_timeline = {}\n", guc_quote(&timeline)));
+    text.push_str(&format!(
+        "recovery_target_timeline = {}\n",
+        guc_quote(&timeline)
+    ));
     fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     File::open(&path)?.sync_all()?;
     let signal = pgdata.join("recovery.signal");
@@ -201,7 +236,11 @@ fn write_recovery_settings(ctx: &Context, pgdata: &Path, manifest: &Manifest, op
     Ok(())
 }
 
-pub fn restore(ctx: &Context, opts: &RestoreOptions, progress: &ProgressBar) -> Result<RestoreSummary> {
+pub fn restore(
+    ctx: &Context,
+    opts: &RestoreOptions,
+    progress: &ProgressBar,
+) -> Result<RestoreSummary> {
     let started = Instant::now();
     ctx.repo.require_info()?;
     if let Some(action) = &opts.action
@@ -218,11 +257,21 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions, progress: &ProgressBar) -> 
     }
     let manifests = load_manifests(ctx, opts.backup.as_deref())?;
     let paths = target::timeline_paths(&ctx.repo)?;
-    let manifest = target::choose(&manifests, opts.backup.as_deref(), &opts.target, opts.timeline, &paths)?;
+    let manifest = target::choose(
+        &manifests,
+        opts.backup.as_deref(),
+        &opts.target,
+        opts.timeline,
+        &paths,
+    )?;
     let locations = tablespace_locations(manifest, &opts.tablespace_map)?;
     let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
     preflight(ctx, manifest, &index)?;
-    tracing::info!("restoring backup {} into {}", manifest.label, pgdata.display());
+    tracing::info!(
+        "restoring backup {} into {}",
+        manifest.label,
+        pgdata.display()
+    );
 
     // Directories, with tablespace links in place of pg_tblspc/OID.
     fs::create_dir_all(&pgdata).with_context(|| format!("cannot create {}", pgdata.display()))?;
@@ -230,9 +279,13 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions, progress: &ProgressBar) -> 
     let mut dirs: Vec<PathBuf> = vec![pgdata.clone()];
     for d in &manifest.directories {
         let dest = pgdata.join(&d.path);
-        let oid = d.path.strip_prefix("pg_tblspc/").and_then(|o| o.parse::<u32>().ok());
+        let oid = d
+            .path
+            .strip_prefix("pg_tblspc/")
+            .and_then(|o| o.parse::<u32>().ok());
         if let Some(location) = oid.and_then(|o| locations.get(&o)) {
-            fs::create_dir_all(location).with_context(|| format!("cannot create tablespace directory {location}"))?;
+            fs::create_dir_all(location)
+                .with_context(|| format!("cannot create tablespace directory {location}"))?;
             fs::set_permissions(location, fs::Permissions::from_mode(0o700))?;
             std::os::unix::fs::symlink(location, &dest)
                 .with_context(|| format!("cannot link {} to {location}", dest.display()))?;
@@ -244,12 +297,14 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions, progress: &ProgressBar) -> 
         }
     }
 
-    let (control, files): (Vec<&FileEntry>, Vec<&FileEntry>) =
-        manifest.files.iter().partition(|f| f.path == "global/pg_control");
+    let (control, files): (Vec<&FileEntry>, Vec<&FileEntry>) = manifest
+        .files
+        .iter()
+        .partition(|f| f.path == "global/pg_control");
     progress.set_length(manifest.size);
     let (tx, rx) = unbounded();
     let mut by_size = files.clone();
-    by_size.sort_by(|a, b| b.size.cmp(&a.size));
+    by_size.sort_by_key(|f| std::cmp::Reverse(f.size));
     for f in by_size {
         tx.send(f).unwrap();
     }
@@ -268,13 +323,17 @@ pub fn restore(ctx: &Context, opts: &RestoreOptions, progress: &ProgressBar) -> 
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| anyhow!("a restore worker panicked"))??;
+            h.join()
+                .map_err(|_| anyhow!("a restore worker panicked"))??;
         }
         Ok(())
     })?;
 
     if !locations.is_empty() && !opts.tablespace_map.is_empty() {
-        let map: String = locations.iter().map(|(oid, loc)| format!("{oid} {loc}\n")).collect();
+        let map: String = locations
+            .iter()
+            .map(|(oid, loc)| format!("{oid} {loc}\n"))
+            .collect();
         let path = pgdata.join("tablespace_map");
         fs::write(&path, map)?;
         File::open(&path)?.sync_all()?;

@@ -42,7 +42,9 @@ impl std::str::FromStr for TimelineChoice {
                 .ok()
                 .filter(|&n: &u32| n > 0)
                 .map(TimelineChoice::Id)
-                .ok_or_else(|| format!("target timeline '{s}' is not 'latest', 'current' or a timeline number")),
+                .ok_or_else(|| {
+                    format!("target timeline '{s}' is not 'latest', 'current' or a timeline number")
+                }),
         }
     }
 }
@@ -54,7 +56,11 @@ pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t);
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f %#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%d %H:%M:%S%.f %#z",
+        "%Y-%m-%dT%H:%M:%S%.f%#z",
+    ] {
         if let Ok(t) = DateTime::parse_from_str(s, fmt) {
             return Ok(t);
         }
@@ -65,7 +71,9 @@ pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
             return Ok(t.and_utc().fixed_offset());
         }
     }
-    bail!("target time '{s}' is not a timestamp with a time zone; write it like 2026-11-21 09:30:00+00")
+    bail!(
+        "target time '{s}' is not a timestamp with a time zone; write it like 2026-11-21 09:30:00+00"
+    )
 }
 
 /// Formats a target time the way `recovery_target_time` accepts it.
@@ -81,11 +89,17 @@ pub fn xid_after(snapshot: &str, xid: u64) -> bool {
     let (Some(_xmin), Some(xmax), Some(xip)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    let Ok(xmax) = xmax.parse::<u64>() else { return false };
+    let Ok(xmax) = xmax.parse::<u64>() else {
+        return false;
+    };
     // A 32-bit xid is taken to be in the epoch of the snapshot, as PostgreSQL does.
     let full = if xid >> 32 == 0 && xmax >> 32 > 0 {
         let candidate = (xmax & !0xFFFF_FFFF) | xid;
-        if candidate > xmax + (1 << 31) { candidate - (1 << 32) } else { candidate }
+        if candidate > xmax + (1 << 31) {
+            candidate - (1 << 32)
+        } else {
+            candidate
+        }
     } else {
         xid
     };
@@ -105,13 +119,27 @@ pub fn reaches(backup: &Manifest, target: &Target) -> bool {
 /// Loads the history of every timeline the archive knows.
 pub fn timeline_paths(repo: &ClusterRepo) -> Result<BTreeMap<u32, TimelinePath>> {
     let mut paths = BTreeMap::new();
-    paths.insert(1, TimelinePath { timeline: 1, ancestors: Vec::new() });
+    paths.insert(
+        1,
+        TimelinePath {
+            timeline: 1,
+            ancestors: Vec::new(),
+        },
+    );
     for (name, file, _) in repo.wal_files()? {
         if let crate::format::wal::WalFile::History { timeline } = file {
-            let data = repo.get_wal(&name)?.with_context(|| format!("{name} vanished"))?;
+            let data = repo
+                .get_wal(&name)?
+                .with_context(|| format!("{name} vanished"))?;
             let text = String::from_utf8_lossy(&data);
             let ancestors = history::parse(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            paths.insert(timeline, TimelinePath { timeline, ancestors });
+            paths.insert(
+                timeline,
+                TimelinePath {
+                    timeline,
+                    ancestors,
+                },
+            );
         }
     }
     Ok(paths)
@@ -148,12 +176,18 @@ pub fn choose<'m>(
         let m = manifests
             .iter()
             .find(|m| m.label == label)
-            .with_context(|| format!("backup '{label}' does not exist; `pgkeep info` lists the backups"))?;
+            .with_context(|| {
+                format!("backup '{label}' does not exist; `pgkeep info` lists the backups")
+            })?;
         if !on_timeline(m)? {
-            bail!("backup {label} is not on the path of the target timeline; choose another backup or --target-timeline");
+            bail!(
+                "backup {label} is not on the path of the target timeline; choose another backup or --target-timeline"
+            );
         }
         if !reaches(m, target) {
-            bail!("backup {label} ends after the recovery target, so it cannot recover to it; choose an older backup or leave out --backup");
+            bail!(
+                "backup {label} ends after the recovery target, so it cannot recover to it; choose an older backup or leave out --backup"
+            );
         }
         return Ok(m);
     }

@@ -25,7 +25,12 @@ pub struct VerifyReport {
     pub wal_files: usize,
 }
 
-fn check_chunks(ctx: &Context, index: &ChunkIndex, manifests: &[Manifest], problems: &mut Vec<Problem>) -> Result<usize> {
+fn check_chunks(
+    ctx: &Context,
+    index: &ChunkIndex,
+    manifests: &[Manifest],
+    problems: &mut Vec<Problem>,
+) -> Result<usize> {
     let prefix = ctx.repo.packs_prefix();
     let mut users: BTreeMap<ChunkId, BTreeSet<String>> = BTreeMap::new();
     for m in manifests {
@@ -44,15 +49,26 @@ fn check_chunks(ctx: &Context, index: &ChunkIndex, manifests: &[Manifest], probl
                 let prefix = &prefix;
                 scope.spawn(move || {
                     part.iter()
-                        .filter_map(|id| index.read(&*ctx.repo.storage, prefix, id).err().map(|e| (**id, format!("{e:#}"))))
+                        .filter_map(|id| {
+                            index
+                                .read(&*ctx.repo.storage, prefix, id)
+                                .err()
+                                .map(|e| (**id, format!("{e:#}")))
+                        })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     for (id, err) in bad {
-        let breaks = users.get(&id).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let breaks = users
+            .get(&id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         problems.push(Problem { what: err, breaks });
     }
     for (id, labels) in &users {
@@ -74,14 +90,20 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
     for label in ctx.repo.backup_labels()? {
         match ctx.repo.load_manifest(&label) {
             Ok(m) => manifests.push(m),
-            Err(e) => problems.push(Problem { what: format!("{e:#}"), breaks: vec![label] }),
+            Err(e) => problems.push(Problem {
+                what: format!("{e:#}"),
+                breaks: vec![label],
+            }),
         }
     }
     let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix());
     let chunks = match index {
         Ok(index) => check_chunks(ctx, &index, &manifests, &mut problems)?,
         Err(e) => {
-            problems.push(Problem { what: format!("{e:#}"), breaks: manifests.iter().map(|m| m.label.clone()).collect() });
+            problems.push(Problem {
+                what: format!("{e:#}"),
+                breaks: manifests.iter().map(|m| m.label.clone()).collect(),
+            });
             0
         }
     };
@@ -90,7 +112,10 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
     let files = ctx.repo.wal_files()?;
     for (name, file, _) in &files {
         if let Err(e) = ctx.repo.get_wal(name) {
-            problems.push(Problem { what: format!("{e:#}"), breaks: affected(&manifests, seg, file) });
+            problems.push(Problem {
+                what: format!("{e:#}"),
+                breaks: affected(&manifests, seg, file),
+            });
         }
     }
 
@@ -101,7 +126,10 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
         for segno in seg.segno(m.start_lsn)..=seg.segno_before(m.stop_lsn) {
             if !segments.is_some_and(|s| s.contains_key(&segno)) {
                 problems.push(Problem {
-                    what: format!("WAL segment {} is missing from the archive", seg.name(m.timeline, segno)),
+                    what: format!(
+                        "WAL segment {} is missing from the archive",
+                        seg.name(m.timeline, segno)
+                    ),
                     breaks: vec![m.label.clone()],
                 });
             }
@@ -125,13 +153,22 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
             });
         }
     }
-    Ok(VerifyReport { problems, backups: manifests.len(), chunks, wal_files: files.len() })
+    Ok(VerifyReport {
+        problems,
+        backups: manifests.len(),
+        chunks,
+        wal_files: files.len(),
+    })
 }
 
 /// Backups whose recovery reads this WAL file.
 fn affected(manifests: &[Manifest], seg: SegmentSize, file: &WalFile) -> Vec<String> {
     match *file {
-        WalFile::Segment { timeline, log, seg: s } => {
+        WalFile::Segment {
+            timeline,
+            log,
+            seg: s,
+        } => {
             let segno = seg.segno_of(log, s);
             manifests
                 .iter()
@@ -139,9 +176,11 @@ fn affected(manifests: &[Manifest], seg: SegmentSize, file: &WalFile) -> Vec<Str
                 .map(|m| m.label.clone())
                 .collect()
         }
-        WalFile::History { timeline } => {
-            manifests.iter().filter(|m| m.timeline < timeline).map(|m| m.label.clone()).collect()
-        }
+        WalFile::History { timeline } => manifests
+            .iter()
+            .filter(|m| m.timeline < timeline)
+            .map(|m| m.label.clone())
+            .collect(),
         _ => Vec::new(),
     }
 }

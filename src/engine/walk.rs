@@ -70,13 +70,18 @@ fn relation_name(name: &str) -> Option<(&str, &str, u32)> {
 fn is_temp_relation(name: &str) -> bool {
     name.strip_prefix('t')
         .and_then(|r| r.split_once('_'))
-        .is_some_and(|(a, b)| !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && relation_name(b).is_some())
+        .is_some_and(|(a, b)| {
+            !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && relation_name(b).is_some()
+        })
 }
 
 /// Whether files directly inside `rel_dir` are relation files of a database.
 fn is_database_dir(rel_dir: &str) -> bool {
     let parts: Vec<&str> = rel_dir.split('/').collect();
-    matches!(parts.as_slice(), ["base", _] | ["global"] | ["pg_tblspc", _, _, _])
+    matches!(
+        parts.as_slice(),
+        ["base", _] | ["global"] | ["pg_tblspc", _, _, _]
+    )
 }
 
 pub struct Walk {
@@ -86,7 +91,10 @@ pub struct Walk {
 
 /// Walks the data directory, following `pg_tblspc/OID` links into tablespaces.
 pub fn walk(pgdata: &Path) -> Result<Walk> {
-    let mut out = Walk { dirs: Vec::new(), files: Vec::new() };
+    let mut out = Walk {
+        dirs: Vec::new(),
+        files: Vec::new(),
+    };
     walk_dir(pgdata, "", &mut out)?;
     Ok(out)
 }
@@ -96,26 +104,39 @@ fn walk_dir(abs: &Path, rel: &str, out: &mut Walk) -> Result<()> {
         Ok(e) => e,
         // A directory dropped while we walk (DROP DATABASE) is simply gone.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.is_empty() => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read directory {}", abs.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read directory {}", abs.display()));
+        }
     };
     let mut names: Vec<String> = Vec::new();
     for entry in entries {
         let entry = entry?;
         match entry.file_name().into_string() {
             Ok(n) => names.push(n),
-            Err(n) => tracing::warn!("skipping {} in {}: name is not UTF-8", n.to_string_lossy(), abs.display()),
+            Err(n) => tracing::warn!(
+                "skipping {} in {}: name is not UTF-8",
+                n.to_string_lossy(),
+                abs.display()
+            ),
         }
     }
     names.sort();
     let database_dir = is_database_dir(rel);
     // Unlogged relations: every fork except `_init` is left out (reset at recovery).
     let unlogged: HashSet<&str> = if database_dir {
-        names.iter().filter_map(|n| relation_name(n).filter(|r| r.1 == "init").map(|r| r.0)).collect()
+        names
+            .iter()
+            .filter_map(|n| relation_name(n).filter(|r| r.1 == "init").map(|r| r.0))
+            .collect()
     } else {
         HashSet::new()
     };
     for name in &names {
-        let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let child_rel = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
         let child_abs = abs.join(name);
         if rel.is_empty() && SKIP_TOP_FILES.contains(&name.as_str()) {
             continue;
@@ -127,19 +148,31 @@ fn walk_dir(abs: &Path, rel: &str, out: &mut Walk) -> Result<()> {
         let meta = match fs::metadata(&child_abs) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", child_abs.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot stat {}", child_abs.display()));
+            }
         };
         if meta.is_dir() {
-            out.dirs.push(SourceDir { rel: child_rel.clone(), mode: meta.permissions().mode() & 0o7777 });
+            out.dirs.push(SourceDir {
+                rel: child_rel.clone(),
+                mode: meta.permissions().mode() & 0o7777,
+            });
             if rel.is_empty() && EMPTY_DIRS.contains(&name.as_str()) {
                 if name == "pg_wal" {
-                    out.dirs.push(SourceDir { rel: "pg_wal/archive_status".into(), mode: 0o700 });
+                    out.dirs.push(SourceDir {
+                        rel: "pg_wal/archive_status".into(),
+                        mode: 0o700,
+                    });
                 }
                 continue;
             }
             walk_dir(&child_abs, &child_rel, out)?;
         } else if meta.is_file() {
-            let relation = if database_dir { relation_name(name) } else { None };
+            let relation = if database_dir {
+                relation_name(name)
+            } else {
+                None
+            };
             if database_dir && is_temp_relation(name) {
                 continue;
             }
@@ -205,9 +238,21 @@ mod tests {
         }
         let w = walk(d).unwrap();
         let files: Vec<&str> = w.files.iter().map(|f| f.rel.as_str()).collect();
-        assert_eq!(files, vec!["PG_VERSION", "base/5/100", "base/5/200_init", "global/pg_control"]);
+        assert_eq!(
+            files,
+            vec![
+                "PG_VERSION",
+                "base/5/100",
+                "base/5/200_init",
+                "global/pg_control"
+            ]
+        );
         let dirs: Vec<&str> = w.dirs.iter().map(|d| d.rel.as_str()).collect();
-        assert!(dirs.contains(&"pg_wal") && dirs.contains(&"pg_wal/archive_status") && dirs.contains(&"pg_stat_tmp"));
+        assert!(
+            dirs.contains(&"pg_wal")
+                && dirs.contains(&"pg_wal/archive_status")
+                && dirs.contains(&"pg_stat_tmp")
+        );
         assert!(!dirs.contains(&"base/pgsql_tmp"));
         assert_eq!(w.files[1].relation_segment, Some(0));
     }

@@ -21,10 +21,18 @@ pub fn parse(text: &str) -> Result<Vec<Ancestor>, String> {
             continue;
         }
         let mut fields = line.split_whitespace();
-        let bad = || format!("line {} of the timeline history is malformed: '{line}'", n + 1);
+        let bad = || {
+            format!(
+                "line {} of the timeline history is malformed: '{line}'",
+                n + 1
+            )
+        };
         let timeline = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
         let switch_point = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-        out.push(Ancestor { timeline, switch_point });
+        out.push(Ancestor {
+            timeline,
+            switch_point,
+        });
     }
     Ok(out)
 }
@@ -43,7 +51,9 @@ impl TimelinePath {
         if tli == self.timeline {
             return true;
         }
-        self.ancestors.iter().any(|a| a.timeline == tli && lsn <= a.switch_point)
+        self.ancestors
+            .iter()
+            .any(|a| a.timeline == tli && lsn <= a.switch_point)
     }
 
     /// The timeline that WAL at `lsn` is read from when recovering along this path.
@@ -64,13 +74,22 @@ mod tests {
         let text = "1\t0/3000160\tno recovery target specified\n\n2\t0/5000000\tbefore 2026-11-21 10:00:00+00\n";
         let anc = parse(text).unwrap();
         assert_eq!(anc.len(), 2);
-        assert_eq!(anc[1], Ancestor { timeline: 2, switch_point: "0/5000000".parse().unwrap() });
+        assert_eq!(
+            anc[1],
+            Ancestor {
+                timeline: 2,
+                switch_point: "0/5000000".parse().unwrap()
+            }
+        );
         assert!(parse("1 zz").is_err());
     }
 
     #[test]
     fn path_follows_switch_points() {
-        let path = TimelinePath { timeline: 3, ancestors: parse("1\t0/3000000\tx\n2\t0/5000000\ty").unwrap() };
+        let path = TimelinePath {
+            timeline: 3,
+            ancestors: parse("1\t0/3000000\tx\n2\t0/5000000\ty").unwrap(),
+        };
         assert!(path.contains(1, "0/2000000".parse().unwrap()));
         assert!(!path.contains(1, "0/4000000".parse().unwrap()));
         assert!(path.contains(2, "0/4000000".parse().unwrap()));

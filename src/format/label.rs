@@ -25,7 +25,11 @@ pub fn parse(text: &str) -> Result<BackupLabel, String> {
     let start_timeline = field("START TIMELINE:")?
         .parse()
         .map_err(|_| "backup_label has a malformed START TIMELINE".to_string())?;
-    Ok(BackupLabel { start_lsn, checkpoint_lsn, start_timeline })
+    Ok(BackupLabel {
+        start_lsn,
+        checkpoint_lsn,
+        start_timeline,
+    })
 }
 
 #[cfg(test)]

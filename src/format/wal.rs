@@ -25,7 +25,11 @@ fn hex8(s: &str) -> Option<u32> {
 }
 
 fn segment_parts(s: &str) -> Option<(u32, u32, u32)> {
-    if s.len() != 24 || !s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) {
+    if s.len() != 24
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+    {
         return None;
     }
     Some((hex8(&s[0..8])?, hex8(&s[8..16])?, hex8(&s[16..24])?))
@@ -35,7 +39,9 @@ impl WalFile {
     /// Classifies a WAL file name; `None` for anything PostgreSQL would never archive.
     pub fn parse(name: &str) -> Option<WalFile> {
         if let Some(tli) = name.strip_suffix(".history") {
-            return Some(WalFile::History { timeline: hex8(tli)? });
+            return Some(WalFile::History {
+                timeline: hex8(tli)?,
+            });
         }
         if let Some(seg) = name.strip_suffix(".partial") {
             let (timeline, log, seg) = segment_parts(seg)?;
@@ -150,27 +156,50 @@ mod tests {
         assert_eq!(MB16.name(2, MB16.segno(lsn)), "0000000200000016000000B3");
         // A stop LSN on a segment boundary belongs to the previous segment.
         let boundary: Lsn = "0/4000000".parse().unwrap();
-        assert_eq!(MB16.name(1, MB16.segno_before(boundary)), "000000010000000000000003");
+        assert_eq!(
+            MB16.name(1, MB16.segno_before(boundary)),
+            "000000010000000000000003"
+        );
         let big = SegmentSize(1024 * 1024 * 1024);
-        assert_eq!(big.name(1, big.segno("5/C0000000".parse().unwrap())), "000000010000000500000003");
+        assert_eq!(
+            big.name(1, big.segno("5/C0000000".parse().unwrap())),
+            "000000010000000500000003"
+        );
     }
 
     #[test]
     fn classifies_archived_names() {
         assert_eq!(
             WalFile::parse("0000000100000000000000A3"),
-            Some(WalFile::Segment { timeline: 1, log: 0, seg: 0xA3 })
+            Some(WalFile::Segment {
+                timeline: 1,
+                log: 0,
+                seg: 0xA3
+            })
         );
-        assert_eq!(WalFile::parse("00000002.history"), Some(WalFile::History { timeline: 2 }));
+        assert_eq!(
+            WalFile::parse("00000002.history"),
+            Some(WalFile::History { timeline: 2 })
+        );
         assert_eq!(
             WalFile::parse("000000010000000000000003.00000028.backup"),
             Some(WalFile::BackupHistory { timeline: 1 })
         );
         assert_eq!(
             WalFile::parse("000000010000000000000005.partial"),
-            Some(WalFile::Partial { timeline: 1, log: 0, seg: 5 })
+            Some(WalFile::Partial {
+                timeline: 1,
+                log: 0,
+                seg: 5
+            })
         );
-        for bad in ["", "../00000001.history", "0000000100000000000000a3", "00000001000000000000003", "x.history"] {
+        for bad in [
+            "",
+            "../00000001.history",
+            "0000000100000000000000a3",
+            "00000001000000000000003",
+            "x.history",
+        ] {
             assert_eq!(WalFile::parse(bad), None, "{bad}");
         }
     }

@@ -63,7 +63,9 @@ fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
             map.entry(key.to_string()).or_insert(value);
         }
     }
-    let os_user = env("USER").or_else(|| env("LOGNAME")).unwrap_or_else(|| "postgres".into());
+    let os_user = env("USER")
+        .or_else(|| env("LOGNAME"))
+        .unwrap_or_else(|| "postgres".into());
     let hosts: Vec<String> = map
         .get("host")
         .or(map.get("hostaddr"))
@@ -74,7 +76,9 @@ fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
             .split(',')
             .map(|p| p.trim().parse::<u16>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| anyhow::anyhow!("port '{p}' in the connection settings is not a port number"))?,
+            .map_err(|_| {
+                anyhow::anyhow!("port '{p}' in the connection settings is not a port number")
+            })?,
         None => vec![5432],
     };
     let user = map.get("user").cloned().unwrap_or(os_user);
@@ -85,9 +89,23 @@ fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
         })?)),
         None => None,
     };
-    let sslmode = map.get("sslmode").cloned().unwrap_or_else(|| "prefer".into());
-    if !["disable", "allow", "prefer", "require", "verify-ca", "verify-full"].contains(&sslmode.as_str()) {
-        bail!("sslmode '{sslmode}' is not one of disable, allow, prefer, require, verify-ca, verify-full");
+    let sslmode = map
+        .get("sslmode")
+        .cloned()
+        .unwrap_or_else(|| "prefer".into());
+    if ![
+        "disable",
+        "allow",
+        "prefer",
+        "require",
+        "verify-ca",
+        "verify-full",
+    ]
+    .contains(&sslmode.as_str())
+    {
+        bail!(
+            "sslmode '{sslmode}' is not one of disable, allow, prefer, require, verify-ca, verify-full"
+        );
     }
     let mut params = ConnParams {
         hosts,
@@ -96,7 +114,10 @@ fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
         dbname,
         password: map.get("password").cloned(),
         connect_timeout,
-        application_name: map.get("application_name").cloned().unwrap_or_else(|| "pgkeep".into()),
+        application_name: map
+            .get("application_name")
+            .cloned()
+            .unwrap_or_else(|| "pgkeep".into()),
         options: map.get("options").cloned(),
         sslmode,
     };
@@ -114,7 +135,12 @@ fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
 
 /// Debian's (and most packagers') default socket directory, else PostgreSQL's own default.
 fn default_socket_dir() -> String {
-    if Path::new("/var/run/postgresql").is_dir() { "/var/run/postgresql" } else { "/tmp" }.into()
+    if Path::new("/var/run/postgresql").is_dir() {
+        "/var/run/postgresql"
+    } else {
+        "/tmp"
+    }
+    .into()
 }
 
 /// Parses a conninfo string or URI into keyword/value pairs, rejecting unknown keywords.
@@ -130,7 +156,11 @@ pub fn parse(conninfo: &str) -> Result<BTreeMap<String, String>> {
         if !KEYWORDS.iter().any(|(known, _)| *known == k) {
             bail!(
                 "unknown connection keyword '{k}'; pgkeep understands {}",
-                KEYWORDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                KEYWORDS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         map.insert(k, v);
@@ -173,7 +203,9 @@ fn parse_keyword_value(s: &str) -> Result<Vec<(String, String)>> {
                     Some('\\') => value.extend(chars.next()),
                     Some('\'') => break,
                     Some(c) => value.push(c),
-                    None => bail!("the quoted value of connection setting '{key}' has no closing quote"),
+                    None => {
+                        bail!("the quoted value of connection setting '{key}' has no closing quote")
+                    }
                 }
             }
         } else {
@@ -199,8 +231,12 @@ fn percent_decode(s: &str) -> Result<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
-            let Some(b) = hex else { bail!("bad percent-encoding in connection URI near '{}'", &s[i..]) };
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(b) = hex else {
+                bail!("bad percent-encoding in connection URI near '{}'", &s[i..])
+            };
             out.push(b);
             i += 3;
         } else {
@@ -233,7 +269,9 @@ fn parse_uri(uri: &str) -> Result<Vec<(String, String)>> {
     let (mut hosts, mut ports) = (Vec::new(), Vec::new());
     for spec in hostspec.split(',').filter(|s| !s.is_empty()) {
         let (host, port) = if let Some(v6) = spec.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').context("connection URI has an unclosed '[' in its host")?;
+            let (h, after) = v6
+                .split_once(']')
+                .context("connection URI has an unclosed '[' in its host")?;
             (h.to_string(), after.strip_prefix(':').unwrap_or(""))
         } else {
             let (h, p) = spec.split_once(':').unwrap_or((spec, ""));
@@ -252,14 +290,19 @@ fn parse_uri(uri: &str) -> Result<Vec<(String, String)>> {
         out.push(("dbname".into(), percent_decode(dbname)?));
     }
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').context("connection URI query parameter without '='")?;
+        let (k, v) = pair
+            .split_once('=')
+            .context("connection URI query parameter without '='")?;
         out.push((percent_decode(k)?, percent_decode(v)?));
     }
     Ok(out)
 }
 
 /// Reads the `[service]` section from the user's and the system's service files.
-fn service_params(service: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<(String, String)>> {
+fn service_params(
+    service: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>> {
     let mut files = Vec::new();
     match env("PGSERVICEFILE") {
         Some(f) => files.push(PathBuf::from(f)),
@@ -268,7 +311,9 @@ fn service_params(service: &str, env: &dyn Fn(&str) -> Option<String>) -> Result
     let sysconf = env("PGSYSCONFDIR").unwrap_or_else(|| "/etc/postgresql-common".into());
     files.push(Path::new(&sysconf).join("pg_service.conf"));
     for file in &files {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
         let mut in_section = false;
         let mut found = Vec::new();
         for line in text.lines().map(str::trim) {
@@ -281,9 +326,12 @@ fn service_params(service: &str, env: &dyn Fn(&str) -> Option<String>) -> Result
                 }
                 in_section = name == service;
             } else if in_section {
-                let (k, v) = line
-                    .split_once('=')
-                    .with_context(|| format!("service file {} has a malformed line '{line}'", file.display()))?;
+                let (k, v) = line.split_once('=').with_context(|| {
+                    format!(
+                        "service file {} has a malformed line '{line}'",
+                        file.display()
+                    )
+                })?;
                 found.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
@@ -291,15 +339,23 @@ fn service_params(service: &str, env: &dyn Fn(&str) -> Option<String>) -> Result
             return Ok(found);
         }
     }
-    bail!("service '{service}' is not defined in any service file ({})", 
-        files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "))
+    bail!(
+        "service '{service}' is not defined in any service file ({})",
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Looks up the password in a `.pgpass`-format file, ignoring it (as libpq does) if
 /// group or others can read it.
 fn password_from_file(file: &Path, params: &ConnParams) -> Result<Option<String>> {
     use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::metadata(file) else { return Ok(None) };
+    let Ok(meta) = std::fs::metadata(file) else {
+        return Ok(None);
+    };
     if meta.permissions().mode() & 0o077 != 0 {
         tracing::warn!(
             "password file {} has group or world access and is ignored; chmod 0600 it",
@@ -307,7 +363,8 @@ fn password_from_file(file: &Path, params: &ConnParams) -> Result<Option<String>
         );
         return Ok(None);
     }
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read password file {}", file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read password file {}", file.display()))?;
     let host = params.hosts.first().cloned().unwrap_or_default();
     let host_names: Vec<&str> = if host.starts_with('/') && host == default_socket_dir() {
         vec!["localhost", &host]
@@ -358,7 +415,9 @@ impl ConnParams {
         for port in &self.ports {
             cfg.port(*port);
         }
-        cfg.user(&self.user).dbname(&self.dbname).application_name(&self.application_name);
+        cfg.user(&self.user)
+            .dbname(&self.dbname)
+            .application_name(&self.application_name);
         if let Some(p) = &self.password {
             cfg.password(p);
         }
@@ -381,7 +440,11 @@ impl ConnParams {
 
     /// `host:port` of the first server, for messages.
     pub fn describe(&self) -> String {
-        format!("{}:{}", self.hosts.join(","), self.ports.first().copied().unwrap_or(5432))
+        format!(
+            "{}:{}",
+            self.hosts.join(","),
+            self.ports.first().copied().unwrap_or(5432)
+        )
     }
 }
 
@@ -391,7 +454,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -403,12 +469,18 @@ mod tests {
         assert_eq!(m["dbname"], "my db");
         assert_eq!(m["password"], "it's");
         assert!(parse("host").is_err());
-        assert!(parse("hots=x").unwrap_err().to_string().contains("unknown connection keyword 'hots'"));
+        assert!(
+            parse("hots=x")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown connection keyword 'hots'")
+        );
     }
 
     #[test]
     fn uri_forms() {
-        let m = parse("postgresql://app:s%40cret@db1:5433,[::1]:5434/sales?sslmode=disable").unwrap();
+        let m =
+            parse("postgresql://app:s%40cret@db1:5433,[::1]:5434/sales?sslmode=disable").unwrap();
         assert_eq!(m["user"], "app");
         assert_eq!(m["password"], "s@cret");
         assert_eq!(m["host"], "db1,::1");
@@ -421,7 +493,12 @@ mod tests {
 
     #[test]
     fn environment_fills_gaps_but_does_not_override() {
-        let env = env_of(&[("PGPORT", "6000"), ("PGUSER", "envuser"), ("PGHOST", "/sock"), ("USER", "os")]);
+        let env = env_of(&[
+            ("PGPORT", "6000"),
+            ("PGUSER", "envuser"),
+            ("PGHOST", "/sock"),
+            ("USER", "os"),
+        ]);
         let p = resolve_with("user=explicit", &env).unwrap();
         assert_eq!(p.user, "explicit");
         assert_eq!(p.dbname, "explicit");
@@ -434,14 +511,33 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pgpass");
-        std::fs::write(&file, "# comment\nother:*:*:*:no\ndb1:5433:*:app:pa\\:ss\n*:*:*:*:fallback\n").unwrap();
+        std::fs::write(
+            &file,
+            "# comment\nother:*:*:*:no\ndb1:5433:*:app:pa\\:ss\n*:*:*:*:fallback\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let conninfo = format!("host=db1 port=5433 user=app passfile={}", file.display());
-        assert_eq!(resolve_with(&conninfo, &env_of(&[])).unwrap().password.as_deref(), Some("pa:ss"));
+        assert_eq!(
+            resolve_with(&conninfo, &env_of(&[]))
+                .unwrap()
+                .password
+                .as_deref(),
+            Some("pa:ss")
+        );
         let conninfo = format!("host=db2 user=app passfile={}", file.display());
-        assert_eq!(resolve_with(&conninfo, &env_of(&[])).unwrap().password.as_deref(), Some("fallback"));
+        assert_eq!(
+            resolve_with(&conninfo, &env_of(&[]))
+                .unwrap()
+                .password
+                .as_deref(),
+            Some("fallback")
+        );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(resolve_with(&conninfo, &env_of(&[])).unwrap().password, None);
+        assert_eq!(
+            resolve_with(&conninfo, &env_of(&[])).unwrap().password,
+            None
+        );
     }
 
     #[test]

@@ -56,19 +56,27 @@ impl Session {
             .query_one("SELECT current_setting('server_version_num')", &[])
             .map_err(|e| anyhow!("cannot read the server version: {}", describe(&e)))?
             .get(0);
-        let version_num = version.parse().context("server_version_num is not a number")?;
+        let version_num = version
+            .parse()
+            .context("server_version_num is not a number")?;
         if version_num < 150000 {
             bail!(
                 "PostgreSQL {} is not supported; pgkeep needs PostgreSQL 15 or newer",
                 version_num / 10000
             );
         }
-        Ok(Session { client, version_num })
+        Ok(Session {
+            client,
+            version_num,
+        })
     }
 
     /// Runs a query that returns one text value.
     pub fn text(&mut self, sql: &str) -> Result<String> {
-        let row = self.client.query_one(sql, &[]).map_err(|e| anyhow!("query `{sql}` failed: {}", describe(&e)))?;
+        let row = self
+            .client
+            .query_one(sql, &[])
+            .map_err(|e| anyhow!("query `{sql}` failed: {}", describe(&e)))?;
         Ok(row.get(0))
     }
 
@@ -87,7 +95,9 @@ impl Session {
     }
 
     pub fn wal_segment_size(&mut self) -> Result<u64> {
-        Ok(self.text("SELECT pg_size_bytes(current_setting('wal_segment_size'))::text")?.parse()?)
+        Ok(self
+            .text("SELECT pg_size_bytes(current_setting('wal_segment_size'))::text")?
+            .parse()?)
     }
 
     pub fn in_recovery(&mut self) -> Result<bool> {
@@ -96,7 +106,9 @@ impl Session {
 
     /// Seconds since the epoch on the server's clock.
     pub fn now(&mut self) -> Result<f64> {
-        Ok(self.text("SELECT extract(epoch FROM clock_timestamp())::text")?.parse()?)
+        Ok(self
+            .text("SELECT extract(epoch FROM clock_timestamp())::text")?
+            .parse()?)
     }
 
     pub fn tablespaces(&mut self) -> Result<Vec<Tablespace>> {
@@ -125,7 +137,9 @@ impl Session {
             .client
             .query_one("SELECT pg_backup_start($1, true)::text", &[&label])
             .map_err(|e| anyhow!("pg_backup_start failed: {}", describe(&e)))?;
-        row.get::<_, String>(0).parse().map_err(|e: String| anyhow!(e))
+        row.get::<_, String>(0)
+            .parse()
+            .map_err(|e: String| anyhow!(e))
     }
 
     /// Stops the backup without waiting for archiving: pgkeep waits for the WAL itself,
@@ -133,11 +147,17 @@ impl Session {
     pub fn backup_stop(&mut self) -> Result<BackupStop> {
         let row = self
             .client
-            .query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[])
+            .query_one(
+                "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)",
+                &[],
+            )
             .map_err(|e| anyhow!("pg_backup_stop failed: {}", describe(&e)))?;
         let spcmap: Option<String> = row.get(2);
         Ok(BackupStop {
-            stop_lsn: row.get::<_, String>(0).parse().map_err(|e: String| anyhow!(e))?,
+            stop_lsn: row
+                .get::<_, String>(0)
+                .parse()
+                .map_err(|e: String| anyhow!(e))?,
             label_file: row.get(1),
             tablespace_map: spcmap.filter(|s| !s.is_empty()),
         })

@@ -75,8 +75,16 @@ pub struct FileEntry {
 pub fn check_path(path: &str) -> Result<(), String> {
     let bad = path.is_empty()
         || path.starts_with('/')
-        || path.split('/').any(|p| p.is_empty() || p == "." || p == "..");
-    if bad { Err(format!("manifest path '{path}' is not a plain relative path")) } else { Ok(()) }
+        || path
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..");
+    if bad {
+        Err(format!(
+            "manifest path '{path}' is not a plain relative path"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 impl Manifest {
@@ -89,7 +97,12 @@ impl Manifest {
                 self.version
             ));
         }
-        for p in self.files.iter().map(|f| &f.path).chain(self.directories.iter().map(|d| &d.path)) {
+        for p in self
+            .files
+            .iter()
+            .map(|f| &f.path)
+            .chain(self.directories.iter().map(|d| &d.path))
+        {
             check_path(p)?;
         }
         if self.chunk_size == 0 {
@@ -97,7 +110,10 @@ impl Manifest {
         }
         for f in &self.files {
             if f.chunks.len() as u64 != f.size.div_ceil(self.chunk_size) {
-                return Err(format!("manifest entry for {} has the wrong number of chunks", f.path));
+                return Err(format!(
+                    "manifest entry for {} has the wrong number of chunks",
+                    f.path
+                ));
             }
         }
         Ok(())

