@@ -15,17 +15,30 @@ fn page_checksums(pg: Pg) {
 
     // A clean cluster: no block may be reported.
     let out = env.pgkeep_ok(&["backup"]);
-    assert!(!out.contains("WARNING"), "clean cluster reported bad blocks: {out}");
+    assert!(
+        !out.contains("WARNING"),
+        "clean cluster reported bad blocks: {out}"
+    );
 
     // Corrupt block 3 of the table on disk, behind PostgreSQL's back.
     let relpath = main.sql("SELECT pg_relation_filepath('victim')");
     main.stop();
-    let file = std::fs::OpenOptions::new().write(true).open(main.pgdata.join(&relpath)).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(main.pgdata.join(&relpath))
+        .unwrap();
     file.write_all_at(b"garbage!", 3 * 8192 + 4000).unwrap();
     drop(file);
-    let oracle = as_postgres(main.pg.tool("pg_checksums")).args(["--check", "-D"]).arg(&main.pgdata).output().unwrap();
+    let oracle = as_postgres(main.pg.tool("pg_checksums"))
+        .args(["--check", "-D"])
+        .arg(&main.pgdata)
+        .output()
+        .unwrap();
     let oracle_err = String::from_utf8_lossy(&oracle.stderr);
-    assert!(!oracle.status.success() && oracle_err.contains("block 3:"), "pg_checksums: {oracle_err}");
+    assert!(
+        !oracle.status.success() && oracle_err.contains("block 3:"),
+        "pg_checksums: {oracle_err}"
+    );
     main.start();
 
     // The backup still completes, and names exactly that block.
@@ -34,7 +47,12 @@ fn page_checksums(pg: Pg) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("WARNING: 1 blocks failed"), "{stdout}");
-    assert!(stderr.contains(&format!("{relpath} has invalid page checksums in blocks [3]")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{relpath} has invalid page checksums in blocks [3]"
+        )),
+        "{stderr}"
+    );
     let info = env.pgkeep_ok(&["info", "--json"]);
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["backups"][0]["bad_blocks"], 0);

@@ -129,8 +129,8 @@ pub fn parse_long_header(bytes: &[u8]) -> Option<LongPageHeader> {
     let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
     let magic = u16_at(0);
-    // Every WAL magic since 9.x has the high byte 0xD0.
-    if magic & 0xFF00 != 0xD000 || u16_at(2) & XLP_LONG_HEADER == 0 {
+    // WAL page magics are 0xD0xx (9.x) and 0xD1xx (10 and later: 0xD110 is 15, 0xD118 is 18).
+    if magic & 0xF000 != 0xD000 || u16_at(2) & XLP_LONG_HEADER == 0 {
         return None;
     }
     Some(LongPageHeader {
@@ -202,6 +202,25 @@ mod tests {
         ] {
             assert_eq!(WalFile::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn reads_long_page_header() {
+        // The first 40 bytes of a PostgreSQL 15 segment, system 7710555394523847067.
+        let mut page = vec![0u8; 40];
+        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        page[2..4].copy_from_slice(&2u16.to_le_bytes());
+        page[4..8].copy_from_slice(&1u32.to_le_bytes());
+        page[8..16].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        page[24..32].copy_from_slice(&7710555394523847067u64.to_le_bytes());
+        page[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        let h = parse_long_header(&page).unwrap();
+        assert_eq!(h.system_identifier, 7710555394523847067);
+        assert_eq!(h.timeline, 1);
+        assert_eq!(h.page_address, Lsn(0x100_0000));
+        page[0] = 0x18; // 0xD118, PostgreSQL 18
+        assert!(parse_long_header(&page).is_some());
+        assert!(parse_long_header(&[0u8; 40]).is_none(), "zeroed segment");
     }
 
     #[test]

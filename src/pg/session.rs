@@ -168,8 +168,11 @@ impl Session {
         self.text("SELECT pg_current_snapshot()::text")
     }
 
-    /// Forces a WAL switch and returns the name of the segment that it completed.
+    /// Forces a WAL switch and returns the name of the segment that it completed. A
+    /// restore point is written first: a switch with no WAL since the last one does
+    /// nothing, and the segment it names would never be archived.
     pub fn switch_wal(&mut self) -> Result<String> {
+        self.text("SELECT pg_create_restore_point('pgkeep check')::text")?;
         self.text("SELECT pg_walfile_name(pg_switch_wal())")
     }
 }

@@ -1,0 +1,115 @@
+//! Timelines: a restored and promoted cluster starts timeline 2 and archives into the same
+//! repository; recovery then reaches points on either timeline after the branch.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Env, Pg, Server};
+
+fn rows(s: &Server) -> String {
+    s.sql("SELECT string_agg(id || ':' || note, ',' ORDER BY id) FROM t")
+}
+
+/// Switches WAL and waits until the server reports the segment archived.
+fn archive_now(s: &Server) {
+    let segment = s.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment {
+        assert!(Instant::now() < deadline, "{segment} was not archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn restore(env: &Env, dir: &str, args: &[&str]) -> Server {
+    let pgdata = env.path(dir);
+    let mut all = vec![
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target-action",
+        "promote",
+    ];
+    all.extend_from_slice(args);
+    env.pgkeep_ok(&all);
+    env.restored(&pgdata)
+}
+
+fn timelines(pg: Pg) {
+    let env = Env::new(&format!("timelines{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.sql("CREATE TABLE t (id int PRIMARY KEY, note text); INSERT INTO t VALUES (1, 'base')");
+    env.pgkeep_ok(&["backup"]);
+
+    main.sql("INSERT INTO t VALUES (2, 'tl1 before branch')");
+    let branch_rows = rows(&main);
+    let branch_lsn = main.sql("SELECT pg_current_wal_lsn()");
+    main.sql("INSERT INTO t VALUES (3, 'tl1 after branch')");
+    archive_now(&main);
+
+    // Branch: recover to the LSN and promote; the new timeline archives into the repository.
+    let mut tl2 = restore(&env, "tl2", &["--target-lsn", &branch_lsn]);
+    tl2.start();
+    tl2.wait_promoted();
+    assert_eq!(rows(&tl2), branch_rows);
+    assert_eq!(
+        tl2.sql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+    tl2.sql("INSERT INTO t VALUES (10, 'tl2')");
+    let tl2_rows = rows(&tl2);
+    let tl2_lsn = tl2.sql("SELECT pg_current_wal_lsn()");
+    tl2.sql("INSERT INTO t VALUES (11, 'tl2 later')");
+    archive_now(&tl2);
+    tl2.stop();
+
+    // Timeline 1 goes on after the branch.
+    main.sql("INSERT INTO t VALUES (4, 'tl1 later')");
+    let tl1_rows = rows(&main);
+    std::thread::sleep(Duration::from_millis(1100));
+    let tl1_time = main.sql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    main.sql("INSERT INTO t VALUES (5, 'tl1 too late')");
+    archive_now(&main);
+
+    let info: serde_json::Value =
+        serde_json::from_str(&env.pgkeep_ok(&["info", "--json"])).unwrap();
+    let timelines: Vec<u64> = info["wal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["timeline"].as_u64().unwrap())
+        .collect();
+    assert_eq!(timelines, vec![1, 2]);
+
+    // A point on timeline 2 (latest), from the backup taken on timeline 1.
+    let mut on_tl2 = restore(&env, "on-tl2", &["--target-lsn", &tl2_lsn]);
+    on_tl2.options = "-c archive_mode=off".into();
+    on_tl2.start();
+    on_tl2.wait_promoted();
+    assert_eq!(rows(&on_tl2), tl2_rows, "recovery along timeline 2");
+    on_tl2.stop();
+
+    // A point on timeline 1 after the branch.
+    let mut on_tl1 = restore(
+        &env,
+        "on-tl1",
+        &["--target-time", &tl1_time, "--target-timeline", "1"],
+    );
+    on_tl1.options = "-c archive_mode=off".into();
+    on_tl1.start();
+    on_tl1.wait_promoted();
+    assert_eq!(
+        rows(&on_tl1),
+        tl1_rows,
+        "recovery along timeline 1 past the branch point"
+    );
+    on_tl1.stop();
+
+    env.pgkeep_ok(&["verify"]);
+}
+
+on_each_version!(timelines);
