@@ -77,10 +77,13 @@ impl Config {
             )
         })?;
         let mut config: Config = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map_or(0, |s| text[..s.start].lines().count().max(1));
             anyhow::anyhow!(
-                "config file {} is invalid: {}",
+                "config file {} line {line}: {}",
                 path.display(),
-                e.to_string().trim()
+                e.message().trim()
             )
         })?;
         config.path = std::path::absolute(path)?;

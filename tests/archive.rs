@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Env, Pg, as_postgres};
 
 /// A real, complete WAL segment of the cluster, copied into the scratch directory.
-fn real_segment(env: &Env, main: &common::Server) -> Vec<u8> {
+fn real_segment(main: &common::Server) -> Vec<u8> {
     let name = main.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     main.sql("SELECT pg_switch_wal()");
     std::fs::read(main.pgdata.join("pg_wal").join(name)).unwrap()
@@ -40,7 +40,7 @@ fn archive_semantics(pg: Pg) {
     let env = Env::new(&format!("archive{}", pg.major), pg);
     let main = env.primary();
     env.pgkeep_ok(&["init"]);
-    let segment = real_segment(&env, &main);
+    let segment = real_segment(&main);
     let name = "0000000100000000000000F0";
     let path = put(&env, name, &segment);
     let p = path.to_str().unwrap();

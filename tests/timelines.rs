@@ -49,7 +49,7 @@ fn timelines(pg: Pg) {
     archive_now(&main);
 
     // Branch: recover to the LSN and promote; the new timeline archives into the repository.
-    let mut tl2 = restore(&env, "tl2", &["--target-lsn", &branch_lsn]);
+    let tl2 = restore(&env, "tl2", &["--target-lsn", &branch_lsn]);
     tl2.start();
     tl2.wait_promoted();
     assert_eq!(rows(&tl2), branch_rows);

@@ -10,7 +10,7 @@ use super::Context;
 use super::info::{archived_segments, gaps};
 use crate::format::wal::{SegmentSize, WalFile};
 use crate::repo::manifest::Manifest;
-use crate::repo::pack::{ChunkId, ChunkIndex};
+use crate::repo::pack::{ChunkId, ChunkIndex, ChunkLocation, decode_chunk};
 
 pub struct Problem {
     pub what: String,
@@ -25,61 +25,107 @@ pub struct VerifyReport {
     pub wal_files: usize,
 }
 
+/// Which backups (and which file) use each chunk, to name what a bad chunk breaks.
+fn chunk_users(manifests: &[Manifest]) -> BTreeMap<ChunkId, (BTreeSet<String>, String)> {
+    let mut users: BTreeMap<ChunkId, (BTreeSet<String>, String)> = BTreeMap::new();
+    for m in manifests {
+        for f in &m.files {
+            for c in &f.chunks {
+                let entry = users
+                    .entry(*c)
+                    .or_insert_with(|| (BTreeSet::new(), f.path.clone()));
+                entry.0.insert(m.label.clone());
+            }
+        }
+    }
+    users
+}
+
+/// Problems in one pack: missing, unreadable, bad chunks (by id), or a changed byte
+/// outside chunk data (the pack's name is the hash of all its bytes).
+fn check_pack(
+    ctx: &Context,
+    index: &ChunkIndex,
+    pack: u32,
+    chunks: &[(ChunkId, ChunkLocation)],
+) -> Vec<(Option<ChunkId>, String)> {
+    let key = index.pack_key(&ctx.repo.packs_prefix(), pack);
+    let bytes = match ctx.repo.storage.get(&key) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return chunks
+                .iter()
+                .map(|(id, _)| (Some(*id), format!("pack {key} is missing")))
+                .collect();
+        }
+        Err(e) => return vec![(None, format!("pack {key} is unreadable: {e:#}"))],
+    };
+    let mut found = Vec::new();
+    for (id, loc) in chunks {
+        let payload = bytes.get(loc.offset as usize..(loc.offset + loc.stored_len as u64) as usize);
+        if payload.is_none_or(|p| decode_chunk(id, loc, p).is_err()) {
+            found.push((
+                Some(*id),
+                format!(
+                    "chunk {id} in pack {key} is corrupt: its content does not match its checksum"
+                ),
+            ));
+        }
+    }
+    if found.is_empty() && blake3::hash(&bytes).to_hex().as_str() != index.pack_name(pack) {
+        found.push((
+            None,
+            format!("pack {key} is corrupt outside its chunk data (its chunks are intact)"),
+        ));
+    }
+    found
+}
+
 fn check_chunks(
     ctx: &Context,
     index: &ChunkIndex,
     manifests: &[Manifest],
     problems: &mut Vec<Problem>,
 ) -> Result<usize> {
-    let prefix = ctx.repo.packs_prefix();
-    let mut users: BTreeMap<ChunkId, BTreeSet<String>> = BTreeMap::new();
-    for m in manifests {
-        for f in &m.files {
-            for c in &f.chunks {
-                users.entry(*c).or_default().insert(m.label.clone());
-            }
-        }
-    }
-    let ids: Vec<&ChunkId> = index.chunks.keys().collect();
+    let users = chunk_users(manifests);
+    let packs = index.by_pack();
     let jobs = ctx.config.jobs();
-    let bad: Vec<(ChunkId, String)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ids
-            .chunks(ids.len().div_ceil(jobs).max(1))
-            .map(|part| {
-                let prefix = &prefix;
+    let found: Vec<(Option<ChunkId>, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|worker| {
+                let packs = &packs;
                 scope.spawn(move || {
-                    part.iter()
-                        .filter_map(|id| {
-                            index
-                                .read(&*ctx.repo.storage, prefix, id)
-                                .err()
-                                .map(|e| (**id, format!("{e:#}")))
-                        })
+                    (worker..packs.len())
+                        .step_by(jobs)
+                        .flat_map(|p| check_pack(ctx, index, p as u32, &packs[p]))
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap())
+            .flat_map(|h| h.join().expect("verify worker panicked"))
             .collect()
     });
-    for (id, err) in bad {
-        let breaks = users
-            .get(&id)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        problems.push(Problem { what: err, breaks });
+    for (chunk, what) in found {
+        let (breaks, what) = match chunk.and_then(|c| users.get(&c)) {
+            Some((labels, path)) => (
+                labels.iter().cloned().collect(),
+                format!("{what} (data of {path})"),
+            ),
+            None => (Vec::new(), what),
+        };
+        problems.push(Problem { what, breaks });
     }
-    for (id, labels) in &users {
+    for (id, (labels, path)) in &users {
         if !index.chunks.contains_key(id) {
             problems.push(Problem {
-                what: format!("chunk {id} is referenced but missing from the repository"),
+                what: format!("chunk {id} of {path} is referenced but missing from the repository"),
                 breaks: labels.iter().cloned().collect(),
             });
         }
     }
-    Ok(ids.len())
+    Ok(index.chunks.len())
 }
 
 pub fn verify(ctx: &Context) -> Result<VerifyReport> {

@@ -116,7 +116,7 @@ impl ClusterRepo {
             return Ok(None);
         };
         let plain = object::decode(&bytes)
-            .with_context(|| format!("repository object {key} is unreadable"))?;
+            .with_context(|| format!("repository object {key} is corrupt"))?;
         let value = serde_json::from_slice(&plain)
             .with_context(|| format!("repository object {key} is malformed"))?;
         Ok(Some(value))

@@ -90,10 +90,10 @@ pub fn decode(object: &[u8]) -> Result<Vec<u8>> {
     let payload = &object[HEADER_LEN..object.len() - TRAILER_LEN];
     let plaintext = match decompress(compression, payload, plain_len) {
         Ok(p) => p,
-        Err(e) => bail!("object is corrupt: cannot decompress ({e})"),
+        Err(e) => bail!("it cannot be decompressed ({e})"),
     };
     if plaintext.len() != plain_len || blake3::hash(&plaintext).as_bytes() != &trailer[8..] {
-        bail!("object is corrupt: its content does not match its checksum");
+        bail!("its content does not match its checksum");
     }
     Ok(plaintext)
 }

@@ -253,13 +253,34 @@ impl ChunkIndex {
             .with_context(|| format!("chunk {id} is missing from the repository"))?;
         let key = self.pack_key(prefix, loc.pack);
         let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
-        let plain = object::decompress(loc.compression, &payload, loc.raw_len as usize).ok();
-        match plain {
-            Some(p) if p.len() == loc.raw_len as usize && ChunkId::of(&p) == *id => Ok(p),
-            _ => bail!(
+        decode_chunk(id, loc, &payload).map_err(|_| {
+            anyhow::anyhow!(
                 "chunk {id} in pack {key} is corrupt: its content does not match its checksum"
-            ),
+            )
+        })
+    }
+
+    /// The chunks of each pack, by pack number.
+    pub fn by_pack(&self) -> Vec<Vec<(ChunkId, ChunkLocation)>> {
+        let mut out = vec![Vec::new(); self.packs.len()];
+        for (id, loc) in &self.chunks {
+            out[loc.pack as usize].push((*id, *loc));
         }
+        out
+    }
+
+    /// The name (content hash) of a pack.
+    pub fn pack_name(&self, pack: u32) -> &str {
+        &self.packs[pack as usize]
+    }
+}
+
+/// Decompresses a chunk's stored bytes and checks them against its id.
+pub fn decode_chunk(id: &ChunkId, loc: &ChunkLocation, payload: &[u8]) -> Result<Vec<u8>> {
+    let plain = object::decompress(loc.compression, payload, loc.raw_len as usize).ok();
+    match plain {
+        Some(p) if p.len() == loc.raw_len as usize && ChunkId::of(&p) == *id => Ok(p),
+        _ => bail!("chunk {id} is corrupt: its content does not match its checksum"),
     }
 }
 

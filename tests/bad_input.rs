@@ -1,0 +1,198 @@
+//! Bad input: one clear error, a non-zero exit, and nothing changed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{Env, Pg};
+use pgkeep::repo::object;
+
+/// Every file in a tree with its size and content hash.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                out.insert(
+                    p.display().to_string(),
+                    blake3::hash(&data).to_hex().to_string(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Runs pgkeep, expects failure with `needle` in the message and an unchanged repository.
+fn refused(env: &Env, args: &[&str], needle: &str) {
+    let before = snapshot(&env.repo);
+    let err = env.pgkeep_err(args);
+    assert!(
+        err.contains(needle),
+        "pgkeep {args:?}: expected '{needle}' in: {err}"
+    );
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "one sentence expected: {err}"
+    );
+    assert_eq!(
+        snapshot(&env.repo),
+        before,
+        "pgkeep {args:?} changed the repository"
+    );
+}
+
+fn bad_input(pg: Pg) {
+    let env = Env::new(&format!("badinput{}", pg.major), pg);
+    let main = env.primary();
+
+    // Unreachable server: init fails before creating anything.
+    let good_config = std::fs::read_to_string(&env.config).unwrap();
+    let unreachable = good_config.replace(&format!("port={}", main.port), "port=1");
+    std::fs::write(&env.config, &unreachable).unwrap();
+    refused(&env, &["init"], "cannot connect to PostgreSQL");
+    assert!(
+        !env.repo.exists(),
+        "a failed init must not create the repository"
+    );
+
+    // Unknown config key.
+    std::fs::write(
+        &env.config,
+        good_config.replace("[backup]", "[backup]\narchive_timout = 5"),
+    )
+    .unwrap();
+    refused(&env, &["info"], "unknown field `archive_timout`");
+    std::fs::write(&env.config, &good_config).unwrap();
+
+    // Not initialised yet.
+    refused(&env, &["info"], "run `pgkeep init` first");
+
+    env.pgkeep_ok(&["init"]);
+    main.sql("CREATE TABLE t AS SELECT 1 AS x");
+    let label = env
+        .pgkeep_ok(&["backup"])
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    let pgdata = env.path("restored");
+    let pgdata_s = pgdata.to_str().unwrap();
+
+    refused(
+        &env,
+        &[
+            "restore",
+            "--pgdata",
+            pgdata_s,
+            "--target-time",
+            "2000-01-01 00:00:00+00",
+        ],
+        "no backup can recover to that target",
+    );
+    refused(
+        &env,
+        &[
+            "restore",
+            "--pgdata",
+            pgdata_s,
+            "--target-time",
+            "2000-01-01 00:00:00",
+        ],
+        "time zone",
+    );
+    refused(
+        &env,
+        &["restore", "--pgdata", pgdata_s, "--target-lsn", "12345"],
+        "is not an LSN",
+    );
+    refused(
+        &env,
+        &["restore", "--pgdata", pgdata_s, "--backup", "nope"],
+        "backup 'nope' does not exist",
+    );
+    refused(
+        &env,
+        &["restore", "--pgdata", pgdata_s, "--target-timeline", "7"],
+        "timeline 7 has no history file",
+    );
+    refused(
+        &env,
+        &[
+            "restore",
+            "--pgdata",
+            pgdata_s,
+            "--tablespace-map",
+            "/nowhere=/x",
+        ],
+        "has no tablespace there",
+    );
+    refused(
+        &env,
+        &[
+            "restore",
+            "--pgdata",
+            pgdata_s,
+            "--target",
+            "immediate",
+            "--target-action",
+            "explode",
+        ],
+        "--target-action",
+    );
+    assert!(
+        !pgdata.exists(),
+        "a refused restore must not create the directory"
+    );
+
+    // A non-empty directory is never restored into.
+    std::fs::create_dir(&pgdata).unwrap();
+    std::fs::write(pgdata.join("precious"), b"keep me").unwrap();
+    refused(&env, &["restore", "--pgdata", pgdata_s], "is not empty");
+    assert_eq!(std::fs::read_dir(&pgdata).unwrap().count(), 1);
+    assert_eq!(std::fs::read(pgdata.join("precious")).unwrap(), b"keep me");
+    std::fs::remove_dir_all(&pgdata).unwrap();
+
+    // A manifest that would write outside the data directory.
+    let manifest_path = env.repo.join(format!("main/backups/{label}.manifest"));
+    let original = std::fs::read(&manifest_path).unwrap();
+    let json = String::from_utf8(object::decode(&original).unwrap()).unwrap();
+    let evil = json.replacen("\"path\":\"PG_VERSION\"", "\"path\":\"../../escaped\"", 1);
+    assert_ne!(evil, json);
+    std::fs::write(&manifest_path, object::encode(evil.as_bytes(), 3).unwrap()).unwrap();
+    refused(
+        &env,
+        &["restore", "--pgdata", pgdata_s, "--backup", &label],
+        "not a plain relative path",
+    );
+    assert!(!pgdata.exists() && !env.dir.join("escaped").exists());
+
+    // A corrupt manifest.
+    let mut corrupt = original.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 1;
+    std::fs::write(&manifest_path, &corrupt).unwrap();
+    refused(
+        &env,
+        &["restore", "--pgdata", pgdata_s, "--backup", &label],
+        "is corrupt",
+    );
+    assert!(!pgdata.exists());
+    let err = env.pgkeep_err(&["verify"]);
+    assert!(err.contains(&label) && err.contains("corrupt"), "{err}");
+    std::fs::write(&manifest_path, &original).unwrap();
+    env.pgkeep_ok(&["verify"]);
+}
+
+on_each_version!(bad_input);
