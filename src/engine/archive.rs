@@ -14,6 +14,14 @@ use super::Context;
 use crate::format::wal::{self, WalFile};
 use crate::repo::object;
 
+/// Maps a file read-only with its pages populated up front: for a 16 MB segment this
+/// avoids thousands of page faults and a copy, a large share of archive-push's time.
+fn read_mapped(path: &Path) -> std::io::Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: PostgreSQL does not modify a segment once it hands it to archive_command.
+    unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+}
+
 /// Archives one WAL file (segment, `.partial`, `.backup` or `.history`).
 pub fn push(ctx: &Context, path: &Path) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -25,7 +33,7 @@ pub fn push(ctx: &Context, path: &Path) -> Result<()> {
     })?;
     let info = ctx.repo.require_info()?;
     let data =
-        std::fs::read(path).with_context(|| format!("cannot read WAL file {}", path.display()))?;
+        read_mapped(path).with_context(|| format!("cannot read WAL file {}", path.display()))?;
     if let WalFile::Segment { .. } = file {
         if data.len() as u64 != info.wal_segment_size {
             bail!(
@@ -47,9 +55,14 @@ pub fn push(ctx: &Context, path: &Path) -> Result<()> {
         }
     }
     let key = ctx.repo.wal_key(&file, name);
-    let encoded = object::encode(&data, ctx.config.repository.compress_level)?;
-    if ctx.repo.storage.put_new(&key, &encoded)? {
-        return Ok(());
+    // A retried push (PostgreSQL retries until it sees success) needs only a hash.
+    if !ctx.repo.storage.exists(&key)? {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let encoded =
+            object::encode_parallel(&data, ctx.config.repository.compress_level, workers)?;
+        if ctx.repo.storage.put_new(&key, &encoded)? {
+            return Ok(());
+        }
     }
     let stored = ctx
         .repo

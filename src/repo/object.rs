@@ -24,20 +24,41 @@ pub enum Compression {
 
 /// Wraps `plaintext`, zstd-compressed at `level` (0 stores it uncompressed).
 pub fn encode(plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
-    let (compression, payload) = compress(plaintext, level)?;
+    encode_parallel(plaintext, level, 0)
+}
+
+/// Like [`encode`], but compresses with `workers` extra threads and hashes alongside,
+/// for one large object that must be stored fast (a WAL segment in `archive_command`).
+pub fn encode_parallel(plaintext: &[u8], level: i32, workers: u32) -> Result<Vec<u8>> {
+    let (compressed, hash) = std::thread::scope(|scope| {
+        let hash = scope.spawn(|| blake3::hash(plaintext));
+        (
+            compress_with(plaintext, level, workers),
+            hash.join().expect("hashing cannot panic"),
+        )
+    });
+    let (compression, payload) = compressed?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TRAILER_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, compression as u8, 0, 0]);
     out.extend_from_slice(&payload);
     out.extend_from_slice(&(plaintext.len() as u64).to_le_bytes());
-    out.extend_from_slice(blake3::hash(plaintext).as_bytes());
+    out.extend_from_slice(hash.as_bytes());
     Ok(out)
 }
 
 /// Compresses with zstd unless that saves nothing (already-compressed data).
 pub fn compress(plaintext: &[u8], level: i32) -> Result<(Compression, Vec<u8>)> {
+    compress_with(plaintext, level, 0)
+}
+
+fn compress_with(plaintext: &[u8], level: i32, workers: u32) -> Result<(Compression, Vec<u8>)> {
     if level > 0 {
-        let packed = zstd::bulk::compress(plaintext, level)?;
+        let mut compressor = zstd::bulk::Compressor::new(level)?;
+        if workers > 0 {
+            compressor.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers))?;
+        }
+        let packed = compressor.compress(plaintext)?;
         if packed.len() < plaintext.len() {
             return Ok((Compression::Zstd, packed));
         }
