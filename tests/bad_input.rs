@@ -119,6 +119,11 @@ fn bad_input(pg: Pg) {
     );
     refused(
         &env,
+        &["restore", "--pgdata", pgdata_s, "--target-name", "nosuch"],
+        "no restore point named 'nosuch'",
+    );
+    refused(
+        &env,
         &["restore", "--pgdata", pgdata_s, "--backup", "nope"],
         "backup 'nope' does not exist",
     );

@@ -99,6 +99,7 @@ fn pitr(pg: Pg) {
     // Mark 1, a time between backup A and backup B.
     main.sql("INSERT INTO marks (name) VALUES ('time1')");
     let fp1 = fingerprint(&main);
+    main.sql("SELECT pg_create_restore_point('early')");
     sleep(1100);
     let t1 = main.sql(
         "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
@@ -142,7 +143,7 @@ fn pitr(pg: Pg) {
         Mark {
             name: "time",
             args: with(&["--target-time", &t1]),
-            expected: fp1,
+            expected: fp1.clone(),
             backup: backup_a.clone(),
         },
         Mark {
@@ -156,6 +157,12 @@ fn pitr(pg: Pg) {
             args: with(&["--target-name", "mark3"]),
             expected: fp3,
             backup: backup_b.clone(),
+        },
+        Mark {
+            name: "name-early",
+            args: with(&["--target-name", "early"]),
+            expected: fp1,
+            backup: backup_a.clone(),
         },
         Mark {
             name: "lsn",

@@ -257,12 +257,34 @@ pub fn restore(
     }
     let manifests = load_manifests(ctx, opts.backup.as_deref())?;
     let paths = target::timeline_paths(&ctx.repo)?;
+    let restore_points = match &opts.target {
+        Target::Name(name) => {
+            let info = ctx.repo.require_info()?;
+            let path = target::target_path(&paths, opts.timeline, &manifests).with_context(|| "the target timeline has no history file in the archive; `pgkeep info` lists the timelines")?;
+            let found = target::find_restore_points(
+                &ctx.repo,
+                SegmentSize(info.wal_segment_size),
+                &path,
+                &manifests,
+                name,
+            )?;
+            if found.is_empty() {
+                bail!(
+                    "no restore point named '{name}' is in the archived WAL on timeline {}; names are case-sensitive, and the WAL holding it must be archived (pg_switch_wal)",
+                    path.timeline
+                );
+            }
+            found
+        }
+        _ => Vec::new(),
+    };
     let manifest = target::choose(
         &manifests,
         opts.backup.as_deref(),
         &opts.target,
         opts.timeline,
         &paths,
+        &restore_points,
     )?;
     let locations = tablespace_locations(manifest, &opts.tablespace_map)?;
     let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;

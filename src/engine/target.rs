@@ -7,6 +7,8 @@ use chrono::{DateTime, FixedOffset, Utc};
 
 use crate::format::history::{self, TimelinePath};
 use crate::format::lsn::Lsn;
+use crate::format::wal::SegmentSize;
+use crate::format::walrecord::{RecordReader, restore_point};
 use crate::repo::ClusterRepo;
 use crate::repo::manifest::Manifest;
 
@@ -106,10 +108,16 @@ pub fn xid_after(snapshot: &str, xid: u64) -> bool {
     full >= xmax || xip.split(',').any(|x| x.parse::<u64>() == Ok(full))
 }
 
-/// Whether recovery from `backup` can reach `target` (judged before any WAL is read).
-pub fn reaches(backup: &Manifest, target: &Target) -> bool {
+/// Whether recovery from `backup` can reach `target`. For a named target, `restore_points`
+/// are the positions of the restore points with that name: recovery stops at the first
+/// one after the backup's start, which must lie at or after its consistency point.
+pub fn reaches(backup: &Manifest, target: &Target, restore_points: &[Lsn]) -> bool {
     match target {
-        Target::End | Target::Immediate | Target::Name(_) => true,
+        Target::End | Target::Immediate => true,
+        Target::Name(_) => restore_points
+            .iter()
+            .find(|&&l| l >= backup.start_lsn)
+            .is_some_and(|&l| l >= backup.stop_lsn),
         Target::Time(t) => backup.stop_time < t.with_timezone(&Utc),
         Target::Lsn(l) => backup.stop_lsn <= *l,
         Target::Xid(x) => xid_after(&backup.snapshot_at_stop, *x),
@@ -145,6 +153,52 @@ pub fn timeline_paths(repo: &ClusterRepo) -> Result<BTreeMap<u32, TimelinePath>>
     Ok(paths)
 }
 
+/// The timeline path recovery follows for `choice` (for `current`, the newest backup's).
+pub fn target_path(
+    paths: &BTreeMap<u32, TimelinePath>,
+    choice: TimelineChoice,
+    manifests: &[Manifest],
+) -> Option<TimelinePath> {
+    let tli = match choice {
+        TimelineChoice::Latest => *paths.keys().next_back()?,
+        TimelineChoice::Id(n) => n,
+        TimelineChoice::Current => manifests.iter().max_by_key(|m| m.stop_time)?.timeline,
+    };
+    paths.get(&tli).cloned()
+}
+
+/// Positions of every restore point called `name` in the archived WAL along `path`,
+/// reading from the start of each backup onwards until WAL runs out.
+pub fn find_restore_points(
+    repo: &ClusterRepo,
+    seg: SegmentSize,
+    path: &TimelinePath,
+    manifests: &[Manifest],
+    name: &str,
+) -> Result<Vec<Lsn>> {
+    let mut starts: Vec<u64> = manifests.iter().map(|m| seg.segno(m.start_lsn)).collect();
+    starts.sort_unstable();
+    let mut found = Vec::new();
+    let mut reader = RecordReader::default();
+    let mut next = starts.first().copied();
+    while let Some(segno) = next {
+        let wal_name = seg.name(path.timeline_of_segment(seg, segno), segno);
+        next = match repo.get_wal(&wal_name)? {
+            Some(bytes) => {
+                reader.feed(segno, &bytes, |rec| {
+                    if restore_point(&rec).is_some_and(|(n, _)| n == name) {
+                        found.push(rec.lsn);
+                    }
+                });
+                Some(segno + 1)
+            }
+            // A gap: go on from the next backup that starts after it.
+            None => starts.iter().copied().find(|&s| s > segno),
+        };
+    }
+    Ok(found)
+}
+
 /// Picks the backup to restore: the named one (checked), or the newest that is on the
 /// target timeline's path and ends before the target.
 pub fn choose<'m>(
@@ -153,6 +207,7 @@ pub fn choose<'m>(
     target: &Target,
     timeline: TimelineChoice,
     paths: &BTreeMap<u32, TimelinePath>,
+    restore_points: &[Lsn],
 ) -> Result<&'m Manifest> {
     if manifests.is_empty() {
         bail!("the repository has no backups of this cluster yet; run `pgkeep backup` first");
@@ -184,7 +239,7 @@ pub fn choose<'m>(
                 "backup {label} is not on the path of the target timeline; choose another backup or --target-timeline"
             );
         }
-        if !reaches(m, target) {
+        if !reaches(m, target, restore_points) {
             bail!(
                 "backup {label} ends after the recovery target, so it cannot recover to it; choose an older backup or leave out --backup"
             );
@@ -193,11 +248,22 @@ pub fn choose<'m>(
     }
     let mut best: Option<&Manifest> = None;
     for m in manifests {
-        if on_timeline(m)? && reaches(m, target) && best.is_none_or(|b| m.stop_time > b.stop_time) {
+        if on_timeline(m)?
+            && reaches(m, target, restore_points)
+            && best.is_none_or(|b| m.stop_time > b.stop_time)
+        {
             best = Some(m);
         }
     }
     best.with_context(|| {
+        if let Target::Name(name) = target {
+            let at: Vec<String> = restore_points.iter().map(Lsn::to_string).collect();
+            return format!(
+                "restore point '{name}' (at {}) is not after the end of any backup on the target timeline; \
+                 choose a later restore point or another --target-timeline",
+                at.join(", ")
+            );
+        }
         let oldest = manifests.iter().min_by_key(|m| m.stop_time).unwrap();
         format!(
             "no backup can recover to that target: the oldest backup, {}, became consistent at {} (LSN {}); \

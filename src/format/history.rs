@@ -4,6 +4,7 @@
 //! `1\t0/3000160\tno recovery target specified`.
 
 use super::lsn::Lsn;
+use super::wal::SegmentSize;
 
 /// One ancestor of a timeline: `timeline` was left at `switch_point`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +64,13 @@ impl TimelinePath {
             .find(|a| lsn < a.switch_point)
             .map_or(self.timeline, |a| a.timeline)
     }
+
+    /// The timeline whose file recovery reads for segment `segno`: the newest one that
+    /// began at or before the segment (a segment holding a switch point is read from the
+    /// new timeline, which has a copy of the old timeline's part).
+    pub fn timeline_of_segment(&self, seg: SegmentSize, segno: u64) -> u32 {
+        self.timeline_at(Lsn(seg.start_lsn(segno + 1).0 - 1))
+    }
 }
 
 #[cfg(test)]
@@ -96,5 +104,13 @@ mod tests {
         assert_eq!(path.timeline_at("0/1000000".parse().unwrap()), 1);
         assert_eq!(path.timeline_at("0/3000000".parse().unwrap()), 2);
         assert_eq!(path.timeline_at("0/6000000".parse().unwrap()), 3);
+        let seg = SegmentSize(16 << 20);
+        assert_eq!(path.timeline_of_segment(seg, 2), 1);
+        assert_eq!(
+            path.timeline_of_segment(seg, 3),
+            2,
+            "switch point at the segment start"
+        );
+        assert_eq!(path.timeline_of_segment(seg, 5), 3);
     }
 }

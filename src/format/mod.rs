@@ -6,3 +6,4 @@ pub mod label;
 pub mod lsn;
 pub mod page;
 pub mod wal;
+pub mod walrecord;
