@@ -129,9 +129,38 @@ fn pitr(pg: Pg) {
     let lsn4 = main.sql("SELECT pg_current_wal_lsn()");
     burst(&main);
     // Mark 5: the end of the archive.
+    let fp_before5 = fingerprint(&main);
     main.sql("INSERT INTO marks (name) VALUES ('end5')");
     let fp5 = fingerprint(&main);
     env.pgkeep_ok(&["check"]); // switches WAL and waits for it to be archived
+    // The window's end, read from the archived WAL, is restorable and holds mark 5.
+    let info: serde_json::Value =
+        serde_json::from_str(&env.pgkeep_ok(&["info", "--json"])).unwrap();
+    let window_end: chrono::DateTime<chrono::Utc> = info["recoverable"]["to_time"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The window ends at the last transaction, 'end5': a target there is never reached
+    // and is refused before anything is written; a microsecond earlier is just before it.
+    let at_end = window_end.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
+    let refused = env.path("restore-refused");
+    let err = env.pgkeep_err(&[
+        "restore",
+        "--pgdata",
+        refused.to_str().unwrap(),
+        "--target-time",
+        &at_end,
+    ]);
+    assert!(
+        err.contains("is not before the last archived transaction"),
+        "{err}"
+    );
+    assert!(!refused.exists());
+    let window_end = (window_end - chrono::Duration::microseconds(1))
+        .format("%Y-%m-%d %H:%M:%S%.6f+00")
+        .to_string();
+    assert_eq!(info["recoverable"]["from_backup"], backup_a.as_str());
 
     let promote = || vec!["--target-action".to_string(), "promote".to_string()];
     let with = |extra: &[&str]| {
@@ -168,6 +197,12 @@ fn pitr(pg: Pg) {
             name: "lsn",
             args: with(&["--target-lsn", &lsn4]),
             expected: fp4,
+            backup: backup_b.clone(),
+        },
+        Mark {
+            name: "window-end",
+            args: with(&["--target-time", &window_end]),
+            expected: fp_before5,
             backup: backup_b.clone(),
         },
         Mark {

@@ -1,13 +1,13 @@
 //! `info`: backups, the WAL archive per timeline, and the window one can restore to.
 //! The JSON shape is documented in `docs/INFO-JSON.md` and kept stable.
 
-use std::collections::BTreeMap;
-
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::Context;
+use super::walscan::{self, archived_segments, contiguous_end, gaps};
+use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
 use crate::repo::manifest::Manifest;
@@ -49,61 +49,14 @@ pub struct TimelineInfo {
 }
 
 /// From the end of the oldest restorable backup to the last WAL that continues, without a
-/// gap, from a backup. `to_time` is when that segment was archived: recovery can reach
-/// any commit before it.
+/// gap, from a backup. `to_time` is the last commit in that WAL (when the last 16
+/// segments hold none, the time the last segment was archived).
 #[derive(Serialize)]
 pub struct Window {
     pub from_time: DateTime<Utc>,
     pub from_backup: String,
     pub to_time: DateTime<Utc>,
     pub to_segment: String,
-}
-
-/// Archived segments of one timeline: segment number → archive time.
-pub type Segments = BTreeMap<u64, i64>;
-
-/// Archived segments of every timeline.
-pub fn archived_segments(ctx: &Context, seg: SegmentSize) -> Result<BTreeMap<u32, Segments>> {
-    let mut out: BTreeMap<u32, Segments> = BTreeMap::new();
-    for (_, file, meta) in ctx.repo.wal_files()? {
-        if let WalFile::Segment {
-            timeline,
-            log,
-            seg: s,
-        } = file
-        {
-            out.entry(timeline)
-                .or_default()
-                .insert(seg.segno_of(log, s), meta.modified);
-        }
-    }
-    Ok(out)
-}
-
-/// Missing runs between the first and last archived segment.
-pub fn gaps(segments: &Segments) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut prev: Option<u64> = None;
-    for &s in segments.keys() {
-        if let Some(p) = prev
-            && s > p + 1
-        {
-            out.push((p + 1, s - 1));
-        }
-        prev = Some(s);
-    }
-    out
-}
-
-/// The last segment reachable without a gap from `start` on `timeline`, if `start` is there.
-pub fn contiguous_end(segments: Option<&Segments>, start: u64) -> Option<(u64, i64)> {
-    let segments = segments?;
-    segments.get(&start)?;
-    let mut end = start;
-    while segments.contains_key(&(end + 1)) {
-        end += 1;
-    }
-    Some((end, segments[&end]))
 }
 
 fn to_time(secs: i64) -> DateTime<Utc> {
@@ -151,6 +104,21 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
             w.to_time = to_time(archived);
             w.to_segment = seg.name(m.timeline, end);
         }
+    }
+    if let Some(w) = recoverable.as_mut()
+        && let Some(WalFile::Segment {
+            timeline,
+            log,
+            seg: s,
+        }) = WalFile::parse(&w.to_segment)
+        && let Some(last) = walscan::last_transaction_time(
+            &ctx.repo,
+            seg,
+            &TimelinePath::single(timeline),
+            seg.segno_of(log, s),
+        )?
+    {
+        w.to_time = last;
     }
     Ok(InfoReport {
         cluster: ctx.cluster_name.to_string(),
@@ -232,17 +200,4 @@ pub fn render(r: &InfoReport) -> String {
         None => out.push_str("\nrecoverable: nothing yet (no backup with its WAL archived)\n"),
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gaps_and_runs() {
-        let s: Segments = [(3, 10), (4, 11), (7, 12), (9, 13)].into_iter().collect();
-        assert_eq!(gaps(&s), vec![(5, 6), (8, 8)]);
-        assert_eq!(contiguous_end(Some(&s), 3), Some((4, 11)));
-        assert_eq!(contiguous_end(Some(&s), 5), None);
-    }
 }

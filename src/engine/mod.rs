@@ -9,6 +9,7 @@ pub mod restore;
 pub mod target;
 pub mod verify;
 mod walk;
+pub mod walscan;
 
 use std::sync::Arc;
 

@@ -14,11 +14,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use chrono::{DateTime, FixedOffset};
 use crossbeam_channel::unbounded;
 use indicatif::ProgressBar;
 
 use super::Context;
 use super::target::{self, Target, TimelineChoice};
+use super::walscan;
+use crate::format::history::TimelinePath;
 use crate::format::wal::SegmentSize;
 use crate::repo::manifest::{FileEntry, Manifest};
 use crate::repo::pack::ChunkIndex;
@@ -146,6 +149,42 @@ fn preflight(ctx: &Context, manifest: &Manifest, index: &ChunkIndex) -> Result<(
     Ok(())
 }
 
+/// A target time at or after the last archived transaction is never reached: PostgreSQL
+/// would replay everything and then refuse to start. Say so before touching anything.
+fn check_time_reachable(
+    ctx: &Context,
+    manifest: &Manifest,
+    paths: &BTreeMap<u32, TimelinePath>,
+    choice: TimelineChoice,
+    time: &DateTime<FixedOffset>,
+) -> Result<()> {
+    let seg = SegmentSize(manifest.wal_segment_size);
+    let tli = match choice {
+        TimelineChoice::Current => manifest.timeline,
+        TimelineChoice::Id(n) => n,
+        TimelineChoice::Latest => *paths.keys().next_back().unwrap_or(&manifest.timeline),
+    };
+    let path = paths
+        .get(&tli)
+        .cloned()
+        .unwrap_or_else(|| TimelinePath::single(tli));
+    let archive = walscan::archived_segments(ctx, seg)?;
+    let Some(end) = walscan::path_end(&archive, seg, &path, seg.segno(manifest.start_lsn)) else {
+        return Ok(()); // preflight names the missing segment
+    };
+    if let Some(last) = walscan::last_transaction_time(&ctx.repo, seg, &path, end)?
+        && *time >= last
+    {
+        bail!(
+            "target time {} is not before the last archived transaction ({}), so recovery could never reach it; \
+             choose an earlier time, or leave out the target to replay all archived WAL",
+            target::format_time(time),
+            last.format("%Y-%m-%d %H:%M:%S%.6f+00")
+        );
+    }
+    Ok(())
+}
+
 /// Writes one file from its chunks; all-zero chunks become holes.
 fn restore_file(
     ctx: &Context,
@@ -261,7 +300,7 @@ pub fn restore(
         Target::Name(name) => {
             let info = ctx.repo.require_info()?;
             let path = target::target_path(&paths, opts.timeline, &manifests).with_context(|| "the target timeline has no history file in the archive; `pgkeep info` lists the timelines")?;
-            let found = target::find_restore_points(
+            let found = walscan::find_restore_points(
                 &ctx.repo,
                 SegmentSize(info.wal_segment_size),
                 &path,
@@ -286,6 +325,9 @@ pub fn restore(
         &paths,
         &restore_points,
     )?;
+    if let Target::Time(t) = &opts.target {
+        check_time_reachable(ctx, manifest, &paths, opts.timeline, t)?;
+    }
     let locations = tablespace_locations(manifest, &opts.tablespace_map)?;
     let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
     preflight(ctx, manifest, &index)?;

@@ -7,8 +7,6 @@ use chrono::{DateTime, FixedOffset, Utc};
 
 use crate::format::history::{self, TimelinePath};
 use crate::format::lsn::Lsn;
-use crate::format::wal::SegmentSize;
-use crate::format::walrecord::{RecordReader, restore_point};
 use crate::repo::ClusterRepo;
 use crate::repo::manifest::Manifest;
 
@@ -165,38 +163,6 @@ pub fn target_path(
         TimelineChoice::Current => manifests.iter().max_by_key(|m| m.stop_time)?.timeline,
     };
     paths.get(&tli).cloned()
-}
-
-/// Positions of every restore point called `name` in the archived WAL along `path`,
-/// reading from the start of each backup onwards until WAL runs out.
-pub fn find_restore_points(
-    repo: &ClusterRepo,
-    seg: SegmentSize,
-    path: &TimelinePath,
-    manifests: &[Manifest],
-    name: &str,
-) -> Result<Vec<Lsn>> {
-    let mut starts: Vec<u64> = manifests.iter().map(|m| seg.segno(m.start_lsn)).collect();
-    starts.sort_unstable();
-    let mut found = Vec::new();
-    let mut reader = RecordReader::default();
-    let mut next = starts.first().copied();
-    while let Some(segno) = next {
-        let wal_name = seg.name(path.timeline_of_segment(seg, segno), segno);
-        next = match repo.get_wal(&wal_name)? {
-            Some(bytes) => {
-                reader.feed(segno, &bytes, |rec| {
-                    if restore_point(&rec).is_some_and(|(n, _)| n == name) {
-                        found.push(rec.lsn);
-                    }
-                });
-                Some(segno + 1)
-            }
-            // A gap: go on from the next backup that starts after it.
-            None => starts.iter().copied().find(|&s| s > segno),
-        };
-    }
-    Ok(found)
 }
 
 /// Picks the backup to restore: the named one (checked), or the newest that is on the

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Result;
 
 use super::Context;
-use super::info::{archived_segments, gaps};
+use super::walscan::{archived_segments, gaps};
 use crate::format::wal::{SegmentSize, WalFile};
 use crate::repo::manifest::Manifest;
 use crate::repo::pack::{ChunkId, ChunkIndex, ChunkLocation, decode_chunk};

@@ -46,6 +46,14 @@ pub struct TimelinePath {
 }
 
 impl TimelinePath {
+    /// A timeline followed on its own, ignoring where it came from.
+    pub fn single(timeline: u32) -> TimelinePath {
+        TimelinePath {
+            timeline,
+            ancestors: Vec::new(),
+        }
+    }
+
     /// Whether the WAL position `lsn` of timeline `tli` lies on this path, i.e. recovery
     /// along this timeline passes through it.
     pub fn contains(&self, tli: u32, lsn: Lsn) -> bool {

@@ -17,9 +17,8 @@ pub const RM_XLOG_ID: u8 = 0;
 pub const RM_XACT_ID: u8 = 1;
 /// `XLOG_RESTORE_POINT` in the XLOG resource manager.
 const XLOG_RESTORE_POINT: u8 = 0x70;
-/// `XLOG_XACT_COMMIT` and `XLOG_XACT_COMMIT_PREPARED` (info & `XLOG_XACT_OPMASK`).
-const XLOG_XACT_COMMIT: u8 = 0x00;
-const XLOG_XACT_COMMIT_PREPARED: u8 = 0x30;
+/// Commit, commit prepared, abort and abort prepared (`info & XLOG_XACT_OPMASK`).
+const XACT_END_OPS: [u8; 4] = [0x00, 0x30, 0x20, 0x40];
 
 /// One WAL record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,10 +199,10 @@ pub fn restore_point(rec: &Record) -> Option<(String, i64)> {
     ))
 }
 
-/// The commit time (µs since the Unix epoch) of a commit record.
-pub fn commit_time(rec: &Record) -> Option<i64> {
-    let op = rec.info & 0x70;
-    if rec.rmid != RM_XACT_ID || (op != XLOG_XACT_COMMIT && op != XLOG_XACT_COMMIT_PREPARED) {
+/// The time (µs since the Unix epoch) of a commit or abort record: the only records a
+/// `recovery_target_time` is compared with.
+pub fn xact_time(rec: &Record) -> Option<i64> {
+    if rec.rmid != RM_XACT_ID || !XACT_END_OPS.contains(&(rec.info & 0x70)) {
         return None;
     }
     timestamp(main_data(&rec.bytes)?)

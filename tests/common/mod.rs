@@ -279,7 +279,7 @@ impl Server {
         let conf = format!(
             "\nport = {}\nunix_socket_directories = '{}'\nlisten_addresses = ''\nwal_level = replica\n\
              archive_mode = on\narchive_command = '{}'\nfsync = off\nmax_wal_size = 1GB\n\
-             checkpoint_timeout = 30min\nshared_buffers = 64MB\nlog_min_messages = info\n",
+             checkpoint_timeout = 30min\nshared_buffers = 64MB\nautovacuum = off\n",
             server.port,
             server.socket.display(),
             env.archive_command()
