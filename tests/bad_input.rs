@@ -80,13 +80,7 @@ fn bad_input(pg: Pg) {
 
     env.pgkeep_ok(&["init"]);
     main.sql("CREATE TABLE t AS SELECT 1 AS x");
-    let label = env
-        .pgkeep_ok(&["backup"])
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_string();
+    let label = env.backup();
     let pgdata = env.path("restored");
     let pgdata_s = pgdata.to_str().unwrap();
 

@@ -25,13 +25,7 @@ fn corruption(pg: Pg) {
     let main = env.primary();
     env.pgkeep_ok(&["init"]);
     main.pgbench_init(1);
-    let label = env
-        .pgkeep_ok(&["backup"])
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_string();
+    let label = env.backup();
     env.pgkeep_ok(&["check"]);
     env.pgkeep_ok(&["verify"]);
 

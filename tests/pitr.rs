@@ -26,15 +26,6 @@ fn burst(main: &Server) {
     load.stop(main);
 }
 
-fn label_of(backup_output: &str) -> String {
-    backup_output
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_string()
-}
-
 struct Mark {
     name: &'static str,
     args: Vec<String>,
@@ -92,7 +83,7 @@ fn pitr(pg: Pg) {
     // Backup A under load.
     let load = main.pgbench_load(2);
     sleep(500);
-    let backup_a = label_of(&env.pgkeep_ok(&["backup"]));
+    let backup_a = env.backup();
     sleep(500);
     load.stop(&main);
 
@@ -109,7 +100,7 @@ fn pitr(pg: Pg) {
     // Backup B under load.
     let load = main.pgbench_load(2);
     sleep(500);
-    let backup_b = label_of(&env.pgkeep_ok(&["backup"]));
+    let backup_b = env.backup();
     sleep(500);
     load.stop(&main);
 

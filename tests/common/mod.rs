@@ -205,6 +205,16 @@ impl Env {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// Takes a backup and returns its label.
+    pub fn backup(&self) -> String {
+        let out = self.pgkeep_ok(&["backup"]);
+        out.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(':')
+            .to_string()
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -327,16 +337,8 @@ impl Server {
     }
 
     fn psql_cmd(&self, db: &str) -> Command {
-        let mut c = as_postgres(self.pg.tool("psql"));
-        c.arg("-h").arg(&self.socket).args([
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-        ]);
-        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+        let mut c = self.client("psql");
+        c.args(["-d", db, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
         c
     }
 
@@ -375,41 +377,37 @@ impl Server {
         }
     }
 
+    /// A client program (psql, pgbench, pg_amcheck...) connected to this server.
+    pub fn client(&self, tool: &str) -> Command {
+        let mut c = as_postgres(self.pg.tool(tool));
+        c.arg("-h")
+            .arg(&self.socket)
+            .args(["-p", &self.port.to_string(), "-U", "postgres"]);
+        c
+    }
+
     /// `pgbench -i` at `scale`.
     pub fn pgbench_init(&self, scale: u32) {
         run_ok(
-            as_postgres(self.pg.tool("pgbench"))
-                .arg("-h")
-                .arg(&self.socket)
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-i",
-                    "-q",
-                    "-s",
-                    &scale.to_string(),
-                    "postgres",
-                ]),
+            self.client("pgbench")
+                .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]),
         );
     }
 
     /// Starts a pgbench load in the background.
     pub fn pgbench_load(&self, clients: u32) -> Load {
-        let child = as_postgres(self.pg.tool("pgbench"))
-            .arg("-h")
-            .arg(&self.socket)
+        let child = self
+            .client("pgbench")
             .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
                 "-n",
                 "-T",
                 "600",
+                "-c",
+                &clients.to_string(),
+                "-j",
+                "1",
+                "postgres",
             ])
-            .args(["-c", &clients.to_string(), "-j", "1", "postgres"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -441,18 +439,8 @@ impl Server {
     /// Runs pg_amcheck over every database; panics on any finding.
     pub fn amcheck(&self) {
         run_ok(
-            as_postgres(self.pg.tool("pg_amcheck"))
-                .arg("-h")
-                .arg(&self.socket)
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "--all",
-                    "--install-missing",
-                    "--heapallindexed",
-                ]),
+            self.client("pg_amcheck")
+                .args(["--all", "--install-missing", "--heapallindexed"]),
         );
     }
 
