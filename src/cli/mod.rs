@@ -47,8 +47,12 @@ enum Command {
     Init,
     /// Check configuration, connection, archiving settings, and that WAL arrives.
     Check,
-    /// Take an online backup.
-    Backup,
+    /// Take an online backup: incremental when the repository has a parent for it.
+    Backup {
+        /// Read and hash every file, taking nothing from a parent backup.
+        #[arg(long)]
+        full: bool,
+    },
     /// Archive one WAL file (for archive_command = '... archive-push %p').
     ArchivePush { path: PathBuf },
     /// Fetch one archived WAL file (for restore_command = '... archive-get %f "%p"').
@@ -176,6 +180,42 @@ pub fn main() -> i32 {
     }
 }
 
+/// One line a backup, then a warning per file with bad page checksums.
+fn print_backup_summary(o: &backup::BackupOutcome, secs: f64) {
+    let m = &o.manifest;
+    let kind = match &m.parent {
+        Some(p) => format!("incremental from {p}"),
+        None => "full".to_string(),
+    };
+    let reused = o.unread + o.unchanged;
+    println!(
+        "backup {} ({kind}): {} in {} files, read {}{}, stored {} new, {:.1} s, {}/s{}",
+        m.label,
+        human_bytes(m.size),
+        m.files.len(),
+        human_bytes(o.read),
+        if reused > 0 {
+            format!(" ({} unchanged since the parent)", human_bytes(reused))
+        } else {
+            String::new()
+        },
+        human_bytes(m.stored_size),
+        secs,
+        human_bytes((m.size as f64 / secs.max(0.001)) as u64),
+        match m.bad_block_count() {
+            0 => String::new(),
+            n =>
+                format!(", WARNING: {n} blocks failed page checksum validation (see `pgkeep info`)"),
+        }
+    );
+    for f in m.files.iter().filter(|f| !f.bad_blocks.is_empty()) {
+        eprintln!(
+            "warning: {} has invalid page checksums in blocks {:?}",
+            f.path, f.bad_blocks
+        );
+    }
+}
+
 fn run(cli: &Cli) -> Result<i32> {
     let config = Config::load(&cli.config)?;
     let mode = if matches!(cli.command, Command::Init) {
@@ -199,32 +239,11 @@ fn run(cli: &Cli) -> Result<i32> {
                 ctx.cluster_name
             );
         }
-        Command::Backup => {
+        Command::Backup { full } => {
             let bar = progress::bar("backup");
             let started = std::time::Instant::now();
-            let m = backup::backup(&ctx, &bar)?;
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "backup {}: {} in {} files, stored {} new, {:.1} s, {}/s{}",
-                m.label,
-                human_bytes(m.size),
-                m.files.len(),
-                human_bytes(m.stored_size),
-                secs,
-                human_bytes((m.size as f64 / secs.max(0.001)) as u64),
-                match m.bad_block_count() {
-                    0 => String::new(),
-                    n => format!(
-                        ", WARNING: {n} blocks failed page checksum validation (see `pgkeep info`)"
-                    ),
-                }
-            );
-            for f in m.files.iter().filter(|f| !f.bad_blocks.is_empty()) {
-                eprintln!(
-                    "warning: {} has invalid page checksums in blocks {:?}",
-                    f.path, f.bad_blocks
-                );
-            }
+            let outcome = backup::backup(&ctx, *full, &bar)?;
+            print_backup_summary(&outcome, started.elapsed().as_secs_f64());
         }
         Command::ArchivePush { path } => archive::push(&ctx, path)?,
         Command::ArchiveGet { name, dest } => {

@@ -26,6 +26,8 @@ pub struct InfoReport {
 #[derive(Serialize)]
 pub struct BackupInfo {
     pub label: String,
+    /// The backup it took unchanged data from (`null` for a full backup).
+    pub parent: Option<String>,
     pub start_time: DateTime<Utc>,
     pub stop_time: DateTime<Utc>,
     pub start_lsn: Lsn,
@@ -128,6 +130,7 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
             .iter()
             .map(|m| BackupInfo {
                 label: m.label.clone(),
+                parent: m.parent.clone(),
                 start_time: m.start_time,
                 stop_time: m.stop_time,
                 start_lsn: m.start_lsn,
@@ -158,7 +161,7 @@ pub fn render(r: &InfoReport) -> String {
     }
     for b in &r.backups {
         out.push_str(&format!(
-            "  {}  {} .. {}  tl {}  lsn {} .. {}  size {}  stored {}{}\n",
+            "  {}  {} .. {}  tl {}  lsn {} .. {}  size {}  stored {}  {}{}\n",
             b.label,
             b.start_time.format("%Y-%m-%d %H:%M:%S"),
             b.stop_time.format("%H:%M:%S"),
@@ -167,6 +170,9 @@ pub fn render(r: &InfoReport) -> String {
             b.stop_lsn,
             human_bytes(b.size),
             human_bytes(b.stored_size),
+            b.parent
+                .as_ref()
+                .map_or("full".to_string(), |p| format!("parent {p}")),
             if b.bad_blocks > 0 {
                 format!("  {} BAD BLOCKS", b.bad_blocks)
             } else {

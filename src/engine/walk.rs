@@ -43,8 +43,17 @@ pub struct SourceFile {
     pub size: u64,
     pub mode: u32,
     pub mtime: i64,
-    /// For relation data files: the segment number, so block numbers can be computed.
-    pub relation_segment: Option<u32>,
+    /// Set for relation data files.
+    pub relation: Option<Relation>,
+}
+
+/// What a relation data file's name says about it.
+pub struct Relation {
+    /// Segment number (`.N`), so block numbers can be computed.
+    pub segment: u32,
+    /// Whether every change to its pages is WAL-logged with a new page LSN: not so for
+    /// the free space map, whose updates are not WAL-logged.
+    pub wal_logged: bool,
 }
 
 pub struct SourceDir {
@@ -188,7 +197,10 @@ fn walk_dir(abs: &Path, rel: &str, out: &mut Walk) -> Result<()> {
                 size: meta.len(),
                 mode: meta.permissions().mode() & 0o7777,
                 mtime: meta.mtime(),
-                relation_segment: relation.map(|r| r.2),
+                relation: relation.map(|(_, fork, segment)| Relation {
+                    segment,
+                    wal_logged: fork != "fsm",
+                }),
             });
         }
     }
@@ -254,6 +266,6 @@ mod tests {
                 && dirs.contains(&"pg_stat_tmp")
         );
         assert!(!dirs.contains(&"base/pgsql_tmp"));
-        assert_eq!(w.files[1].relation_segment, Some(0));
+        assert_eq!(w.files[1].relation.as_ref().map(|r| r.segment), Some(0));
     }
 }

@@ -8,13 +8,18 @@ use super::pack::ChunkId;
 use crate::format::lsn::Lsn;
 
 /// Version of the manifest layout; readers accept every version up to this one.
-pub const MANIFEST_VERSION: u32 = 1;
+/// 2 added `parent`.
+pub const MANIFEST_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub version: u32,
     pub label: String,
+    /// The backup this one took unchanged data from, if any (information only: every
+    /// backup lists all its chunks and restores on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     pub system_identifier: u64,
     /// `server_version_num`, e.g. 150004.
     pub pg_version: u32,

@@ -4,169 +4,40 @@
 //! checksums, cut them into chunks, hash and compress the chunks not yet in the
 //! repository, and hand them to one pack writer. The manifest is published last, and
 //! only once every WAL segment from the backup's start to its stop is archived.
+//!
+//! With a parent backup (see `parent`), files and chunks shown unchanged since the
+//! parent started are taken from it without reading or without hashing.
+
+mod parent;
+mod reader;
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::{ErrorKind, Read};
-use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use indicatif::ProgressBar;
 
+use self::parent::Parent;
+use self::reader::{Blob, ChunkSink, FileReader, Stats};
 use super::Context;
 use super::check::wait_for_wal;
+use super::target;
 use super::walk::{self, SourceFile};
-use crate::format::lsn::Lsn;
-use crate::format::page::{self, BLOCKS_PER_SEGMENT, PAGE_SIZE};
 use crate::format::{label, wal::SegmentSize};
+use crate::pg::session::BackupStop;
 use crate::repo::manifest::{
     DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry,
 };
-use crate::repo::object::{self, Compression};
-use crate::repo::pack::{ChunkId, ChunkIndex, PackWriter};
+use crate::repo::pack::{ChunkIndex, PackWriter};
 
 /// Files are cut into chunks of this size: small enough that an incremental backup
 /// stores little for a scattered change, large enough to compress well.
 pub const CHUNK_SIZE: usize = 256 * 1024;
 /// Packs are stored once they reach this size.
 const PACK_SIZE: usize = 32 * 1024 * 1024;
-
-/// A compressed chunk on its way to the pack writer.
-struct Blob {
-    id: ChunkId,
-    raw_len: usize,
-    compression: Compression,
-    payload: Vec<u8>,
-}
-
-/// Where workers put chunks: skips chunks the repository (or this backup) already has.
-struct ChunkSink {
-    known: Mutex<HashSet<ChunkId>>,
-    tx: Sender<Blob>,
-    level: i32,
-}
-
-impl ChunkSink {
-    fn store(&self, data: &[u8]) -> Result<ChunkId> {
-        let id = ChunkId::of(data);
-        if self.known.lock().unwrap().insert(id) {
-            let (compression, payload) = object::compress(data, self.level)?;
-            self.tx
-                .send(Blob {
-                    id,
-                    raw_len: data.len(),
-                    compression,
-                    payload,
-                })
-                .map_err(|_| anyhow!("the pack writer stopped"))?;
-        }
-        Ok(id)
-    }
-
-    /// Stores an in-memory file (`backup_label`, `pg_control`) as a manifest entry.
-    fn store_file(&self, path: &str, data: &[u8], mode: u32, mtime: i64) -> Result<FileEntry> {
-        let chunks = data
-            .chunks(CHUNK_SIZE)
-            .map(|c| self.store(c))
-            .collect::<Result<_>>()?;
-        Ok(FileEntry {
-            path: path.into(),
-            size: data.len() as u64,
-            mode,
-            mtime,
-            chunks,
-            bad_blocks: Vec::new(),
-        })
-    }
-}
-
-/// Reads as much of `buf` as the file has.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-/// Page checks for one chunk of a relation file. A page that fails is read again: it
-/// counts as bad only if it still fails and was not changed since the backup started
-/// (a page being written may be torn, and WAL replay repairs it).
-fn bad_pages(
-    file: &File,
-    data: &[u8],
-    file_offset: u64,
-    segment: u32,
-    start_lsn: Lsn,
-) -> Result<Vec<u32>> {
-    let mut bad = Vec::new();
-    for (i, page_bytes) in data.chunks_exact(PAGE_SIZE).enumerate() {
-        let in_file = file_offset + (i * PAGE_SIZE) as u64;
-        let blkno = segment * BLOCKS_PER_SEGMENT + (in_file / PAGE_SIZE as u64) as u32;
-        if page::verify(page_bytes, blkno) || page::page_lsn(page_bytes) >= start_lsn {
-            continue;
-        }
-        let mut again = vec![0u8; PAGE_SIZE];
-        file.read_exact_at(&mut again, in_file)?;
-        if again == page_bytes
-            || !(page::verify(&again, blkno) || page::page_lsn(&again) >= start_lsn)
-        {
-            bad.push(blkno);
-        }
-    }
-    Ok(bad)
-}
-
-/// Backs up one file; `None` if it vanished (dropped relation) before it was opened.
-fn backup_file(
-    src: &SourceFile,
-    sink: &ChunkSink,
-    checksums_from: Option<Lsn>,
-    progress: &ProgressBar,
-) -> Result<Option<FileEntry>> {
-    let mut file = match File::open(&src.abs) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot open {}", src.abs.display())),
-    };
-    let mut buf = vec![0u8; CHUNK_SIZE];
-    let (mut offset, mut chunks, mut bad_blocks) = (0u64, Vec::new(), Vec::new());
-    while offset < src.size {
-        let want = CHUNK_SIZE.min((src.size - offset) as usize);
-        let n = read_full(&mut file, &mut buf[..want])
-            .with_context(|| format!("cannot read {}", src.abs.display()))?;
-        if n == 0 {
-            break; // truncated while we read: WAL replay restores it
-        }
-        let data = &buf[..n];
-        if let (Some(segment), Some(start_lsn)) = (src.relation_segment, checksums_from) {
-            bad_blocks.extend(bad_pages(&file, data, offset, segment, start_lsn)?);
-        }
-        chunks.push(sink.store(data)?);
-        offset += n as u64;
-        progress.inc(n as u64);
-        if n < want {
-            break;
-        }
-    }
-    Ok(Some(FileEntry {
-        path: src.rel.clone(),
-        size: offset,
-        mode: src.mode,
-        mtime: src.mtime,
-        chunks,
-        bad_blocks,
-    }))
-}
 
 fn epoch_to_time(secs: f64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros((secs * 1e6) as i64).unwrap_or_default()
@@ -186,13 +57,7 @@ fn new_label(ctx: &Context) -> Result<String> {
 }
 
 /// Runs the workers over `files`, then returns their entries.
-fn run_workers(
-    files: Vec<SourceFile>,
-    jobs: usize,
-    sink: &ChunkSink,
-    checksums_from: Option<Lsn>,
-    progress: &ProgressBar,
-) -> Result<Vec<FileEntry>> {
+fn run_workers(files: Vec<SourceFile>, jobs: usize, reader: &FileReader) -> Result<Vec<FileEntry>> {
     let (work_tx, work_rx): (Sender<SourceFile>, Receiver<SourceFile>) = unbounded();
     for f in files {
         work_tx.send(f).unwrap();
@@ -205,7 +70,7 @@ fn run_workers(
                 scope.spawn(move || -> Result<Vec<FileEntry>> {
                     let mut done = Vec::new();
                     for src in rx {
-                        done.extend(backup_file(&src, sink, checksums_from, progress)?);
+                        done.extend(reader.backup_file(&src)?);
                     }
                     Ok(done)
                 })
@@ -222,8 +87,17 @@ fn run_workers(
     })
 }
 
-/// Takes a backup and returns its published manifest.
-pub fn backup(ctx: &Context, progress: &ProgressBar) -> Result<Manifest> {
+/// What `backup` did, for the summary line.
+pub struct BackupOutcome {
+    pub manifest: Manifest,
+    pub read: u64,
+    pub unread: u64,
+    pub unchanged: u64,
+}
+
+/// Takes a backup and returns its published manifest. Incremental when the repository
+/// has a usable parent, unless `full` is set.
+pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<BackupOutcome> {
     let started = Instant::now();
     let info = ctx.repo.require_info()?;
     let mut session = ctx.connect()?;
@@ -255,7 +129,22 @@ pub fn backup(ctx: &Context, progress: &ProgressBar) -> Result<Manifest> {
     let label = new_label(ctx)?;
     let start_time = epoch_to_time(session.now()?);
     let start_lsn = session.backup_start(&label)?;
-    tracing::info!("backup {label} started at {start_lsn}");
+    let timeline: u32 = session
+        .text("SELECT timeline_id::text FROM pg_control_checkpoint()")?
+        .parse()?;
+    tracing::info!("backup {label} started at {start_lsn} on timeline {timeline}");
+    let parent = if full {
+        None
+    } else {
+        let paths = target::timeline_paths(&ctx.repo)?;
+        Parent::choose(
+            ctx.repo.manifests()?,
+            &paths,
+            timeline,
+            session.version_num / 10000,
+            CHUNK_SIZE as u64,
+        )
+    };
 
     let listing = walk::walk(&ctx.cluster.pgdata)?;
     let (mut files, pg_control): (Vec<_>, Vec<_>) = listing
@@ -281,12 +170,19 @@ pub fn backup(ctx: &Context, progress: &ProgressBar) -> Result<Manifest> {
         Ok(writer)
     });
 
-    let checksums_from = data_checksums.then_some(start_lsn);
-    let result = (|| -> Result<(Vec<FileEntry>, crate::pg::session::BackupStop, String, f64)> {
-        let mut entries = run_workers(files, ctx.config.jobs(), &sink, checksums_from, progress)?;
+    let stats = Stats::default();
+    let reader = FileReader {
+        sink: &sink,
+        checksums_from: data_checksums.then_some(start_lsn),
+        parent: parent.as_ref(),
+        progress,
+        stats: &stats,
+    };
+    let result = (|| -> Result<(Vec<FileEntry>, BackupStop, String, f64)> {
+        let mut entries = run_workers(files, ctx.config.jobs(), &reader)?;
         // pg_control last, as pg_basebackup does.
         for src in &pg_control {
-            entries.extend(backup_file(src, &sink, None, progress)?);
+            entries.extend(reader.backup_file(src)?);
         }
         let stop = session.backup_stop()?;
         let snapshot = session.snapshot()?;
@@ -307,6 +203,7 @@ pub fn backup(ctx: &Context, progress: &ProgressBar) -> Result<Manifest> {
         }
         Ok((entries, stop, snapshot, stop_time))
     })();
+    drop(reader);
     drop(sink);
     let writer = writer_thread
         .join()
@@ -335,6 +232,7 @@ pub fn backup(ctx: &Context, progress: &ProgressBar) -> Result<Manifest> {
     let manifest = Manifest {
         version: MANIFEST_VERSION,
         label,
+        parent: parent.map(|p| p.label),
         system_identifier: sysid,
         pg_version: session.version_num,
         timeline: parsed.start_timeline,
@@ -366,5 +264,10 @@ pub fn backup(ctx: &Context, progress: &ProgressBar) -> Result<Manifest> {
         manifest.label,
         started.elapsed().as_secs_f64()
     );
-    Ok(manifest)
+    Ok(BackupOutcome {
+        manifest,
+        read: Stats::get(&stats.read),
+        unread: Stats::get(&stats.unread),
+        unchanged: Stats::get(&stats.unchanged),
+    })
 }

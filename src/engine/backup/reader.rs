@@ -1,0 +1,198 @@
+//! Reading one file into chunks: page checks, reuse of unchanged data, hashing,
+//! compression, and handing new chunks to the pack writer.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context as _, Result, anyhow};
+use crossbeam_channel::Sender;
+use indicatif::ProgressBar;
+
+use super::CHUNK_SIZE;
+use super::parent::Parent;
+use crate::engine::walk::SourceFile;
+use crate::format::lsn::Lsn;
+use crate::format::page::{self, BLOCKS_PER_SEGMENT, PAGE_SIZE};
+use crate::repo::manifest::FileEntry;
+use crate::repo::object::{self, Compression};
+use crate::repo::pack::ChunkId;
+
+/// A compressed chunk on its way to the pack writer.
+pub struct Blob {
+    pub id: ChunkId,
+    pub raw_len: usize,
+    pub compression: Compression,
+    pub payload: Vec<u8>,
+}
+
+/// Where chunks go: skips chunks the repository (or this backup) already has.
+pub struct ChunkSink {
+    pub known: Mutex<HashSet<ChunkId>>,
+    pub tx: Sender<Blob>,
+    pub level: i32,
+}
+
+impl ChunkSink {
+    pub fn store(&self, data: &[u8]) -> Result<ChunkId> {
+        let id = ChunkId::of(data);
+        if self.known.lock().unwrap().insert(id) {
+            let (compression, payload) = object::compress(data, self.level)?;
+            self.tx
+                .send(Blob {
+                    id,
+                    raw_len: data.len(),
+                    compression,
+                    payload,
+                })
+                .map_err(|_| anyhow!("the pack writer stopped"))?;
+        }
+        Ok(id)
+    }
+
+    /// Stores an in-memory file (`backup_label`, `tablespace_map`) as a manifest entry.
+    pub fn store_file(&self, path: &str, data: &[u8], mode: u32, mtime: i64) -> Result<FileEntry> {
+        let chunks = data
+            .chunks(CHUNK_SIZE)
+            .map(|c| self.store(c))
+            .collect::<Result<_>>()?;
+        Ok(FileEntry {
+            path: path.into(),
+            size: data.len() as u64,
+            mode,
+            mtime,
+            chunks,
+            bad_blocks: Vec::new(),
+        })
+    }
+}
+
+/// What a backup did with the bytes it covered.
+#[derive(Default)]
+pub struct Stats {
+    /// Bytes read from the data directory.
+    pub read: AtomicU64,
+    /// Bytes of files taken from the parent without reading (size and mtime unchanged).
+    pub unread: AtomicU64,
+    /// Bytes read but taken from the parent without hashing (page LSNs older than it).
+    pub unchanged: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything a worker needs to back up files.
+pub struct FileReader<'a> {
+    pub sink: &'a ChunkSink,
+    /// Validate page checksums of pages older than this LSN (the backup start).
+    pub checksums_from: Option<Lsn>,
+    pub parent: Option<&'a Parent>,
+    pub progress: &'a ProgressBar,
+    pub stats: &'a Stats,
+}
+
+/// Reads as much of `buf` as the file has.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Page checks for one chunk of a relation file. A page that fails is read again: it
+/// counts as bad only if it still fails and was not changed since the backup started
+/// (a page being written may be torn, and WAL replay repairs it).
+fn bad_pages(
+    file: &File,
+    data: &[u8],
+    file_offset: u64,
+    segment: u32,
+    start_lsn: Lsn,
+) -> Result<Vec<u32>> {
+    let mut bad = Vec::new();
+    for (i, page_bytes) in data.chunks_exact(PAGE_SIZE).enumerate() {
+        let in_file = file_offset + (i * PAGE_SIZE) as u64;
+        let blkno = segment * BLOCKS_PER_SEGMENT + (in_file / PAGE_SIZE as u64) as u32;
+        if page::verify(page_bytes, blkno) || page::page_lsn(page_bytes) >= start_lsn {
+            continue;
+        }
+        let mut again = vec![0u8; PAGE_SIZE];
+        file.read_exact_at(&mut again, in_file)?;
+        if again == page_bytes
+            || !(page::verify(&again, blkno) || page::page_lsn(&again) >= start_lsn)
+        {
+            bad.push(blkno);
+        }
+    }
+    Ok(bad)
+}
+
+impl FileReader<'_> {
+    /// Backs up one file; `None` if it vanished (dropped relation) before it was opened.
+    pub fn backup_file(&self, src: &SourceFile) -> Result<Option<FileEntry>> {
+        let parent_file = self.parent.and_then(|p| p.file(&src.rel));
+        if let Some(entry) = self.parent.and_then(|p| p.unchanged_file(src)) {
+            self.stats.unread.fetch_add(entry.size, Ordering::Relaxed);
+            self.progress.inc(entry.size);
+            return Ok(Some(entry.clone()));
+        }
+        let mut file = match File::open(&src.abs) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", src.abs.display())),
+        };
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        let (mut offset, mut chunks, mut bad_blocks) = (0u64, Vec::new(), Vec::new());
+        while offset < src.size {
+            let want = CHUNK_SIZE.min((src.size - offset) as usize);
+            let n = read_full(&mut file, &mut buf[..want])
+                .with_context(|| format!("cannot read {}", src.abs.display()))?;
+            if n == 0 {
+                break; // truncated while we read: WAL replay restores it
+            }
+            let data = &buf[..n];
+            self.stats.read.fetch_add(n as u64, Ordering::Relaxed);
+            if let (Some(rel), Some(start_lsn)) = (&src.relation, self.checksums_from) {
+                bad_blocks.extend(bad_pages(&file, data, offset, rel.segment, start_lsn)?);
+            }
+            let reused = match (self.parent, parent_file, &src.relation) {
+                (Some(p), Some(entry), Some(rel)) if rel.wal_logged => {
+                    p.unchanged_chunk(entry, chunks.len(), data)
+                }
+                _ => None,
+            };
+            match reused {
+                Some(id) => {
+                    self.stats.unchanged.fetch_add(n as u64, Ordering::Relaxed);
+                    chunks.push(id);
+                }
+                None => chunks.push(self.sink.store(data)?),
+            }
+            offset += n as u64;
+            self.progress.inc(n as u64);
+            if n < want {
+                break;
+            }
+        }
+        Ok(Some(FileEntry {
+            path: src.rel.clone(),
+            size: offset,
+            mode: src.mode,
+            mtime: src.mtime,
+            chunks,
+            bad_blocks,
+        }))
+    }
+}

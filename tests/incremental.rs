@@ -1,0 +1,100 @@
+//! Incremental backups: after 1% churn they store a small fraction of a full backup and
+//! still restore, on their own, to exactly the right data.
+
+mod common;
+
+use common::{Env, Pg, Server};
+
+fn accounts(s: &Server) -> String {
+    s.sql("SELECT md5(string_agg(aid::text || ':' || abalance::text, ',' ORDER BY aid)) || '/' || (SELECT count(*) FROM marks) FROM pgbench_accounts")
+}
+
+fn info(env: &Env) -> serde_json::Value {
+    serde_json::from_str(&env.pgkeep_ok(&["info", "--json"])).unwrap()
+}
+
+fn incremental(pg: Pg) {
+    let env = Env::new(&format!("incremental{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.pgbench_init(50);
+    main.sql("CREATE TABLE marks (id serial PRIMARY KEY, name text)");
+    main.sql("VACUUM ANALYZE");
+    main.sql("CHECKPOINT");
+    let full = env.backup();
+
+    // 1% of the accounts change: a contiguous range, as a hot spot of a real workload.
+    main.sql("UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid <= 50000");
+    let out = env.pgkeep_ok(&["backup"]);
+    assert!(out.contains(&format!("(incremental from {full})")), "{out}");
+    let incr = out.split_whitespace().nth(1).unwrap().to_string();
+
+    let report = info(&env);
+    let full_info = &report["backups"][0];
+    let incr_info = &report["backups"][1];
+    assert_eq!(incr_info["parent"], full.as_str());
+    assert_eq!(full_info["parent"], serde_json::Value::Null);
+    let (full_stored, incr_stored) = (
+        full_info["stored_size"].as_u64().unwrap(),
+        incr_info["stored_size"].as_u64().unwrap(),
+    );
+    assert!(
+        incr_stored * 20 < full_stored,
+        "incremental stored {incr_stored} bytes, not under 5% of the full's {full_stored}"
+    );
+    assert!(
+        incr_info["size"].as_u64().unwrap() >= full_info["size"].as_u64().unwrap(),
+        "every backup lists the whole cluster"
+    );
+    eprintln!("full stored {full_stored} bytes, incremental {incr_stored}");
+
+    // A --full backup reads and hashes everything, and stores nothing new.
+    let out = env.pgkeep_ok(&["backup", "--full"]);
+    let size = out
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split(" in ")
+        .next()
+        .unwrap();
+    assert!(
+        out.contains("(full)") && out.contains(&format!("read {size},")),
+        "{out}"
+    );
+    let forced = &info(&env)["backups"][2];
+    assert!(
+        forced["stored_size"].as_u64().unwrap() * 100 < full_stored,
+        "{out}"
+    );
+
+    // PITR to a mark after the incremental picks it and gives exactly the data.
+    main.sql("INSERT INTO marks (name) VALUES ('after incremental')");
+    let expected = accounts(&main);
+    let lsn = main.sql("SELECT pg_current_wal_lsn()");
+    main.sql("UPDATE pgbench_accounts SET abalance = 0 WHERE aid <= 10");
+    env.pgkeep_ok(&["check"]);
+    let pgdata = env.path("restored");
+    let out = env.pgkeep_ok(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--backup",
+        &incr,
+        "--target-lsn",
+        &lsn,
+        "--target-action",
+        "promote",
+    ]);
+    assert!(out.contains(&incr), "{out}");
+    let mut restored = env.restored(&pgdata);
+    restored.options = "-c archive_mode=off".into();
+    restored.start();
+    restored.wait_promoted();
+    assert_eq!(accounts(&restored), expected);
+    restored.amcheck();
+    restored.stop();
+    restored.checksums_ok();
+    env.pgkeep_ok(&["verify"]);
+}
+
+on_each_version!(incremental);
