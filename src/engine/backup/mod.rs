@@ -203,7 +203,6 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         }
         Ok((entries, stop, snapshot, stop_time))
     })();
-    drop(reader);
     drop(sink);
     let writer = writer_thread
         .join()

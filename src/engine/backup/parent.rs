@@ -81,7 +81,7 @@ impl Parent {
             .size
             .saturating_sub(index as u64 * self.chunk_size)
             .min(self.chunk_size);
-        if parent_len != data.len() as u64 || data.len() % PAGE_SIZE != 0 {
+        if parent_len != data.len() as u64 || !data.len().is_multiple_of(PAGE_SIZE) {
             return None;
         }
         let unchanged = data.chunks_exact(PAGE_SIZE).all(|p| {
