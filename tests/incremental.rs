@@ -98,3 +98,45 @@ fn incremental(pg: Pg) {
 }
 
 on_each_version!(incremental);
+
+/// Visibility map bits are cleared without changing the map page's LSN: an incremental
+/// must never take the map from its parent on page LSNs, or a restore would mark pages
+/// with dead rows all-visible.
+fn visibility_map_changes(pg: Pg) {
+    let env = Env::new(&format!("vm{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.sql("CREATE EXTENSION pg_visibility");
+    main.sql("CREATE TABLE t (id int, v text) WITH (autovacuum_enabled = off)");
+    main.sql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100000) g");
+    main.sql("VACUUM t");
+    main.sql("CHECKPOINT");
+    std::thread::sleep(std::time::Duration::from_millis(2100)); // mtimes older than the parent
+    env.backup();
+    // Clears the all-visible bit of one heap page; the map page keeps its old LSN.
+    main.sql("UPDATE t SET v = 'y' WHERE id = 50000");
+    let out = env.pgkeep_ok(&["backup"]);
+    assert!(out.contains("incremental from"), "{out}");
+    let pgdata = env.path("restored");
+    env.pgkeep_ok(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target",
+        "immediate",
+        "--target-action",
+        "promote",
+    ]);
+    let mut restored = env.restored(&pgdata);
+    restored.options = "-c archive_mode=off".into();
+    restored.start();
+    restored.wait_promoted();
+    assert_eq!(
+        restored.sql("SELECT count(*) FROM pg_check_visible('t')"),
+        "0",
+        "a page is all-visible with a dead row"
+    );
+    assert_eq!(restored.sql("SELECT count(*) FROM t WHERE v = 'y'"), "1");
+}
+
+on_each_version!(visibility_map_changes);

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod check;
 pub mod info;
 pub mod restore;
+pub mod retention;
 pub mod target;
 pub mod verify;
 mod walk;

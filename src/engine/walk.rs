@@ -51,9 +51,11 @@ pub struct SourceFile {
 pub struct Relation {
     /// Segment number (`.N`), so block numbers can be computed.
     pub segment: u32,
-    /// Whether every change to its pages is WAL-logged with a new page LSN: not so for
-    /// the free space map, whose updates are not WAL-logged.
-    pub wal_logged: bool,
+    /// Whether every change to a page moves its LSN past the change, so a page with an
+    /// old LSN is unchanged. True only of the main fork: free space map updates are not
+    /// WAL-logged, and visibility map bits are cleared by heap records without touching
+    /// the map page's LSN.
+    pub lsn_tracks_changes: bool,
 }
 
 pub struct SourceDir {
@@ -199,7 +201,7 @@ fn walk_dir(abs: &Path, rel: &str, out: &mut Walk) -> Result<()> {
                 mtime: meta.mtime(),
                 relation: relation.map(|(_, fork, segment)| Relation {
                     segment,
-                    wal_logged: fork != "fsm",
+                    lsn_tracks_changes: fork.is_empty(),
                 }),
             });
         }

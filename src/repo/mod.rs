@@ -8,6 +8,9 @@
 //! CLUSTER/packs/XX/HASH.pack|.idx      chunk packs and their indexes
 //! CLUSTER/wal/TTTTTTTT/NAME            WAL segments, .partial and .backup files
 //! CLUSTER/wal/history/TTTTTTTT.history timeline history files
+//! CLUSTER/pins/LABEL                   pinned backups
+//! CLUSTER/wal-floor                    segment below which WAL was expired on purpose
+//! CLUSTER/locks/                       advisory lock files
 //! ```
 
 pub mod manifest;
@@ -191,6 +194,69 @@ impl ClusterRepo {
             bail!("backup '{}' already exists", manifest.label);
         }
         Ok(())
+    }
+
+    /// Removes a backup's manifest: the backup no longer exists, its data stays until
+    /// garbage collection finds it unreferenced.
+    pub fn delete_manifest(&self, label: &str) -> Result<()> {
+        self.storage.delete(&self.manifest_key(label))
+    }
+
+    fn pin_key(&self, label: &str) -> String {
+        self.key(&format!("pins/{label}"))
+    }
+
+    /// Pins or unpins a backup: no retention rule removes a pinned backup.
+    pub fn set_pinned(&self, label: &str, pinned: bool) -> Result<()> {
+        if pinned {
+            self.load_manifest(label)?;
+            self.storage
+                .put(&self.pin_key(label), &object::encode(b"", 0)?)
+        } else {
+            self.storage.delete(&self.pin_key(label))
+        }
+    }
+
+    pub fn pinned(&self) -> Result<std::collections::BTreeSet<String>> {
+        let prefix = self.key("pins/");
+        Ok(self
+            .storage
+            .list(&self.key("pins"))?
+            .iter()
+            .filter_map(|o| o.key.strip_prefix(&prefix).map(str::to_string))
+            .collect())
+    }
+
+    /// Held (shared) by every backup from before it reads the chunk index until its
+    /// manifest is published; garbage collection takes it exclusively, so it never
+    /// removes data an unfinished backup is about to reference.
+    pub fn lock_data_shared(&self) -> Result<storage::LockGuard> {
+        Ok(self
+            .storage
+            .lock(&self.key("locks/data"), false, true)?
+            .expect("a waiting lock is always taken"))
+    }
+
+    pub fn try_lock_data_exclusive(&self) -> Result<Option<storage::LockGuard>> {
+        self.storage.lock(&self.key("locks/data"), true, false)
+    }
+
+    /// Held by `expire`, so two never run at once.
+    pub fn try_lock_expire(&self) -> Result<Option<storage::LockGuard>> {
+        self.storage.lock(&self.key("locks/expire"), true, false)
+    }
+
+    /// The segment number below which `expire` removed WAL on purpose (the WAL window):
+    /// `verify` does not report gaps below it.
+    pub fn wal_floor(&self) -> Result<Option<u64>> {
+        self.get_json(&self.key("wal-floor"))
+    }
+
+    pub fn set_wal_floor(&self, segno: u64) -> Result<()> {
+        self.storage.put(
+            &self.key("wal-floor"),
+            &object::encode(&serde_json::to_vec(&segno)?, 0)?,
+        )
     }
 
     /// Where an archived WAL file is stored.

@@ -25,6 +25,19 @@ pub trait Storage: Send + Sync {
     fn delete(&self, key: &str) -> Result<()>;
     /// Where this storage is, for messages.
     fn describe(&self) -> String;
+    /// Takes the named advisory lock, shared or exclusive, held until the guard is
+    /// dropped and released by the system if the process dies. `Ok(None)` when `wait` is
+    /// false and the lock is held in a conflicting mode.
+    fn lock(&self, key: &str, exclusive: bool, wait: bool) -> Result<Option<LockGuard>>;
+    /// Removes temporary objects under `prefix` left by processes that died, if older
+    /// than `min_age`; returns how many.
+    fn remove_stale_temporaries(&self, prefix: &str, min_age: std::time::Duration)
+    -> Result<usize>;
+}
+
+/// A held lock; released when dropped.
+pub struct LockGuard {
+    _file: File,
 }
 
 /// A listed object.
@@ -210,6 +223,69 @@ impl Storage for LocalStorage {
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn lock(&self, key: &str, exclusive: bool, wait: bool) -> Result<Option<LockGuard>> {
+        use std::os::fd::AsRawFd;
+        let path = self.path(key)?;
+        fs::create_dir_all(path.parent().unwrap())?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        let mode = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        let flags = if wait { mode } else { mode | libc::LOCK_NB };
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), flags) } == 0 {
+                return Ok(Some(LockGuard { _file: file }));
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) if !wait => return Ok(None),
+                _ => return Err(err).with_context(|| format!("cannot lock {}", path.display())),
+            }
+        }
+    }
+
+    fn remove_stale_temporaries(
+        &self,
+        prefix: &str,
+        min_age: std::time::Duration,
+    ) -> Result<usize> {
+        let base = self.path(prefix)?;
+        let mut removed = 0;
+        let mut stack = vec![base];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+                    && meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| m.elapsed().ok())
+                        .is_some_and(|age| age >= min_age)
+                    && fs::remove_file(&path).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 }
 

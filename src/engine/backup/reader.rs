@@ -168,7 +168,7 @@ impl FileReader<'_> {
                 bad_blocks.extend(bad_pages(&file, data, offset, rel.segment, start_lsn)?);
             }
             let reused = match (self.parent, parent_file, &src.relation) {
-                (Some(p), Some(entry), Some(rel)) if rel.wal_logged => {
+                (Some(p), Some(entry), Some(rel)) if rel.lsn_tracks_changes => {
                     p.unchanged_chunk(entry, chunks.len(), data)
                 }
                 _ => None,
