@@ -97,6 +97,9 @@ pub struct Plan {
     pub wal_from: Option<String>,
 }
 
+/// The calendar period a time falls in, as a sortable key.
+type Period = fn(&DateTime<Utc>) -> (i32, u32);
+
 /// Applies `policy` at time `now` to `backups` (any order).
 pub fn plan(policy: &Policy, backups: &[BackupFacts], now: DateTime<Utc>) -> Plan {
     let mut sorted: Vec<&BackupFacts> = backups.iter().collect();
@@ -129,7 +132,7 @@ pub fn plan(policy: &Policy, backups: &[BackupFacts], now: DateTime<Utc>) -> Pla
         mark(anchor, Reason::RecoveryWindow);
         Some(anchor.stop_time)
     });
-    let tiers: [(usize, Reason, fn(&DateTime<Utc>) -> (i32, u32)); 4] = [
+    let tiers: [(usize, Reason, Period); 4] = [
         (policy.daily, Reason::Daily, |t| (t.year(), t.ordinal())),
         (policy.weekly, Reason::Weekly, |t| {
             (t.iso_week().year(), t.iso_week().week())
