@@ -36,6 +36,63 @@ fn check_and_init(pg: Pg) {
     main.start();
     assert!(env.pgkeep_ok(&["check"]).starts_with("ok:"));
 
+    // pg_control as pg_controldata reads it.
+    main.sql("CHECKPOINT");
+    let bytes = std::fs::read(main.pgdata.join("global/pg_control")).unwrap();
+    let control = pgkeep::format::control::parse(&bytes).unwrap();
+    let text = common::run_ok(
+        common::as_postgres(main.pg.tool("pg_controldata"))
+            .arg("-D")
+            .arg(&main.pgdata),
+    );
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        control.system_identifier.to_string(),
+        field("Database system identifier:")
+    );
+    assert_eq!(
+        control.catalog_version.to_string(),
+        field("Catalog version number:")
+    );
+    assert_eq!(
+        control.checkpoint.to_string(),
+        field("Latest checkpoint location:")
+    );
+    assert_eq!(
+        control.timeline.to_string(),
+        field("Latest checkpoint's TimeLineID:")
+    );
+    assert_eq!(field("Database cluster state:"), "in production");
+    assert_eq!(control.state, pgkeep::format::control::DB_IN_PRODUCTION);
+
+    // pgdata naming a copy of the cluster (same system) is refused: nothing published.
+    let copy = env.path("copy");
+    common::run_ok(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&main.pgdata)
+            .arg(&copy),
+    );
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        config.replace(
+            &format!("pgdata = \"{}\"", main.pgdata.display()),
+            &format!("pgdata = \"{}\"", copy.display()),
+        ),
+    )
+    .unwrap();
+    let err = env.pgkeep_err(&["backup"]);
+    assert!(err.contains("runs data directory"), "{err}");
+    assert!(!env.repo.join("main/backups").exists(), "nothing published");
+    std::fs::write(&env.config, &config).unwrap();
+
     // A different server under the same cluster name is refused, and nothing changes.
     let other_env = Env::new(&format!("check-other{}", env.pg.major), env.pg.clone());
     let other = other_env.primary();

@@ -11,7 +11,7 @@ use crate::pg::session::Session;
 use crate::repo::ClusterInfo;
 
 /// Checks that the server behind `connection` is the cluster configured as `pgdata`.
-fn check_data_directory(ctx: &Context, session: &mut Session) -> Result<()> {
+pub(super) fn check_data_directory(ctx: &Context, session: &mut Session) -> Result<()> {
     let server_dir = session.setting("data_directory")?;
     let same = match (
         Path::new(&server_dir).canonicalize(),

@@ -100,17 +100,19 @@ pub struct Walk {
     pub files: Vec<SourceFile>,
 }
 
-/// Walks the data directory, following `pg_tblspc/OID` links into tablespaces.
-pub fn walk(pgdata: &Path) -> Result<Walk> {
+/// Walks the data directory, following `pg_tblspc/OID` links into tablespaces, where
+/// only this cluster's `tablespace_dir` (`PG_<major>_<catalog version>`) is copied:
+/// another cluster or an old version may share the location.
+pub fn walk(pgdata: &Path, tablespace_dir: &str) -> Result<Walk> {
     let mut out = Walk {
         dirs: Vec::new(),
         files: Vec::new(),
     };
-    walk_dir(pgdata, "", &mut out)?;
+    walk_dir(pgdata, "", tablespace_dir, &mut out)?;
     Ok(out)
 }
 
-fn walk_dir(abs: &Path, rel: &str, out: &mut Walk) -> Result<()> {
+fn walk_dir(abs: &Path, rel: &str, tablespace_dir: &str, out: &mut Walk) -> Result<()> {
     let entries = match fs::read_dir(abs) {
         Ok(e) => e,
         // A directory dropped while we walk (DROP DATABASE) is simply gone.
@@ -133,6 +135,9 @@ fn walk_dir(abs: &Path, rel: &str, out: &mut Walk) -> Result<()> {
     }
     names.sort();
     let database_dir = is_database_dir(rel);
+    let tablespace_root = rel
+        .strip_prefix("pg_tblspc/")
+        .is_some_and(|oid| !oid.contains('/'));
     // Unlogged relations: every fork except `_init` is left out (reset at recovery).
     let unlogged: HashSet<&str> = if database_dir {
         names
@@ -152,7 +157,10 @@ fn walk_dir(abs: &Path, rel: &str, out: &mut Walk) -> Result<()> {
         if rel.is_empty() && SKIP_TOP_FILES.contains(&name.as_str()) {
             continue;
         }
-        if name == "pg_internal.init" || name.starts_with("pgsql_tmp") {
+        if name == "pg_internal.init"
+            || name.starts_with("pgsql_tmp")
+            || (tablespace_root && name != tablespace_dir)
+        {
             continue;
         }
         // Follow symlinks (tablespaces, a linked pg_wal); a vanished entry is skipped.
@@ -177,7 +185,7 @@ fn walk_dir(abs: &Path, rel: &str, out: &mut Walk) -> Result<()> {
                 }
                 continue;
             }
-            walk_dir(&child_abs, &child_rel, out)?;
+            walk_dir(&child_abs, &child_rel, tablespace_dir, out)?;
         } else if meta.is_file() {
             let relation = if database_dir {
                 relation_name(name)
@@ -245,12 +253,14 @@ mod tests {
             "pg_wal/000000010000000000000001",
             "pg_stat_tmp/db.stat",
             "global/pg_control",
+            "pg_tblspc/16400/PG_15_1/5/300",
+            "pg_tblspc/16400/PG_14_0/5/300",
         ] {
             let p = d.join(f);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, b"x").unwrap();
         }
-        let w = walk(d).unwrap();
+        let w = walk(d, "PG_15_1").unwrap();
         let files: Vec<&str> = w.files.iter().map(|f| f.rel.as_str()).collect();
         assert_eq!(
             files,
@@ -258,7 +268,8 @@ mod tests {
                 "PG_VERSION",
                 "base/5/100",
                 "base/5/200_init",
-                "global/pg_control"
+                "global/pg_control",
+                "pg_tblspc/16400/PG_15_1/5/300"
             ]
         );
         let dirs: Vec<&str> = w.dirs.iter().map(|d| d.rel.as_str()).collect();

@@ -1,6 +1,7 @@
 //! PostgreSQL on-disk and on-wire formats as pure functions: no I/O here, so every
 //! piece is unit-tested against values PostgreSQL's own tools print.
 
+pub mod control;
 pub mod history;
 pub mod label;
 pub mod lsn;

@@ -11,11 +11,11 @@
 mod parent;
 mod reader;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use indicatif::ProgressBar;
@@ -23,10 +23,11 @@ use indicatif::ProgressBar;
 use self::parent::Parent;
 use self::reader::{Blob, ChunkSink, FileReader, Stats};
 use super::Context;
-use super::check::wait_for_wal;
+use super::check::{check_data_directory, wait_for_wal};
 use super::target;
 use super::walk::{self, SourceFile};
-use crate::format::{label, wal::SegmentSize};
+use crate::format::lsn::Lsn;
+use crate::format::{control, label, wal::SegmentSize};
 use crate::pg::session::BackupStop;
 use crate::repo::manifest::{
     DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry,
@@ -87,6 +88,47 @@ fn run_workers(files: Vec<SourceFile>, jobs: usize, reader: &FileReader) -> Resu
     })
 }
 
+/// Checks that the copied `pg_control` belongs to the server that ran the backup: the
+/// same system, in production, with the checkpoint `pg_backup_start` made or a later one.
+/// A standby behind the same host name and path (after a failover) fails this.
+fn check_control_file(ctx: &Context, bytes: &[u8], sysid: u64, checkpoint: Lsn) -> Result<()> {
+    let control = control::parse(bytes).context("the copied global/pg_control is too short")?;
+    if control.system_identifier != sysid
+        || control.state != control::DB_IN_PRODUCTION
+        || control.checkpoint < checkpoint
+    {
+        bail!(
+            "the files in {} are not those of the server at `connection` (pg_control: system {}, state {}, checkpoint {} \
+             before the backup's {checkpoint}); point `connection` and `pgdata` at the same server. The backup was not published",
+            ctx.cluster.pgdata.display(),
+            control.system_identifier,
+            control.state,
+            control.checkpoint
+        );
+    }
+    Ok(())
+}
+
+/// The tablespaces a backup contains, from the `tablespace_map` that `pg_backup_stop`
+/// returned (`OID PATH` per line), named from the catalog where it knows them.
+fn parse_tablespace_map(map: &str, names: &HashMap<u32, String>) -> Result<Vec<TablespaceEntry>> {
+    map.lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let (oid, location) = line
+                .split_once(' ')
+                .context("malformed tablespace_map line")?;
+            let oid: u32 = oid.parse().context("malformed tablespace_map OID")?;
+            let name = names.get(&oid).cloned().unwrap_or_else(|| oid.to_string());
+            Ok(TablespaceEntry {
+                oid,
+                name,
+                location: location.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// What `backup` did, for the summary line.
 pub struct BackupOutcome {
     pub manifest: Manifest,
@@ -114,16 +156,18 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             "the server is a standby; pgkeep backs up primaries only for now, so point `connection` at the primary"
         );
     }
+    check_data_directory(ctx, &mut session)?;
     let data_checksums = session.setting("data_checksums")? == "on";
-    let tablespaces: Vec<TablespaceEntry> = session
+    let tablespace_names: HashMap<u32, String> = session
         .tablespaces()?
         .into_iter()
-        .map(|t| TablespaceEntry {
-            oid: t.oid,
-            name: t.name,
-            location: t.location,
-        })
+        .map(|t| (t.oid, t.name))
         .collect();
+    let tablespace_dir = format!(
+        "PG_{}_{}",
+        session.version_num / 10000,
+        session.text("SELECT catalog_version_no::text FROM pg_control_system()")?
+    );
 
     let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
     let label = new_label(ctx)?;
@@ -146,7 +190,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         )
     };
 
-    let listing = walk::walk(&ctx.cluster.pgdata)?;
+    let listing = walk::walk(&ctx.cluster.pgdata, &tablespace_dir)?;
     let (mut files, pg_control): (Vec<_>, Vec<_>) = listing
         .files
         .into_iter()
@@ -178,12 +222,20 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         progress,
         stats: &stats,
     };
-    let result = (|| -> Result<(Vec<FileEntry>, BackupStop, String, f64)> {
+    let result = (|| -> Result<(Vec<FileEntry>, BackupStop, String, f64, Vec<u8>)> {
         let mut entries = run_workers(files, ctx.config.jobs(), &reader)?;
-        // pg_control last, as pg_basebackup does.
-        for src in &pg_control {
-            entries.extend(reader.backup_file(src)?);
-        }
+        // pg_control last, as pg_basebackup does; kept to check it below.
+        let control_src = pg_control
+            .first()
+            .context("global/pg_control is missing from the data directory")?;
+        let control = std::fs::read(&control_src.abs)
+            .with_context(|| format!("cannot read {}", control_src.abs.display()))?;
+        entries.push(sink.store_file(
+            "global/pg_control",
+            &control,
+            control_src.mode,
+            control_src.mtime,
+        )?);
         let stop = session.backup_stop()?;
         let snapshot = session.snapshot()?;
         let stop_time = session.now()?;
@@ -201,7 +253,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
                 stop_time as i64,
             )?);
         }
-        Ok((entries, stop, snapshot, stop_time))
+        Ok((entries, stop, snapshot, stop_time, control))
     })();
     drop(sink);
     let writer = writer_thread
@@ -209,11 +261,18 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         .map_err(|_| anyhow!("the pack writer panicked"))?;
     // A writer failure explains a worker's "pack writer stopped", so report it first.
     let writer = writer?;
-    let (mut entries, stop, snapshot, stop_time) = result?;
+    let (mut entries, stop, snapshot, stop_time, control) = result?;
     progress.finish_and_clear();
 
     let parsed = label::parse(&stop.label_file)
         .map_err(|e| anyhow!("pg_backup_stop returned a bad label: {e}"))?;
+    check_control_file(ctx, &control, sysid, parsed.checkpoint_lsn)?;
+    let tablespaces = stop
+        .tablespace_map
+        .as_deref()
+        .map(|map| parse_tablespace_map(map, &tablespace_names))
+        .transpose()?
+        .unwrap_or_default();
     let seg = SegmentSize(info.wal_segment_size);
     let timeout = Duration::from_secs(ctx.config.backup.archive_timeout);
     for segno in seg.segno(parsed.start_lsn)..=seg.segno_before(stop.stop_lsn) {
