@@ -129,6 +129,16 @@ fn parse_tablespace_map(map: &str, names: &HashMap<u32, String>) -> Result<Vec<T
         .collect()
 }
 
+/// What the copy phase hands on: file entries, what `pg_backup_stop` returned, the
+/// snapshot and time right after it, and the copied `pg_control`.
+struct Copied {
+    entries: Vec<FileEntry>,
+    stop: BackupStop,
+    snapshot: String,
+    stop_time: f64,
+    control: Vec<u8>,
+}
+
 /// What `backup` did, for the summary line.
 pub struct BackupOutcome {
     pub manifest: Manifest,
@@ -222,7 +232,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         progress,
         stats: &stats,
     };
-    let result = (|| -> Result<(Vec<FileEntry>, BackupStop, String, f64, Vec<u8>)> {
+    let result = (|| -> Result<Copied> {
         let mut entries = run_workers(files, ctx.config.jobs(), &reader)?;
         // pg_control last, as pg_basebackup does; kept to check it below.
         let control_src = pg_control
@@ -253,7 +263,13 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
                 stop_time as i64,
             )?);
         }
-        Ok((entries, stop, snapshot, stop_time, control))
+        Ok(Copied {
+            entries,
+            stop,
+            snapshot,
+            stop_time,
+            control,
+        })
     })();
     drop(sink);
     let writer = writer_thread
@@ -261,7 +277,13 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         .map_err(|_| anyhow!("the pack writer panicked"))?;
     // A writer failure explains a worker's "pack writer stopped", so report it first.
     let writer = writer?;
-    let (mut entries, stop, snapshot, stop_time, control) = result?;
+    let Copied {
+        mut entries,
+        stop,
+        snapshot,
+        stop_time,
+        control,
+    } = result?;
     progress.finish_and_clear();
 
     let parsed = label::parse(&stop.label_file)
