@@ -89,6 +89,23 @@ impl Config {
             )
         })?;
         config.path = std::path::absolute(path)?;
+        // archive_command runs in the data directory: a relative path would mean another place.
+        let mut paths = vec![("repository.path".to_string(), &config.repository.path)];
+        paths.extend(
+            config
+                .cluster
+                .iter()
+                .map(|(n, c)| (format!("cluster.{n}.pgdata"), &c.pgdata)),
+        );
+        for (key, p) in paths {
+            if !p.is_absolute() {
+                bail!(
+                    "{key} in {} must be an absolute path, not '{}'",
+                    path.display(),
+                    p.display()
+                );
+            }
+        }
         for name in config.cluster.keys() {
             let ok = !name.is_empty()
                 && !name.starts_with('.')
@@ -172,6 +189,19 @@ mod tests {
         assert_eq!(c.select_cluster(None).unwrap().0, "main");
         assert_eq!(c.repository.compress_level, 1);
         assert!(c.select_cluster(Some("other")).is_err());
+    }
+
+    #[test]
+    fn paths_must_be_absolute() {
+        let err = load("[repository]\npath='repo'\n").unwrap_err().to_string();
+        assert!(
+            err.contains("repository.path") && err.contains("absolute"),
+            "{err}"
+        );
+        let err = load("[repository]\npath='/r'\n[cluster.main]\npgdata='data'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.main.pgdata"), "{err}");
     }
 
     #[test]

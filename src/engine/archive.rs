@@ -55,29 +55,34 @@ pub fn push(ctx: &Context, path: &Path) -> Result<()> {
         }
     }
     let key = ctx.repo.wal_key(&file, name);
-    // A retried push (PostgreSQL retries until it sees success) needs only a hash.
-    if !ctx.repo.storage.exists(&key)? {
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        let encoded =
-            object::encode_parallel(&data, ctx.config.repository.compress_level, workers)?;
-        if ctx.repo.storage.put_new(&key, &encoded)? {
-            return Ok(());
-        }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let encoded = object::encode_parallel(&data, ctx.config.repository.compress_level, workers)?;
+    if ctx.repo.storage.put_new(&key, &encoded)? {
+        return Ok(());
     }
+    // Already archived (a retry after a crash, or two pushers). The stored copy is read
+    // back whole, so a damaged copy is never taken for the good one PostgreSQL would
+    // then delete.
     let stored = ctx
         .repo
         .storage
         .get(&key)?
         .with_context(|| format!("archived {name} vanished while being compared"))?;
-    if object::recorded_hash(&stored).ok() == Some(*blake3::hash(&data).as_bytes()) {
-        tracing::info!("{name} is already archived with identical content");
-        return Ok(());
+    match object::decode(&stored) {
+        Ok(plain) if plain[..] == data[..] => {
+            tracing::info!("{name} is already archived with identical content");
+            Ok(())
+        }
+        Ok(_) => bail!(
+            "{name} is already archived with different content; pgkeep never overwrites archived WAL: \
+             check whether another server archives to cluster '{}'",
+            ctx.cluster_name
+        ),
+        Err(e) => bail!(
+            "the archived copy of {name} ({key}) is damaged ({e}); move it out of the repository and \
+             PostgreSQL's next attempt will archive its good copy"
+        ),
     }
-    bail!(
-        "{name} is already archived with different content; pgkeep never overwrites archived WAL: \
-         check whether another server archives to cluster '{}'",
-        ctx.cluster_name
-    )
 }
 
 /// Fetches one archived WAL file to `dest`. `Ok(false)` when it is not in the archive,

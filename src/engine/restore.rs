@@ -227,15 +227,17 @@ fn write_recovery_settings(
     opts: &RestoreOptions,
 ) -> Result<()> {
     let path = pgdata.join("postgresql.auto.conf");
-    let existing = fs::read_to_string(&path).unwrap_or_default();
-    let mut text: String = existing
-        .lines()
-        .filter(|l| {
-            let key = l.split('=').next().unwrap_or("").trim();
-            !RECOVERY_KEYS.contains(&key)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
+    // Bytes, not text: every other setting must survive whatever its encoding.
+    let existing = fs::read(&path).unwrap_or_default();
+    let mut kept: Vec<u8> = Vec::with_capacity(existing.len());
+    for line in existing.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let text = String::from_utf8_lossy(line);
+        if !RECOVERY_KEYS.contains(&text.split('=').next().unwrap_or("").trim()) {
+            kept.extend_from_slice(line);
+            kept.push(b'\n');
+        }
+    }
+    let mut text = String::new();
     text.push_str(&format!(
         "# Recovery settings added by pgkeep restore of backup {}\n",
         manifest.label
@@ -268,7 +270,8 @@ fn write_recovery_settings(
         "recovery_target_timeline = {}\n",
         guc_quote(&timeline)
     ));
-    fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    kept.extend_from_slice(text.as_bytes());
+    fs::write(&path, kept).with_context(|| format!("cannot write {}", path.display()))?;
     File::open(&path)?.sync_all()?;
     let signal = pgdata.join("recovery.signal");
     File::create(&signal)?.sync_all()?;

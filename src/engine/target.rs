@@ -7,6 +7,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 
 use crate::format::history::{self, TimelinePath};
 use crate::format::lsn::Lsn;
+use crate::format::wal::WalFile;
 use crate::repo::ClusterRepo;
 use crate::repo::manifest::Manifest;
 
@@ -93,10 +94,13 @@ pub fn xid_after(snapshot: &str, xid: u64) -> bool {
         return false;
     };
     // A 32-bit xid is taken to be in the epoch of the snapshot, as PostgreSQL does.
-    let full = if xid >> 32 == 0 && xmax >> 32 > 0 {
+    // A 32-bit xid is placed in the epoch that puts it nearest xmax, either side.
+    let full = if xid >> 32 == 0 {
         let candidate = (xmax & !0xFFFF_FFFF) | xid;
-        if candidate > xmax + (1 << 31) {
+        if candidate > xmax + (1 << 31) && candidate >= 1 << 32 {
             candidate - (1 << 32)
+        } else if candidate + (1 << 31) < xmax {
+            candidate + (1 << 32)
         } else {
             candidate
         }
@@ -122,20 +126,17 @@ pub fn reaches(backup: &Manifest, target: &Target, restore_points: &[Lsn]) -> bo
     }
 }
 
-/// Loads the history of every timeline the archive knows.
+/// Loads the history of every timeline the archive knows. A timeline with segments but
+/// no history file (a failover before pgkeep archived this cluster) is followed on its
+/// own.
 pub fn timeline_paths(repo: &ClusterRepo) -> Result<BTreeMap<u32, TimelinePath>> {
     let mut paths = BTreeMap::new();
-    paths.insert(
-        1,
-        TimelinePath {
-            timeline: 1,
-            ancestors: Vec::new(),
-        },
-    );
-    for (name, file, _) in repo.wal_files()? {
-        if let crate::format::wal::WalFile::History { timeline } = file {
+    paths.insert(1, TimelinePath::single(1));
+    let files = repo.wal_files()?;
+    for (name, file, _) in &files {
+        if let WalFile::History { timeline } = *file {
             let data = repo
-                .get_wal(&name)?
+                .get_wal(name)?
                 .with_context(|| format!("{name} vanished"))?;
             let text = String::from_utf8_lossy(&data);
             let ancestors = history::parse(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
@@ -147,6 +148,11 @@ pub fn timeline_paths(repo: &ClusterRepo) -> Result<BTreeMap<u32, TimelinePath>>
                 },
             );
         }
+    }
+    for (_, file, _) in &files {
+        paths
+            .entry(file.timeline())
+            .or_insert_with(|| TimelinePath::single(file.timeline()));
     }
     Ok(paths)
 }
@@ -266,6 +272,10 @@ mod tests {
         let snap = format!("{}:{}:", (1u64 << 32) + 10, (1u64 << 32) + 20);
         assert!(xid_after(&snap, 25));
         assert!(!xid_after(&snap, 15));
+        // Just past the wrap into the next epoch.
+        let snap = format!("{}:{}:", u32::MAX as u64 - 20, u32::MAX as u64 - 10);
+        assert!(xid_after(&snap, 5));
+        assert!(!xid_after(&snap, u32::MAX as u64 - 15));
     }
 
     #[test]

@@ -59,6 +59,14 @@ impl Session {
         let version_num = version
             .parse()
             .context("server_version_num is not a number")?;
+        // A backup session idles for hours between pg_backup_start and pg_backup_stop:
+        // no server-side timeout may end it.
+        client
+            .batch_execute(
+                "SET statement_timeout = 0; SET idle_session_timeout = 0; \
+                 SET idle_in_transaction_session_timeout = 0; SET lock_timeout = 0",
+            )
+            .map_err(|e| anyhow!("cannot configure the session: {}", describe(&e)))?;
         if version_num < 150000 {
             bail!(
                 "PostgreSQL {} is not supported; pgkeep needs PostgreSQL 15 or newer",

@@ -90,8 +90,7 @@ impl LocalStorage {
     /// Writes `data` to a fresh temporary file beside `target` and fsyncs it.
     fn write_temp(&self, target: &Path, data: &[u8]) -> Result<PathBuf> {
         let dir = target.parent().expect("keys have a parent");
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+        create_dir_durably(dir)?;
         let name = format!(
             "{TEMP_PREFIX}{}.{}.{}",
             target.file_name().unwrap().to_string_lossy(),
@@ -110,6 +109,23 @@ impl LocalStorage {
             return Err(e).with_context(|| format!("cannot write {}", temp.display()));
         }
         Ok(temp)
+    }
+}
+
+/// Creates a directory and any missing parents, fsyncing each parent after adding an
+/// entry to it, so a new directory survives a crash (PostgreSQL's `fsync_parent_path`).
+fn create_dir_durably(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir
+        .parent()
+        .with_context(|| format!("{} has no parent", dir.display()))?;
+    create_dir_durably(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot create directory {}", dir.display())),
     }
 }
 
@@ -132,6 +148,8 @@ impl Storage for LocalStorage {
     fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
         let target = self.path(key)?;
         if target.exists() {
+            // Another writer may not have made its entry durable yet.
+            sync_dir(target.parent().unwrap())?;
             return Ok(false);
         }
         let temp = self.write_temp(&target, data)?;
@@ -144,7 +162,10 @@ impl Storage for LocalStorage {
                 sync_dir(target.parent().unwrap())?;
                 Ok(true)
             }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                sync_dir(target.parent().unwrap())?;
+                Ok(false)
+            }
             Err(e) => Err(e).with_context(|| format!("cannot link into {}", target.display())),
         }
     }
@@ -164,11 +185,12 @@ impl Storage for LocalStorage {
             File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         file.seek(SeekFrom::Start(offset))?;
         let mut buf = vec![0; len];
-        file.read_exact(&mut buf).with_context(|| {
-            format!(
+        file.read_exact(&mut buf).map_err(|e| match e.kind() {
+            ErrorKind::UnexpectedEof => anyhow::anyhow!(
                 "{} is shorter than the repository index says",
                 path.display()
-            )
+            ),
+            _ => anyhow::Error::new(e).context(format!("cannot read {}", path.display())),
         })?;
         Ok(buf)
     }

@@ -22,10 +22,10 @@ use indicatif::ProgressBar;
 
 use self::parent::Parent;
 use self::reader::{Blob, ChunkSink, FileReader, Stats};
-use super::Context;
 use super::check::{check_data_directory, wait_for_wal};
 use super::target;
 use super::walk::{self, SourceFile};
+use super::{Context, archive};
 use crate::format::lsn::Lsn;
 use crate::format::{control, label, wal::SegmentSize};
 use crate::pg::session::BackupStop;
@@ -129,6 +129,17 @@ fn parse_tablespace_map(map: &str, names: &HashMap<u32, String>) -> Result<Vec<T
         .collect()
 }
 
+/// Archives the current timeline's history file if the archive lacks it (a failover
+/// before this cluster was archived by pgkeep): recovery along the timeline needs it.
+fn archive_history_file(ctx: &Context, timeline: u32) -> Result<()> {
+    let name = format!("{timeline:08X}.history");
+    let path = ctx.cluster.pgdata.join("pg_wal").join(&name);
+    if timeline > 1 && path.exists() && ctx.repo.get_wal(&name)?.is_none() {
+        archive::push(ctx, &path)?;
+    }
+    Ok(())
+}
+
 /// What the copy phase hands on: file entries, what `pg_backup_stop` returned, the
 /// snapshot and time right after it, and the copied `pg_control`.
 struct Copied {
@@ -187,6 +198,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         .text("SELECT timeline_id::text FROM pg_control_checkpoint()")?
         .parse()?;
     tracing::info!("backup {label} started at {start_lsn} on timeline {timeline}");
+    archive_history_file(ctx, timeline)?;
     let parent = if full {
         None
     } else {

@@ -129,7 +129,12 @@ fn bad_pages(
             continue;
         }
         let mut again = vec![0u8; PAGE_SIZE];
-        file.read_exact_at(&mut again, in_file)?;
+        match file.read_exact_at(&mut again, in_file) {
+            Ok(()) => {}
+            // Truncated since (VACUUM): the page is gone, and WAL replay agrees.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => continue,
+            Err(e) => return Err(e.into()),
+        }
         if again == page_bytes
             || !(page::verify(&again, blkno) || page::page_lsn(&again) >= start_lsn)
         {
@@ -165,7 +170,9 @@ impl FileReader<'_> {
             let data = &buf[..n];
             self.stats.read.fetch_add(n as u64, Ordering::Relaxed);
             if let (Some(rel), Some(start_lsn)) = (&src.relation, self.checksums_from) {
-                bad_blocks.extend(bad_pages(&file, data, offset, rel.segment, start_lsn)?);
+                let bad = bad_pages(&file, data, offset, rel.segment, start_lsn)
+                    .with_context(|| format!("cannot re-read {}", src.abs.display()))?;
+                bad_blocks.extend(bad);
             }
             let reused = match (self.parent, parent_file, &src.relation) {
                 (Some(p), Some(entry), Some(rel)) if rel.lsn_tracks_changes => {
