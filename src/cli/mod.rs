@@ -266,7 +266,7 @@ fn run(cli: &Cli) -> Result<i32> {
             );
         }
         Command::Info { json } => {
-            let manifests = ctx.repo.manifests()?;
+            let manifests = ctx.repo.readable_manifests(None)?;
             let report = info::report(&ctx, &manifests)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -12,7 +12,8 @@ pub mod verify;
 mod walk;
 pub mod walscan;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 
@@ -61,6 +62,61 @@ impl<'a> Context<'a> {
             shell_quote(self.cluster_name)
         ))
     }
+}
+
+/// Runs `work` over `items` (in the order given) on `jobs` threads. The first failure
+/// raises `stop`, which the others see before their next item (and which long items
+/// should poll), and is the error returned.
+pub fn parallel_map<T: Send, R: Send>(
+    items: Vec<T>,
+    jobs: usize,
+    work: impl Fn(T, &AtomicBool) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for item in items {
+        tx.send(item).expect("the receiver is alive");
+    }
+    drop(tx);
+    let stop = AtomicBool::new(false);
+    let first_error = Mutex::new(None);
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs.max(1))
+            .map(|_| {
+                let (rx, stop, first_error, work) = (rx.clone(), &stop, &first_error, &work);
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    for item in rx {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        match work(item, stop) {
+                            Ok(r) => done.push(r),
+                            Err(e) => {
+                                if !stop.swap(true, Ordering::Relaxed) {
+                                    *first_error.lock().unwrap() = Some(e);
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a worker panicked"))
+            .collect::<Vec<R>>()
+    });
+    match first_error.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
+}
+
+/// The error a worker returns when it stops because another one failed.
+pub fn stopped() -> anyhow::Error {
+    anyhow::anyhow!("stopped because another worker failed")
 }
 
 /// Quotes a word for `/bin/sh` unless it needs none.

@@ -11,16 +11,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, FixedOffset};
-use crossbeam_channel::unbounded;
 use indicatif::ProgressBar;
 
-use super::Context;
 use super::target::{self, Target, TimelineChoice};
 use super::walscan;
+use super::{Context, parallel_map, stopped};
 use crate::format::history::TimelinePath;
 use crate::format::wal::SegmentSize;
 use crate::repo::manifest::{FileEntry, Manifest};
@@ -68,20 +68,6 @@ fn is_empty_dir(path: &Path) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-}
-
-/// Loads every readable manifest; unreadable ones are reported and left out of the
-/// choice (restoring an older backup is slower, never wrong).
-fn load_manifests(ctx: &Context, named: Option<&str>) -> Result<Vec<Manifest>> {
-    let mut out = Vec::new();
-    for label in ctx.repo.backup_labels()? {
-        match ctx.repo.load_manifest(&label) {
-            Ok(m) => out.push(m),
-            Err(e) if named == Some(label.as_str()) => return Err(e),
-            Err(e) => tracing::warn!("skipping backup {label}: {e:#}"),
-        }
-    }
-    Ok(out)
 }
 
 /// The new location of each tablespace OID.
@@ -192,6 +178,7 @@ fn restore_file(
     entry: &FileEntry,
     dest: &Path,
     progress: &ProgressBar,
+    stop: &AtomicBool,
 ) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
@@ -200,6 +187,9 @@ fn restore_file(
         .with_context(|| format!("cannot create {}", dest.display()))?;
     let prefix = ctx.repo.packs_prefix();
     for id in &entry.chunks {
+        if stop.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
         let data = index
             .read(&*ctx.repo.storage, &prefix, id)
             .with_context(|| format!("cannot restore {}", entry.path))?;
@@ -297,7 +287,7 @@ pub fn restore(
             pgdata.display()
         );
     }
-    let manifests = load_manifests(ctx, opts.backup.as_deref())?;
+    let manifests = ctx.repo.readable_manifests(opts.backup.as_deref())?;
     let paths = target::timeline_paths(&ctx.repo)?;
     let restore_points = match &opts.target {
         Target::Name(name) => {
@@ -369,31 +359,17 @@ pub fn restore(
         .iter()
         .partition(|f| f.path == "global/pg_control");
     progress.set_length(manifest.size);
-    let (tx, rx) = unbounded();
-    let mut by_size = files.clone();
+    let mut by_size = files;
     by_size.sort_by_key(|f| std::cmp::Reverse(f.size));
-    for f in by_size {
-        tx.send(f).unwrap();
-    }
-    drop(tx);
-    std::thread::scope(|scope| -> Result<()> {
-        let handles: Vec<_> = (0..ctx.config.jobs())
-            .map(|_| {
-                let rx = rx.clone();
-                let (index, pgdata) = (&index, &pgdata);
-                scope.spawn(move || -> Result<()> {
-                    for entry in rx {
-                        restore_file(ctx, index, entry, &pgdata.join(&entry.path), progress)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow!("a restore worker panicked"))??;
-        }
-        Ok(())
+    parallel_map(by_size, ctx.config.jobs(), |entry, stop| {
+        restore_file(
+            ctx,
+            &index,
+            entry,
+            &pgdata.join(&entry.path),
+            progress,
+            stop,
+        )
     })?;
 
     if !locations.is_empty() && !opts.tablespace_map.is_empty() {
@@ -412,7 +388,7 @@ pub fn restore(
     // pg_control last: until it exists, PostgreSQL will not start on this directory.
     for entry in control {
         let temp = pgdata.join("global/pg_control.pgkeep-tmp");
-        restore_file(ctx, &index, entry, &temp, progress)?;
+        restore_file(ctx, &index, entry, &temp, progress, &AtomicBool::new(false))?;
         fs::rename(&temp, pgdata.join(&entry.path))?;
         sync_dir(&pgdata.join("global"))?;
     }

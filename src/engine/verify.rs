@@ -144,7 +144,15 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
     }
     let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix());
     let chunks = match index {
-        Ok(index) => check_chunks(ctx, &index, &manifests, &mut problems)?,
+        Ok(index) => {
+            for (name, why) in &index.unreadable {
+                problems.push(Problem {
+                    what: format!("pack {name} has no readable index ({why}); its chunks are lost"),
+                    breaks: Vec::new(),
+                });
+            }
+            check_chunks(ctx, &index, &manifests, &mut problems)?
+        }
         Err(e) => {
             problems.push(Problem {
                 what: format!("{e:#}"),

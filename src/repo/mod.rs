@@ -179,6 +179,21 @@ impl ClusterRepo {
         Ok(manifest)
     }
 
+    /// Every readable manifest; unreadable ones are reported and left out (`verify`
+    /// names them), unless it is the one `named`, which must be readable.
+    pub fn readable_manifests(&self, named: Option<&str>) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for label in self.backup_labels()? {
+            match self.load_manifest(&label) {
+                Ok(m) => out.push(m),
+                Err(e) if named == Some(label.as_str()) => return Err(e),
+                Err(e) => tracing::warn!("skipping backup {label}: {e:#}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every manifest; any unreadable one is an error.
     pub fn manifests(&self) -> Result<Vec<Manifest>> {
         self.backup_labels()?
             .iter()

@@ -12,7 +12,7 @@
 //! as `NAME.idx` (an enveloped object) so readers need not open every pack. A pack is
 //! written before its `.idx`, and both before any manifest that refers to their chunks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -205,24 +205,92 @@ pub struct ChunkLocation {
 pub struct ChunkIndex {
     pub packs: Vec<String>,
     pub chunks: HashMap<ChunkId, ChunkLocation>,
+    /// Packs whose index cannot be read from either copy, with why: their chunks are
+    /// unknown, and they are never removed automatically.
+    pub unreadable: Vec<(String, String)>,
+    /// Packs without an index file: a writer died between storing the two, so nothing
+    /// refers to them.
+    pub unindexed: Vec<String>,
+}
+
+/// Reads the index stored at the end of a pack of `size` bytes.
+fn footer_index(storage: &dyn Storage, key: &str, size: u64) -> Result<Vec<IndexEntry>> {
+    if size < 8 {
+        bail!("the pack is too short");
+    }
+    let tail = storage.get_range(key, size - 8, 8)?;
+    if &tail[4..] != PACK_MAGIC {
+        bail!("the pack does not end with its index");
+    }
+    let len = u32::from_le_bytes(tail[..4].try_into().unwrap()) as u64;
+    if len + 8 > size {
+        bail!("the pack's index length is impossible");
+    }
+    decode_index(&storage.get_range(key, size - 8 - len, len as usize)?)
 }
 
 impl ChunkIndex {
-    /// Reads every pack index under `prefix`.
+    /// Reads every pack index under `prefix`. A damaged `.idx` is replaced by the copy
+    /// inside its pack; a pack with neither readable is set aside in `unreadable`, so
+    /// one bad object never blocks backups or restores that do not need it.
     pub fn load(storage: &dyn Storage, prefix: &str) -> Result<ChunkIndex> {
-        let mut index = ChunkIndex::default();
+        let mut packs: BTreeMap<String, (Option<u64>, bool)> = BTreeMap::new();
         for object in storage.list(prefix)? {
-            let key = object.key;
-            let Some(stem) = key.strip_suffix(".idx") else {
+            let file = object.key.rsplit('/').next().unwrap_or("");
+            let Some((name, ext)) = file.split_once('.') else {
                 continue;
             };
-            let name = stem.rsplit('/').next().unwrap().to_string();
-            let bytes = storage
-                .get(&key)?
-                .with_context(|| format!("pack index {key} vanished while reading"))?;
-            let entries = object::decode(&bytes)
-                .and_then(|plain| decode_index(&plain))
-                .with_context(|| format!("pack index {key} is unreadable"))?;
+            if name.len() != 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                tracing::warn!("ignoring {} in the repository: not a pack", object.key);
+                continue;
+            }
+            let slot = packs.entry(name.to_string()).or_default();
+            match ext {
+                "pack" => slot.0 = Some(object.size),
+                "idx" => slot.1 = true,
+                _ => tracing::warn!("ignoring {} in the repository: not a pack", object.key),
+            }
+        }
+        let mut index = ChunkIndex::default();
+        for (name, (pack_size, has_idx)) in packs {
+            if !has_idx {
+                index.unindexed.push(name);
+                continue;
+            }
+            let idx_key = pack_key(prefix, &name, "idx");
+            let from_idx = storage
+                .get(&idx_key)?
+                .context("vanished while reading")
+                .and_then(|bytes| object::decode(&bytes))
+                .and_then(|plain| decode_index(&plain));
+            let entries = match (from_idx, pack_size) {
+                (Ok(entries), _) => entries,
+                (Err(idx_err), Some(size)) => {
+                    match footer_index(storage, &pack_key(prefix, &name, "pack"), size) {
+                        Ok(entries) => {
+                            tracing::warn!(
+                                "pack index {idx_key} is unreadable ({idx_err:#}); using the copy inside the pack"
+                            );
+                            entries
+                        }
+                        Err(e) => {
+                            index.unreadable.push((
+                                name,
+                                format!("{idx_err:#}; the copy inside the pack: {e:#}"),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+                (Err(idx_err), None) => {
+                    index.unreadable.push((name, format!("{idx_err:#}")));
+                    continue;
+                }
+            };
             let pack = index.packs.len() as u32;
             index.packs.push(name);
             for e in entries {
@@ -237,6 +305,11 @@ impl ChunkIndex {
                     },
                 );
             }
+        }
+        for (name, why) in &index.unreadable {
+            tracing::warn!(
+                "pack {name} has no readable index ({why}); its chunks are treated as missing"
+            );
         }
         Ok(index)
     }
@@ -302,6 +375,15 @@ mod tests {
         writer.flush().unwrap();
         let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
         assert_eq!(index.chunks.len(), 10);
+        // A damaged .idx: the copy inside the pack serves.
+        let idx_path = dir.path().join(pack_key("c/packs", &index.packs[0], "idx"));
+        let mut idx = std::fs::read(&idx_path).unwrap();
+        idx[20] ^= 1;
+        std::fs::write(&idx_path, idx).unwrap();
+        std::fs::write(dir.path().join("c/packs/zz.idx"), b"stray").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        assert_eq!(index.chunks.len(), 10);
+        assert!(index.unreadable.is_empty());
         for c in &chunks {
             assert_eq!(
                 &index.read(&*storage, "c/packs", &ChunkId::of(c)).unwrap(),

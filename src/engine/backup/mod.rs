@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam_channel::bounded;
 use indicatif::ProgressBar;
 
 use self::parent::Parent;
 use self::reader::{Blob, ChunkSink, FileReader, Stats};
 use super::check::{check_data_directory, wait_for_wal};
 use super::target;
-use super::walk::{self, SourceFile};
-use super::{Context, archive};
+use super::walk;
+use super::{Context, archive, parallel_map};
 use crate::format::lsn::Lsn;
 use crate::format::{control, label, wal::SegmentSize};
 use crate::pg::session::BackupStop;
@@ -55,37 +55,6 @@ fn new_label(ctx: &Context) -> Result<String> {
         n += 1;
     }
     Ok(label)
-}
-
-/// Runs the workers over `files`, then returns their entries.
-fn run_workers(files: Vec<SourceFile>, jobs: usize, reader: &FileReader) -> Result<Vec<FileEntry>> {
-    let (work_tx, work_rx): (Sender<SourceFile>, Receiver<SourceFile>) = unbounded();
-    for f in files {
-        work_tx.send(f).unwrap();
-    }
-    drop(work_tx);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..jobs)
-            .map(|_| {
-                let rx = work_rx.clone();
-                scope.spawn(move || -> Result<Vec<FileEntry>> {
-                    let mut done = Vec::new();
-                    for src in rx {
-                        done.extend(reader.backup_file(&src)?);
-                    }
-                    Ok(done)
-                })
-            })
-            .collect();
-        let mut entries = Vec::new();
-        for h in handles {
-            entries.extend(
-                h.join()
-                    .map_err(|_| anyhow!("a backup worker panicked"))??,
-            );
-        }
-        Ok(entries)
-    })
 }
 
 /// Checks that the copied `pg_control` belongs to the server that ran the backup: the
@@ -204,7 +173,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
     } else {
         let paths = target::timeline_paths(&ctx.repo)?;
         Parent::choose(
-            ctx.repo.manifests()?,
+            ctx.repo.readable_manifests(None)?,
             &paths,
             timeline,
             session.version_num / 10000,
@@ -245,7 +214,12 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         stats: &stats,
     };
     let result = (|| -> Result<Copied> {
-        let mut entries = run_workers(files, ctx.config.jobs(), &reader)?;
+        let mut entries: Vec<FileEntry> = parallel_map(files, ctx.config.jobs(), |src, stop| {
+            reader.backup_file(&src, stop)
+        })?
+        .into_iter()
+        .flatten()
+        .collect();
         // pg_control last, as pg_basebackup does; kept to check it below.
         let control_src = pg_control
             .first()

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context as _, Result, anyhow};
 use crossbeam_channel::Sender;
@@ -14,6 +14,7 @@ use indicatif::ProgressBar;
 
 use super::CHUNK_SIZE;
 use super::parent::Parent;
+use crate::engine::stopped;
 use crate::engine::walk::SourceFile;
 use crate::format::lsn::Lsn;
 use crate::format::page::{self, BLOCKS_PER_SEGMENT, PAGE_SIZE};
@@ -146,7 +147,8 @@ fn bad_pages(
 
 impl FileReader<'_> {
     /// Backs up one file; `None` if it vanished (dropped relation) before it was opened.
-    pub fn backup_file(&self, src: &SourceFile) -> Result<Option<FileEntry>> {
+    /// Polls `stop` between chunks.
+    pub fn backup_file(&self, src: &SourceFile, stop: &AtomicBool) -> Result<Option<FileEntry>> {
         let parent_file = self.parent.and_then(|p| p.file(&src.rel));
         if let Some(entry) = self.parent.and_then(|p| p.unchanged_file(src)) {
             self.stats.unread.fetch_add(entry.size, Ordering::Relaxed);
@@ -161,6 +163,9 @@ impl FileReader<'_> {
         let mut buf = vec![0u8; CHUNK_SIZE];
         let (mut offset, mut chunks, mut bad_blocks) = (0u64, Vec::new(), Vec::new());
         while offset < src.size {
+            if stop.load(Ordering::Relaxed) {
+                return Err(stopped());
+            }
             let want = CHUNK_SIZE.min((src.size - offset) as usize);
             let n = read_full(&mut file, &mut buf[..want])
                 .with_context(|| format!("cannot read {}", src.abs.display()))?;
