@@ -14,6 +14,8 @@ pub struct Config {
     #[serde(default)]
     pub backup: BackupConfig,
     #[serde(default)]
+    pub retention: crate::engine::retention::Policy,
+    #[serde(default)]
     pub cluster: BTreeMap<String, ClusterConfig>,
     /// Absolute path of the file this came from, for `archive_command` and
     /// `restore_command` lines.

@@ -73,6 +73,30 @@ fn incremental(pg: Pg) {
     let lsn = main.sql("SELECT pg_current_wal_lsn()");
     main.sql("UPDATE pgbench_accounts SET abalance = 0 WHERE aid <= 10");
     env.pgkeep_ok(&["check"]);
+
+    // Expire the parent full (keep the newest and the pinned incremental) and collect
+    // its data: the incremental must still restore on its own.
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{config}\n[retention]\nkeep_last = 1\n"),
+    )
+    .unwrap();
+    env.pgkeep_ok(&["pin", &incr]);
+    let out = env.pgkeep_ok(&["expire"]);
+    assert!(
+        out.contains(&format!("expire  {full}")) && out.contains("data: removed"),
+        "{out}"
+    );
+    let left: Vec<String> = info(&env)["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["label"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!left.contains(&full) && left.contains(&incr), "{left:?}");
+    env.pgkeep_ok(&["verify"]);
+
     let pgdata = env.path("restored");
     let out = env.pgkeep_ok(&[
         "restore",

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 use crate::engine::restore::{self, RestoreOptions};
 use crate::engine::target::{self, Target, TimelineChoice};
-use crate::engine::{Context, archive, backup, check, human_bytes, info, verify};
+use crate::engine::{Context, archive, backup, check, expire, human_bytes, info, verify};
 use crate::repo::OpenMode;
 
 /// Where the config is looked for when neither --config nor PGKEEP_CONFIG says.
@@ -67,6 +67,19 @@ enum Command {
     },
     /// Re-read and check every chunk and WAL file, and WAL continuity.
     Verify,
+    /// Apply the retention policy: remove expired backups, WAL and unreferenced data.
+    Expire {
+        /// Show what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Evaluate the policy as of this time instead of now (with a time zone).
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// Keep a backup whatever the retention policy says.
+    Pin { label: String },
+    /// Let the retention policy remove a backup again.
+    Unpin { label: String },
 }
 
 #[derive(Args)]
@@ -216,6 +229,67 @@ fn print_backup_summary(o: &backup::BackupOutcome, secs: f64) {
     }
 }
 
+/// What expire kept, removed and freed.
+fn print_expire(r: &expire::ExpireReport, dry_run: bool) {
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let mut backups = r.backups.clone();
+    backups.sort_by_key(|b| b.stop_time);
+    for b in &backups {
+        match r.plan.keep.get(&b.label) {
+            Some(reasons) => {
+                let why: Vec<&str> = reasons.iter().map(|r| r.describe()).collect();
+                println!(
+                    "keep    {}  {}  ({})",
+                    b.label,
+                    b.stop_time.format("%Y-%m-%d %H:%M"),
+                    why.join(", ")
+                );
+            }
+            None => println!(
+                "expire  {}  {}",
+                b.label,
+                b.stop_time.format("%Y-%m-%d %H:%M")
+            ),
+        }
+    }
+    match (r.wal_removed.first(), r.wal_removed.last()) {
+        (Some(first), Some(last)) => println!(
+            "WAL: {verb} {} files ({first} .. {last})",
+            r.wal_removed.len()
+        ),
+        _ => println!("WAL: nothing to remove"),
+    }
+    if let (Some(from), Some(seg)) = (&r.plan.wal_from, &r.wal_kept_from) {
+        println!("point-in-time recovery stays possible from backup {from} on (WAL from {seg})");
+        let older: Vec<&str> = backups
+            .iter()
+            .filter(|b| r.plan.keep.contains_key(&b.label))
+            .take_while(|b| &b.label != from)
+            .map(|b| b.label.as_str())
+            .collect();
+        if !older.is_empty() {
+            println!(
+                "restorable only to their consistency point: {}",
+                older.join(", ")
+            );
+        }
+    }
+    if let Some(gc) = &r.gc {
+        println!(
+            "data: removed {} packs, rewrote {}, freed {}",
+            gc.packs_removed,
+            gc.packs_rewritten,
+            human_bytes(gc.bytes_freed)
+        );
+    }
+    if r.gc_deferred {
+        println!("data: a backup is running; unreferenced data is freed by the next expire");
+    }
+    if dry_run {
+        println!("dry run: nothing was removed");
+    }
+}
+
 fn run(cli: &Cli) -> Result<i32> {
     let config = Config::load(&cli.config)?;
     let mode = if matches!(cli.command, Command::Init) {
@@ -244,6 +318,28 @@ fn run(cli: &Cli) -> Result<i32> {
             let started = std::time::Instant::now();
             let outcome = backup::backup(&ctx, *full, &bar)?;
             print_backup_summary(&outcome, started.elapsed().as_secs_f64());
+            let policy = &config.retention;
+            if policy.has_rules() && policy.expire_after_backup {
+                let report = expire::expire(&ctx, chrono::Utc::now(), false).map_err(|e| {
+                    e.context("the backup succeeded, but expiring old backups after it failed")
+                })?;
+                print_expire(&report, false);
+            }
+        }
+        Command::Expire { dry_run, now } => {
+            let now = match now {
+                Some(t) => target::parse_time(t)?.with_timezone(&chrono::Utc),
+                None => chrono::Utc::now(),
+            };
+            print_expire(&expire::expire(&ctx, now, *dry_run)?, *dry_run);
+        }
+        Command::Pin { label } => {
+            ctx.repo.set_pinned(label, true)?;
+            println!("backup {label} is pinned: no retention rule removes it");
+        }
+        Command::Unpin { label } => {
+            ctx.repo.set_pinned(label, false)?;
+            println!("backup {label} is no longer pinned");
         }
         Command::ArchivePush { path } => archive::push(&ctx, path)?,
         Command::ArchiveGet { name, dest } => {

@@ -26,6 +26,8 @@ pub struct InfoReport {
 #[derive(Serialize)]
 pub struct BackupInfo {
     pub label: String,
+    /// Pinned backups are kept whatever the retention policy says.
+    pub pinned: bool,
     /// The backup it took unchanged data from (`null` for a full backup).
     pub parent: Option<String>,
     pub start_time: DateTime<Utc>,
@@ -67,6 +69,7 @@ fn to_time(secs: i64) -> DateTime<Utc> {
 
 pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
     let info = ctx.repo.require_info()?;
+    let pinned = ctx.repo.pinned()?;
     let seg = SegmentSize(info.wal_segment_size);
     let archive = archived_segments(ctx, seg)?;
     let wal = archive
@@ -83,30 +86,32 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
             last_archived: to_time(*segments.values().max().unwrap()),
         })
         .collect();
-    let mut recoverable: Option<Window> = None;
-    for m in manifests {
-        let start = seg.segno(m.start_lsn);
-        let Some((end, archived)) = contiguous_end(archive.get(&m.timeline), start) else {
-            continue;
-        };
-        if end < seg.segno_before(m.stop_lsn) {
-            continue; // not even consistent
-        }
-        let w = recoverable.get_or_insert_with(|| Window {
-            from_time: m.stop_time,
-            from_backup: m.label.clone(),
-            to_time: to_time(archived),
-            to_segment: seg.name(m.timeline, end),
-        });
-        if m.stop_time < w.from_time {
-            w.from_time = m.stop_time;
-            w.from_backup = m.label.clone();
-        }
-        if to_time(archived) > w.to_time {
-            w.to_time = to_time(archived);
-            w.to_segment = seg.name(m.timeline, end);
-        }
-    }
+    // Where each consistent backup's WAL runs to without a gap; the window ends at the
+    // furthest such point and starts at the oldest backup whose WAL reaches it.
+    let runs: Vec<(&Manifest, u64, i64)> = manifests
+        .iter()
+        .filter_map(|m| {
+            let (end, archived) = contiguous_end(archive.get(&m.timeline), seg.segno(m.start_lsn))?;
+            (end >= seg.segno_before(m.stop_lsn)).then_some((m, end, archived))
+        })
+        .collect();
+    let mut recoverable =
+        runs.iter()
+            .max_by_key(|(_, _, archived)| *archived)
+            .map(|&(last, end, archived)| {
+                let oldest = runs
+                    .iter()
+                    .filter(|(m, e, _)| m.timeline == last.timeline && *e == end)
+                    .map(|(m, _, _)| *m)
+                    .min_by_key(|m| m.stop_time)
+                    .unwrap_or(last);
+                Window {
+                    from_time: oldest.stop_time,
+                    from_backup: oldest.label.clone(),
+                    to_time: to_time(archived),
+                    to_segment: seg.name(last.timeline, end),
+                }
+            });
     if let Some(w) = recoverable.as_mut()
         && let Some(WalFile::Segment {
             timeline,
@@ -130,6 +135,7 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
             .iter()
             .map(|m| BackupInfo {
                 label: m.label.clone(),
+                pinned: pinned.contains(&m.label),
                 parent: m.parent.clone(),
                 start_time: m.start_time,
                 stop_time: m.stop_time,
@@ -172,7 +178,8 @@ pub fn render(r: &InfoReport) -> String {
             human_bytes(b.stored_size),
             b.parent
                 .as_ref()
-                .map_or("full".to_string(), |p| format!("parent {p}")),
+                .map_or("full".to_string(), |p| format!("parent {p}"))
+                + if b.pinned { "  PINNED" } else { "" },
             if b.bad_blocks > 0 {
                 format!("  {} BAD BLOCKS", b.bad_blocks)
             } else {

@@ -189,8 +189,10 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
             }
         }
     }
+    // Below the floor, expire removed WAL on purpose (the WAL window).
+    let floor = ctx.repo.wal_floor()?.unwrap_or(0);
     for (&timeline, segments) in &archive {
-        for (from, to) in gaps(segments) {
+        for (from, to) in gaps(segments).into_iter().filter(|&(_, to)| to >= floor) {
             let limited: Vec<String> = manifests
                 .iter()
                 .filter(|m| m.timeline == timeline && seg.segno(m.start_lsn) < from)

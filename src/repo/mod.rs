@@ -297,6 +297,12 @@ impl ClusterRepo {
             .collect())
     }
 
+    pub fn delete_wal(&self, name: &str) -> Result<()> {
+        let file =
+            WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
+        self.storage.delete(&self.wal_key(&file, name))
+    }
+
     /// Reads and checks an archived WAL file; `None` if it is not in the archive.
     pub fn get_wal(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let file =

@@ -114,7 +114,8 @@ fn decode_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
         .collect()
 }
 
-fn pack_key(prefix: &str, name: &str, ext: &str) -> String {
+/// The key of pack `name`'s `.pack` or `.idx` object under `prefix`.
+pub fn pack_key(prefix: &str, name: &str, ext: &str) -> String {
     format!("{prefix}/{}/{name}.{ext}", &name[..2])
 }
 

@@ -38,7 +38,7 @@ use crate::repo::pack::{ChunkIndex, PackWriter};
 /// stores little for a scattered change, large enough to compress well.
 pub const CHUNK_SIZE: usize = 256 * 1024;
 /// Packs are stored once they reach this size.
-const PACK_SIZE: usize = 32 * 1024 * 1024;
+pub const PACK_SIZE: usize = 32 * 1024 * 1024;
 
 fn epoch_to_time(secs: f64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros((secs * 1e6) as i64).unwrap_or_default()
@@ -159,6 +159,9 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         session.text("SELECT catalog_version_no::text FROM pg_control_system()")?
     );
 
+    // Held until the manifest is published: garbage collection cannot remove chunks this
+    // backup finds in the index and refers to.
+    let _data_lock = ctx.repo.lock_data_shared()?;
     let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
     let label = new_label(ctx)?;
     let start_time = epoch_to_time(session.now()?);

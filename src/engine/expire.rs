@@ -1,0 +1,254 @@
+//! `expire`: applies the retention policy. Three steps, each safe to interrupt:
+//!
+//! 1. remove the manifests of expired backups (they are gone; their data stays);
+//! 2. record the WAL floor, then remove WAL no surviving backup needs, oldest first, so
+//!    what remains is always a contiguous run;
+//! 3. garbage-collect packs, only while holding the data lock exclusively: every backup
+//!    holds it shared from before it reads the chunk index until its manifest is
+//!    published, so no chunk an unfinished backup refers to can be removed. If a backup
+//!    is running, collection waits for the next `expire`.
+//!
+//! Within collection, new packs are stored before the old ones go, and an index before
+//! its pack, so a crash leaves at worst a duplicate or an unindexed pack, both removed
+//! by the next collection.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, Utc};
+
+use super::Context;
+use super::backup::PACK_SIZE;
+use super::retention::{self, BackupFacts, Plan};
+use crate::format::wal::{SegmentSize, WalFile};
+use crate::repo::manifest::Manifest;
+use crate::repo::pack::{ChunkId, ChunkIndex, PackWriter, decode_chunk, pack_key};
+
+pub struct ExpireReport {
+    pub plan: Plan,
+    pub backups: Vec<BackupFacts>,
+    /// WAL files removed (or, in a dry run, to be removed), oldest first.
+    pub wal_removed: Vec<String>,
+    /// First segment of the WAL kept without a gap.
+    pub wal_kept_from: Option<String>,
+    pub gc: Option<GcReport>,
+    /// Collection was skipped because a backup holds the data lock.
+    pub gc_deferred: bool,
+}
+
+#[derive(Default)]
+pub struct GcReport {
+    pub packs_removed: usize,
+    pub packs_rewritten: usize,
+    pub bytes_freed: u64,
+    pub temporaries_removed: usize,
+}
+
+/// Temporary files in the WAL archive younger than this may belong to a running
+/// archive-push.
+const WAL_TEMP_AGE: Duration = Duration::from_secs(3600);
+
+/// Segment number and timeline of an archived WAL file; `None` for history files, which
+/// are kept forever.
+fn wal_position(name: &str, file: &WalFile, seg: SegmentSize) -> Option<(u32, u64)> {
+    match *file {
+        WalFile::Segment {
+            timeline,
+            log,
+            seg: s,
+        }
+        | WalFile::Partial {
+            timeline,
+            log,
+            seg: s,
+        } => Some((timeline, seg.segno_of(log, s))),
+        WalFile::BackupHistory { .. } => match WalFile::parse(name.get(..24)?)? {
+            WalFile::Segment {
+                timeline,
+                log,
+                seg: s,
+            } => Some((timeline, seg.segno_of(log, s))),
+            _ => None,
+        },
+        WalFile::History { .. } => None,
+    }
+}
+
+/// WAL files no surviving backup needs, oldest first, and the floor segment from which
+/// everything is kept.
+fn wal_to_remove(
+    ctx: &Context,
+    manifests: &[Manifest],
+    plan: &Plan,
+    seg: SegmentSize,
+) -> Result<(Vec<String>, Option<u64>)> {
+    let Some(from) = plan
+        .wal_from
+        .as_ref()
+        .and_then(|l| manifests.iter().find(|m| &m.label == l))
+    else {
+        return Ok((Vec::new(), None));
+    };
+    let floor = seg.segno(from.start_lsn);
+    let needed: Vec<(u32, u64, u64)> = manifests
+        .iter()
+        .filter(|m| plan.keep.contains_key(&m.label))
+        .map(|m| {
+            (
+                m.timeline,
+                seg.segno(m.start_lsn),
+                seg.segno_before(m.stop_lsn),
+            )
+        })
+        .collect();
+    let mut remove: Vec<(u64, String)> = ctx
+        .repo
+        .wal_files()?
+        .into_iter()
+        .filter_map(|(name, file, _)| {
+            let (tli, segno) = wal_position(&name, &file, seg)?;
+            let needed_by_backup = needed
+                .iter()
+                .any(|&(t, a, b)| t == tli && (a..=b).contains(&segno));
+            (segno < floor && !needed_by_backup).then_some((segno, name))
+        })
+        .collect();
+    remove.sort();
+    Ok((remove.into_iter().map(|(_, n)| n).collect(), Some(floor)))
+}
+
+/// Applies the policy as of `now`; with `dry_run`, only reports.
+pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<ExpireReport> {
+    let _expiring = ctx
+        .repo
+        .try_lock_expire()?
+        .context("another `pgkeep expire` is running for this cluster; let it finish")?;
+    let info = ctx.repo.require_info()?;
+    let seg = SegmentSize(info.wal_segment_size);
+    // A manifest that cannot be read might be one the policy keeps, or hold data others
+    // share: expire touches nothing until every one is readable.
+    let manifests = ctx
+        .repo
+        .manifests()
+        .context("expire needs every backup's manifest to be readable; run `pgkeep verify`")?;
+    let pinned = ctx.repo.pinned()?;
+    let backups: Vec<BackupFacts> = manifests
+        .iter()
+        .map(|m| BackupFacts {
+            label: m.label.clone(),
+            stop_time: m.stop_time,
+            pinned: pinned.contains(&m.label),
+        })
+        .collect();
+    let plan = retention::plan(&ctx.config.retention, &backups, now);
+    let (wal_removed, floor) = wal_to_remove(ctx, &manifests, &plan, seg)?;
+    let from = plan
+        .wal_from
+        .as_ref()
+        .and_then(|l| manifests.iter().find(|m| &m.label == l));
+    let mut report = ExpireReport {
+        wal_kept_from: from.map(|m| seg.name(m.timeline, seg.segno(m.start_lsn))),
+        plan,
+        backups,
+        wal_removed,
+        gc: None,
+        gc_deferred: false,
+    };
+    if dry_run {
+        return Ok(report);
+    }
+    for label in &report.plan.expire {
+        ctx.repo.delete_manifest(label)?;
+    }
+    if let Some(floor) = floor
+        && !report.wal_removed.is_empty()
+    {
+        ctx.repo
+            .set_wal_floor(floor.max(ctx.repo.wal_floor()?.unwrap_or(0)))?;
+    }
+    for name in &report.wal_removed {
+        ctx.repo.delete_wal(name)?;
+    }
+    match ctx.repo.try_lock_data_exclusive()? {
+        Some(_collecting) => report.gc = Some(collect_garbage(ctx)?),
+        None => report.gc_deferred = true,
+    }
+    Ok(report)
+}
+
+/// Removes packs no manifest refers to, and rewrites packs that are mostly unreferenced.
+/// The caller holds the data lock exclusively.
+fn collect_garbage(ctx: &Context) -> Result<GcReport> {
+    let storage = &ctx.repo.storage;
+    let prefix = ctx.repo.packs_prefix();
+    let manifests = ctx.repo.manifests()?;
+    let referenced: HashSet<ChunkId> = manifests
+        .iter()
+        .flat_map(|m| m.files.iter().flat_map(|f| f.chunks.iter().copied()))
+        .collect();
+    let index = ChunkIndex::load(&**storage, &prefix)?;
+    let sizes: BTreeMap<String, u64> = storage
+        .list(&prefix)?
+        .into_iter()
+        .filter_map(|o| {
+            Some((
+                o.key.rsplit('/').next()?.strip_suffix(".pack")?.to_string(),
+                o.size,
+            ))
+        })
+        .collect();
+    let mut report = GcReport::default();
+    let remove = |name: &str, report: &mut GcReport| -> Result<()> {
+        // The index first: a pack must never be indexed but gone.
+        storage.delete(&pack_key(&prefix, name, "idx"))?;
+        storage.delete(&pack_key(&prefix, name, "pack"))?;
+        report.bytes_freed += sizes.get(name).copied().unwrap_or(0);
+        Ok(())
+    };
+    // Packs whose writer died before indexing them: nothing refers to them.
+    for name in &index.unindexed {
+        remove(name, &mut report)?;
+        report.packs_removed += 1;
+    }
+    let mut writer = PackWriter::new(storage.clone(), prefix.clone(), PACK_SIZE);
+    let mut rewritten = Vec::new();
+    for (pack, chunks) in index.by_pack().iter().enumerate() {
+        let name = index.pack_name(pack as u32);
+        let live: Vec<_> = chunks
+            .iter()
+            .filter(|(id, _)| referenced.contains(id))
+            .collect();
+        if live.is_empty() {
+            remove(name, &mut report)?;
+            report.packs_removed += 1;
+            continue;
+        }
+        let Some(&size) = sizes.get(name) else {
+            continue;
+        }; // a missing pack: verify reports it
+        let live_bytes: u64 = live.iter().map(|(_, loc)| loc.stored_len as u64).sum();
+        if live_bytes * 2 >= size {
+            continue;
+        }
+        let key = index.pack_key(&prefix, pack as u32);
+        for (id, loc) in live {
+            let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
+            decode_chunk(id, loc, &payload)
+                .with_context(|| format!("cannot rewrite pack {key}; run `pgkeep verify`"))?;
+            writer.add(*id, loc.raw_len as usize, loc.compression, &payload)?;
+        }
+        rewritten.push(name.to_string());
+    }
+    writer.flush()?; // the copies are durable before the originals go
+    report.bytes_freed = report.bytes_freed.saturating_sub(writer.stored_bytes);
+    for name in &rewritten {
+        remove(name, &mut report)?;
+    }
+    report.packs_rewritten = rewritten.len();
+    report.temporaries_removed = storage.remove_stale_temporaries(&prefix, Duration::ZERO)?
+        + storage
+            .remove_stale_temporaries(&format!("{}/backups", ctx.repo.name), Duration::ZERO)?
+        + storage.remove_stale_temporaries(&format!("{}/wal", ctx.repo.name), WAL_TEMP_AGE)?;
+    Ok(report)
+}
