@@ -120,3 +120,156 @@ fn policy_on_made_up_dates() {
     }
     env.pgkeep_ok(&["verify"]);
 }
+
+/// Runs pgkeep and kills it with SIGKILL after `delay`; true if it had finished first.
+fn run_and_kill(env: &Env, args: &[&str], delay: std::time::Duration) -> bool {
+    let mut child = common::as_postgres(&env.pgkeep)
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let finished = child.try_wait().unwrap().is_some();
+    let _ = child.kill();
+    let _ = child.wait();
+    finished
+}
+
+fn burst(main: &common::Server) {
+    common::run_ok(
+        main.client("pgbench")
+            .args(["-n", "-t", "300", "-c", "2", "postgres"]),
+    );
+}
+
+/// Restores `label` to `lsn` and checks it holds `expected`.
+fn restores_to(env: &Env, label: &str, lsn: &str, expected: &str, fingerprint: &str) {
+    static RESTORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RESTORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pgdata = env.path(&format!("restored-{n}-{label}"));
+    env.pgkeep_ok(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--backup",
+        label,
+        "--target-lsn",
+        lsn,
+        "--target-action",
+        "promote",
+    ]);
+    let mut server = env.restored(&pgdata);
+    server.options = "-c archive_mode=off".into();
+    server.start();
+    server.wait_promoted();
+    assert_eq!(
+        server.sql(fingerprint),
+        expected,
+        "backup {label} restored the wrong data"
+    );
+    assert!(server.pgbench_consistent());
+    server.stop();
+}
+
+const FINGERPRINT: &str =
+    "SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts";
+
+fn with_retention(env: &Env) {
+    let base = std::fs::read_to_string(&env.config).unwrap();
+    set_retention(env, &base, "keep_last = 1\nexpire_after_backup = false");
+}
+
+/// Expire and backup killed at many points: afterwards verify passes and every published
+/// backup restores.
+fn crash_safety(pg: Pg) {
+    let env = Env::new(&format!("crash{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.pgbench_init(3);
+    with_retention(&env);
+    for round in 0..12u64 {
+        burst(&main);
+        env.backup();
+        burst(&main);
+        env.backup();
+        let delay = std::time::Duration::from_millis(10 + round * 8);
+        let finished = run_and_kill(&env, &["expire"], delay);
+        eprintln!(
+            "expire killed after {delay:?}: finished first: {finished}, backups left {}",
+            labels(&env.repo).len()
+        );
+        env.pgkeep_ok(&["verify"]);
+    }
+    let started = std::time::Instant::now();
+    env.backup();
+    let backup_time = started.elapsed();
+    for round in 1..=8u32 {
+        burst(&main);
+        let before = labels(&env.repo);
+        let finished = run_and_kill(&env, &["backup"], backup_time * round / 9);
+        eprintln!("backup killed at {round}/9: finished first: {finished}");
+        let after = labels(&env.repo);
+        assert!(
+            after.len() == before.len() + finished as usize || after.len() == before.len() + 1,
+            "{before:?} {after:?}"
+        );
+        env.pgkeep_ok(&["verify"]);
+    }
+    burst(&main);
+    let expected = main.sql(FINGERPRINT);
+    let lsn = main.sql("SELECT pg_current_wal_lsn()");
+    env.pgkeep_ok(&["check"]);
+    for label in labels(&env.repo) {
+        restores_to(&env, &label, &lsn, &expected, FINGERPRINT);
+    }
+    env.pgkeep_ok(&["expire"]);
+    env.pgkeep_ok(&["verify"]);
+    let left = labels(&env.repo);
+    assert_eq!(left.len(), 1);
+    restores_to(&env, &left[0], &lsn, &expected, FINGERPRINT);
+}
+
+on_each_version!(crash_safety);
+
+/// Expire beside running backups and archive-push never removes what they need.
+fn beside_backups(pg: Pg) {
+    let env = Env::new(&format!("beside{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.pgbench_init(3);
+    with_retention(&env);
+    env.backup();
+    let load = main.pgbench_load(2); // archive-push runs all along
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..4 {
+                env.backup();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        s.spawn(|| {
+            let mut runs = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || runs == 0 {
+                env.pgkeep_ok(&["expire"]);
+                runs += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+    });
+    load.stop(&main);
+    let expected = main.sql(FINGERPRINT);
+    let lsn = main.sql("SELECT pg_current_wal_lsn()");
+    env.pgkeep_ok(&["check"]);
+    env.pgkeep_ok(&["verify"]);
+    env.pgkeep_ok(&["expire"]);
+    env.pgkeep_ok(&["verify"]);
+    let left = labels(&env.repo);
+    assert_eq!(left.len(), 1);
+    restores_to(&env, &left[0], &lsn, &expected, FINGERPRINT);
+}
+
+on_each_version!(beside_backups);
