@@ -164,3 +164,96 @@ fn visibility_map_changes(pg: Pg) {
 }
 
 on_each_version!(visibility_map_changes);
+
+/// The manifest of `label`, as JSON.
+fn manifest(env: &Env, label: &str) -> serde_json::Value {
+    let bytes = std::fs::read(env.repo.join(format!("main/backups/{label}.manifest"))).unwrap();
+    serde_json::from_slice(&pgkeep::repo::object::decode(&bytes).unwrap()).unwrap()
+}
+
+fn chunks_of(m: &serde_json::Value, path: &str) -> serde_json::Value {
+    m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap()["chunks"]
+        .clone()
+}
+
+/// "read 3.4 MiB" in a backup's summary line, in bytes.
+fn bytes_read(summary: &str) -> f64 {
+    let rest = summary.split(", read ").nth(1).unwrap();
+    let mut words = rest.split_whitespace();
+    let n: f64 = words.next().unwrap().parse().unwrap();
+    let unit = words.next().unwrap().trim_end_matches(',');
+    n * match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1048576.0,
+        "GiB" => 1073741824.0,
+        other => panic!("unit {other}"),
+    }
+}
+
+/// PostgreSQL 17+ WAL summaries: an incremental reads only the chunks holding changed
+/// blocks, and what it takes unread is exactly what a full read finds.
+#[test]
+fn wal_summaries_pg18() {
+    let env = Env::new("summaries", Pg::new(18));
+    let main = env.primary();
+    main.sql("ALTER SYSTEM SET summarize_wal = on");
+    main.sql("SELECT pg_reload_conf()");
+    env.pgkeep_ok(&["init"]);
+    main.pgbench_init(5);
+    main.sql("CREATE TABLE marks (id serial PRIMARY KEY, name text)");
+    main.sql("VACUUM ANALYZE");
+    env.backup();
+    let accounts_file = main.sql("SELECT pg_relation_filepath('pgbench_accounts')");
+    let size: f64 = main
+        .sql("SELECT pg_relation_size('pgbench_accounts')")
+        .parse()
+        .unwrap();
+
+    main.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 1000");
+    main.sql("INSERT INTO marks (name) VALUES ('after')");
+    main.sql("CHECKPOINT");
+    let out = env.pgkeep_ok(&["backup"]);
+    assert!(out.contains("incremental from"), "{out}");
+    let read = bytes_read(&out);
+    assert!(
+        read < size / 8.0,
+        "read {read} bytes, the accounts table alone is {size}: {out}"
+    );
+    let incremental = out.split_whitespace().nth(1).unwrap().to_string();
+
+    let full = env.pgkeep_ok(&["backup", "--full"]);
+    let full_label = full.split_whitespace().nth(1).unwrap().to_string();
+    assert!(bytes_read(&full) > size, "{full}");
+    assert_eq!(
+        chunks_of(&manifest(&env, &incremental), &accounts_file),
+        chunks_of(&manifest(&env, &full_label), &accounts_file),
+        "chunks taken unread differ from what a full read finds"
+    );
+
+    let expected = accounts(&main);
+    env.pgkeep_ok(&["check"]);
+    let pgdata = env.path("restored");
+    env.pgkeep_ok(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--backup",
+        &incremental,
+        "--target",
+        "immediate",
+        "--target-action",
+        "promote",
+    ]);
+    let mut restored = env.restored(&pgdata);
+    restored.options = "-c archive_mode=off -c summarize_wal=off".into();
+    restored.start();
+    restored.wait_promoted();
+    assert_eq!(accounts(&restored), expected);
+    restored.amcheck();
+}

@@ -88,6 +88,18 @@ impl Session {
         Ok(row.get(0))
     }
 
+    /// Runs a query whose columns are all text (cast them) and returns every row.
+    pub fn rows(&mut self, sql: &str) -> Result<Vec<Vec<String>>> {
+        let rows = self
+            .client
+            .query(sql, &[])
+            .map_err(|e| anyhow!("query `{sql}` failed: {}", describe(&e)))?;
+        Ok(rows
+            .iter()
+            .map(|r| (0..r.len()).map(|i| r.get::<_, String>(i)).collect())
+            .collect())
+    }
+
     pub fn setting(&mut self, name: &str) -> Result<String> {
         let row = self
             .client

@@ -10,6 +10,7 @@
 
 mod parent;
 mod reader;
+mod summary;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -22,6 +23,7 @@ use indicatif::ProgressBar;
 
 use self::parent::Parent;
 use self::reader::{Blob, ChunkSink, FileReader, Stats};
+use self::summary::ChangedBlocks;
 use super::check::{check_data_directory, wait_for_wal};
 use super::target;
 use super::walk;
@@ -171,10 +173,10 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         .parse()?;
     tracing::info!("backup {label} started at {start_lsn} on timeline {timeline}");
     archive_history_file(ctx, timeline)?;
+    let paths = target::timeline_paths(&ctx.repo)?;
     let parent = if full {
         None
     } else {
-        let paths = target::timeline_paths(&ctx.repo)?;
         Parent::choose(
             ctx.repo.readable_manifests(None)?,
             &paths,
@@ -208,11 +210,31 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         Ok(writer)
     });
 
+    let changed = match &parent {
+        Some(p) => {
+            // Changes on the current timeline's history: its ancestors and itself.
+            let mut timelines: Vec<u32> = paths.get(&timeline).map_or(Vec::new(), |p| {
+                p.ancestors.iter().map(|a| a.timeline).collect()
+            });
+            timelines.push(timeline);
+            ChangedBlocks::query(
+                &mut session,
+                p.start_lsn(),
+                start_lsn,
+                &timelines,
+                &tablespace_dir,
+                CHUNK_SIZE as u64,
+                Duration::from_secs(ctx.config.backup.archive_timeout),
+            )?
+        }
+        None => None,
+    };
     let stats = Stats::default();
     let reader = FileReader {
         sink: &sink,
         checksums_from: data_checksums.then_some(start_lsn),
         parent: parent.as_ref(),
+        changed: changed.as_ref(),
         progress,
         stats: &stats,
     };

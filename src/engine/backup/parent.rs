@@ -71,17 +71,25 @@ impl Parent {
             .then_some(entry)
     }
 
+    /// The parent's chunk `index` of `entry` if it is `len` bytes long, as the same
+    /// range of the file is now.
+    pub fn chunk_of_length(&self, entry: &FileEntry, index: usize, len: usize) -> Option<ChunkId> {
+        let parent_len = entry
+            .size
+            .saturating_sub(index as u64 * self.chunk_size)
+            .min(self.chunk_size);
+        (parent_len == len as u64)
+            .then(|| entry.chunks.get(index).copied())
+            .flatten()
+    }
+
     /// The parent's chunk `index` of `entry` if `data` (the same range read now) shows
     /// it unchanged: every page last written before the parent started. New (all-zero)
     /// pages never count as unchanged: the parent may hold a page that was since
     /// truncated away.
     pub fn unchanged_chunk(&self, entry: &FileEntry, index: usize, data: &[u8]) -> Option<ChunkId> {
-        let id = *entry.chunks.get(index)?;
-        let parent_len = entry
-            .size
-            .saturating_sub(index as u64 * self.chunk_size)
-            .min(self.chunk_size);
-        if parent_len != data.len() as u64 || !data.len().is_multiple_of(PAGE_SIZE) {
+        let id = self.chunk_of_length(entry, index, data.len())?;
+        if !data.len().is_multiple_of(PAGE_SIZE) {
             return None;
         }
         let unchanged = data.chunks_exact(PAGE_SIZE).all(|p| {
@@ -89,5 +97,9 @@ impl Parent {
             pd_upper != 0 && page::page_lsn(p) < self.start_lsn
         });
         unchanged.then_some(id)
+    }
+
+    pub fn start_lsn(&self) -> Lsn {
+        self.start_lsn
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use indicatif::ProgressBar;
 
 use super::CHUNK_SIZE;
 use super::parent::Parent;
+use super::summary::ChangedBlocks;
 use crate::engine::stopped;
 use crate::engine::walk::SourceFile;
 use crate::format::lsn::Lsn;
@@ -76,7 +77,8 @@ impl ChunkSink {
 pub struct Stats {
     /// Bytes read from the data directory.
     pub read: AtomicU64,
-    /// Bytes of files taken from the parent without reading (size and mtime unchanged).
+    /// Bytes taken from the parent without reading: files whose size and mtime are
+    /// unchanged, and chunks WAL summaries show unchanged.
     pub unread: AtomicU64,
     /// Bytes read but taken from the parent without hashing (page LSNs older than it).
     pub unchanged: AtomicU64,
@@ -94,15 +96,17 @@ pub struct FileReader<'a> {
     /// Validate page checksums of pages older than this LSN (the backup start).
     pub checksums_from: Option<Lsn>,
     pub parent: Option<&'a Parent>,
+    /// Blocks changed since the parent started, from WAL summaries (PostgreSQL 17+).
+    pub changed: Option<&'a ChangedBlocks>,
     pub progress: &'a ProgressBar,
     pub stats: &'a Stats,
 }
 
-/// Reads as much of `buf` as the file has.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads as much of `buf` as the file has from `offset`.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match file.read(&mut buf[n..]) {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -155,11 +159,14 @@ impl FileReader<'_> {
             self.progress.inc(entry.size);
             return Ok(Some(entry.clone()));
         }
-        let mut file = match File::open(&src.abs) {
+        let file = match File::open(&src.abs) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot open {}", src.abs.display())),
         };
+        // Parent and WAL summaries apply only where page LSNs track every change.
+        let main_fork = src.relation.as_ref().is_some_and(|r| r.lsn_tracks_changes);
+        let parent = self.parent.zip(parent_file).filter(|_| main_fork);
         let mut buf = vec![0u8; CHUNK_SIZE];
         let (mut offset, mut chunks, mut bad_blocks) = (0u64, Vec::new(), Vec::new());
         while offset < src.size {
@@ -167,7 +174,19 @@ impl FileReader<'_> {
                 return Err(stopped());
             }
             let want = CHUNK_SIZE.min((src.size - offset) as usize);
-            let n = read_full(&mut file, &mut buf[..want])
+            let unread = parent.and_then(|(p, entry)| {
+                let changed = self.changed?;
+                p.chunk_of_length(entry, chunks.len(), want)
+                    .filter(|_| changed.unchanged(&src.rel, chunks.len() as u64))
+            });
+            if let Some(id) = unread {
+                self.stats.unread.fetch_add(want as u64, Ordering::Relaxed);
+                self.progress.inc(want as u64);
+                chunks.push(id);
+                offset += want as u64;
+                continue;
+            }
+            let n = read_full_at(&file, &mut buf[..want], offset)
                 .with_context(|| format!("cannot read {}", src.abs.display()))?;
             if n == 0 {
                 break; // truncated while we read: WAL replay restores it
@@ -179,13 +198,7 @@ impl FileReader<'_> {
                     .with_context(|| format!("cannot re-read {}", src.abs.display()))?;
                 bad_blocks.extend(bad);
             }
-            let reused = match (self.parent, parent_file, &src.relation) {
-                (Some(p), Some(entry), Some(rel)) if rel.lsn_tracks_changes => {
-                    p.unchanged_chunk(entry, chunks.len(), data)
-                }
-                _ => None,
-            };
-            match reused {
+            match parent.and_then(|(p, entry)| p.unchanged_chunk(entry, chunks.len(), data)) {
                 Some(id) => {
                     self.stats.unchanged.fetch_add(n as u64, Ordering::Relaxed);
                     chunks.push(id);
