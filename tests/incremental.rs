@@ -257,3 +257,59 @@ fn wal_summaries_pg18() {
     assert_eq!(accounts(&restored), expected);
     restored.amcheck();
 }
+
+/// A database dropped and created again with the same OID by FILE_COPY (no per-page
+/// WAL; the copied pages keep the template's old LSNs) between two backups must never
+/// be taken from the parent. On 17+ the WAL summaries mark the whole database changed.
+fn recreated_database(pg: Pg) {
+    let summaries = pg.major >= 17;
+    let env = Env::new(&format!("recreated{}", pg.major), pg);
+    let main = env.primary();
+    if summaries {
+        main.sql("ALTER SYSTEM SET summarize_wal = on");
+        main.sql("SELECT pg_reload_conf()");
+    }
+    env.pgkeep_ok(&["init"]);
+    main.sql("CREATE DATABASE template_b");
+    main.sql_db(
+        "template_b",
+        "CREATE TABLE t AS SELECT 'new' AS v, g FROM generate_series(1, 5000) g",
+    );
+    main.sql("CREATE DATABASE d OID = 50000");
+    main.sql_db(
+        "d",
+        "CREATE TABLE t AS SELECT 'old' AS v, g FROM generate_series(1, 3000) g",
+    );
+    main.sql("CHECKPOINT");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    env.backup();
+    main.sql("DROP DATABASE d");
+    main.sql("CREATE DATABASE d OID = 50000 TEMPLATE template_b STRATEGY FILE_COPY");
+    let out = env.pgkeep_ok(&["backup"]);
+    assert!(out.contains("incremental from"), "{out}");
+    let incremental = out.split_whitespace().nth(1).unwrap().to_string();
+    env.pgkeep_ok(&["check"]);
+    let pgdata = env.path("restored");
+    env.pgkeep_ok(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--backup",
+        &incremental,
+        "--target",
+        "immediate",
+        "--target-action",
+        "promote",
+    ]);
+    let mut restored = env.restored(&pgdata);
+    restored.options = "-c archive_mode=off".into();
+    restored.start();
+    restored.wait_promoted();
+    assert_eq!(
+        restored.sql_db("d", "SELECT v || ':' || count(*) FROM t GROUP BY v"),
+        "new:5000"
+    );
+    restored.amcheck();
+}
+
+on_each_version!(recreated_database);

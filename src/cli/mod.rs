@@ -200,7 +200,7 @@ fn print_backup_summary(o: &backup::BackupOutcome, secs: f64) {
         Some(p) => format!("incremental from {p}"),
         None => "full".to_string(),
     };
-    let reused = o.unread + o.unchanged;
+    let reused = o.unread;
     println!(
         "backup {} ({kind}): {} in {} files, read {}{}, stored {} new, {:.1} s, {}/s{}",
         m.label,
@@ -208,7 +208,7 @@ fn print_backup_summary(o: &backup::BackupOutcome, secs: f64) {
         m.files.len(),
         human_bytes(o.read),
         if reused > 0 {
-            format!(" ({} unchanged since the parent)", human_bytes(reused))
+            format!(" ({} taken unread from the parent)", human_bytes(reused))
         } else {
             String::new()
         },

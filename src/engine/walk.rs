@@ -51,11 +51,10 @@ pub struct SourceFile {
 pub struct Relation {
     /// Segment number (`.N`), so block numbers can be computed.
     pub segment: u32,
-    /// Whether every change to a page moves its LSN past the change, so a page with an
-    /// old LSN is unchanged. True only of the main fork: free space map updates are not
-    /// WAL-logged, and visibility map bits are cleared by heap records without touching
-    /// the map page's LSN.
-    pub lsn_tracks_changes: bool,
+    /// Whether this is the main fork, the only one WAL describes block by block: free
+    /// space map updates are not WAL-logged, and visibility map bits are cleared by heap
+    /// records that do not name the map's block.
+    pub main_fork: bool,
 }
 
 pub struct SourceDir {
@@ -209,7 +208,7 @@ fn walk_dir(abs: &Path, rel: &str, tablespace_dir: &str, out: &mut Walk) -> Resu
                 mtime: meta.mtime(),
                 relation: relation.map(|(_, fork, segment)| Relation {
                     segment,
-                    lsn_tracks_changes: fork.is_empty(),
+                    main_fork: fork.is_empty(),
                 }),
             });
         }

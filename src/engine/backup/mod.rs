@@ -5,8 +5,8 @@
 //! repository, and hand them to one pack writer. The manifest is published last, and
 //! only once every WAL segment from the backup's start to its stop is archived.
 //!
-//! With a parent backup (see `parent`), files and chunks shown unchanged since the
-//! parent started are taken from it without reading or without hashing.
+//! With a parent backup (see `parent`), files and chunks proven unchanged since the
+//! parent started are taken from it without reading.
 
 mod parent;
 mod reader;
@@ -126,7 +126,8 @@ pub struct BackupOutcome {
     pub manifest: Manifest,
     pub read: u64,
     pub unread: u64,
-    pub unchanged: u64,
+    /// Bytes of chunks the repository did not have (before compression).
+    pub new: u64,
 }
 
 /// Takes a backup and returns its published manifest. Incremental when the repository
@@ -359,6 +360,6 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         manifest,
         read: Stats::get(&stats.read),
         unread: Stats::get(&stats.unread),
-        unchanged: Stats::get(&stats.unchanged),
+        new: Stats::get(&stats.stored),
     })
 }

@@ -1,13 +1,18 @@
-//! The parent of an incremental backup, and the rules for taking data from it unread or
-//! unhashed. Every backup is still complete on its own: reused data is referenced by
-//! chunk id, never by a chain of backups.
+//! The parent of an incremental backup, and the rules for taking data from it unread.
+//! Every backup is still complete on its own: reused data is referenced by chunk id,
+//! never by a chain of backups.
+//!
+//! Page LSNs alone are not used to take a chunk from the parent: a file copied without
+//! per-page WAL (`CREATE DATABASE ... STRATEGY FILE_COPY` reusing a dropped database's
+//! OID) carries old LSNs yet holds other data. Only an unchanged size and mtime, or WAL
+//! that proves no block changed (summaries), let a chunk go unread; anything read is
+//! hashed, and a chunk the repository has is never compressed or stored again.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::engine::walk::SourceFile;
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
-use crate::format::page::{self, PAGE_SIZE};
 use crate::repo::manifest::{FileEntry, Manifest};
 use crate::repo::pack::ChunkId;
 
@@ -81,22 +86,6 @@ impl Parent {
         (parent_len == len as u64)
             .then(|| entry.chunks.get(index).copied())
             .flatten()
-    }
-
-    /// The parent's chunk `index` of `entry` if `data` (the same range read now) shows
-    /// it unchanged: every page last written before the parent started. New (all-zero)
-    /// pages never count as unchanged: the parent may hold a page that was since
-    /// truncated away.
-    pub fn unchanged_chunk(&self, entry: &FileEntry, index: usize, data: &[u8]) -> Option<ChunkId> {
-        let id = self.chunk_of_length(entry, index, data.len())?;
-        if !data.len().is_multiple_of(PAGE_SIZE) {
-            return None;
-        }
-        let unchanged = data.chunks_exact(PAGE_SIZE).all(|p| {
-            let pd_upper = u16::from_le_bytes([p[14], p[15]]);
-            pd_upper != 0 && page::page_lsn(p) < self.start_lsn
-        });
-        unchanged.then_some(id)
     }
 
     pub fn start_lsn(&self) -> Lsn {

@@ -1,4 +1,4 @@
-//! Reading one file into chunks: page checks, reuse of unchanged data, hashing,
+//! Reading one file into chunks: page checks, reuse of data proven unchanged, hashing,
 //! compression, and handing new chunks to the pack writer.
 
 use std::collections::HashSet;
@@ -39,9 +39,11 @@ pub struct ChunkSink {
 }
 
 impl ChunkSink {
-    pub fn store(&self, data: &[u8]) -> Result<ChunkId> {
+    /// Stores a chunk unless the repository has it; returns its id and whether it was new.
+    pub fn store(&self, data: &[u8]) -> Result<(ChunkId, bool)> {
         let id = ChunkId::of(data);
-        if self.known.lock().unwrap().insert(id) {
+        let new = self.known.lock().unwrap().insert(id);
+        if new {
             let (compression, payload) = object::compress(data, self.level)?;
             self.tx
                 .send(Blob {
@@ -52,14 +54,14 @@ impl ChunkSink {
                 })
                 .map_err(|_| anyhow!("the pack writer stopped"))?;
         }
-        Ok(id)
+        Ok((id, new))
     }
 
     /// Stores an in-memory file (`backup_label`, `tablespace_map`) as a manifest entry.
     pub fn store_file(&self, path: &str, data: &[u8], mode: u32, mtime: i64) -> Result<FileEntry> {
         let chunks = data
             .chunks(CHUNK_SIZE)
-            .map(|c| self.store(c))
+            .map(|c| Ok(self.store(c)?.0))
             .collect::<Result<_>>()?;
         Ok(FileEntry {
             path: path.into(),
@@ -80,8 +82,8 @@ pub struct Stats {
     /// Bytes taken from the parent without reading: files whose size and mtime are
     /// unchanged, and chunks WAL summaries show unchanged.
     pub unread: AtomicU64,
-    /// Bytes read but taken from the parent without hashing (page LSNs older than it).
-    pub unchanged: AtomicU64,
+    /// Bytes of chunks the repository did not have yet (before compression).
+    pub stored: AtomicU64,
 }
 
 impl Stats {
@@ -164,8 +166,8 @@ impl FileReader<'_> {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot open {}", src.abs.display())),
         };
-        // Parent and WAL summaries apply only where page LSNs track every change.
-        let main_fork = src.relation.as_ref().is_some_and(|r| r.lsn_tracks_changes);
+        // WAL summaries describe only the main fork completely.
+        let main_fork = src.relation.as_ref().is_some_and(|r| r.main_fork);
         let parent = self.parent.zip(parent_file).filter(|_| main_fork);
         let mut buf = vec![0u8; CHUNK_SIZE];
         let (mut offset, mut chunks, mut bad_blocks) = (0u64, Vec::new(), Vec::new());
@@ -198,13 +200,11 @@ impl FileReader<'_> {
                     .with_context(|| format!("cannot re-read {}", src.abs.display()))?;
                 bad_blocks.extend(bad);
             }
-            match parent.and_then(|(p, entry)| p.unchanged_chunk(entry, chunks.len(), data)) {
-                Some(id) => {
-                    self.stats.unchanged.fetch_add(n as u64, Ordering::Relaxed);
-                    chunks.push(id);
-                }
-                None => chunks.push(self.sink.store(data)?),
+            let (id, new) = self.sink.store(data)?;
+            if new {
+                self.stats.stored.fetch_add(n as u64, Ordering::Relaxed);
             }
+            chunks.push(id);
             offset += n as u64;
             self.progress.inc(n as u64);
             if n < want {

@@ -26,6 +26,10 @@ struct RelationChanges {
 pub struct ChangedBlocks {
     /// By the relation's path without a segment suffix.
     relations: HashMap<String, RelationChanges>,
+    /// Database directories created or dropped since the parent (relfilenode 0 in a
+    /// summary): every file under them counts as changed. `CREATE DATABASE ... STRATEGY
+    /// FILE_COPY` writes no per-page WAL, so this is the only trace it leaves.
+    databases: Vec<String>,
 }
 
 /// Path of a relation's main fork (first segment), as the data directory names it.
@@ -106,6 +110,7 @@ impl ChangedBlocks {
             }
         };
         let mut relations: HashMap<String, RelationChanges> = HashMap::new();
+        let mut databases = Vec::new();
         let per_chunk = chunk_size / PAGE_SIZE as u64;
         for r in rows {
             let num = |i: usize| {
@@ -113,6 +118,16 @@ impl ChangedBlocks {
                     .map_err(|_| anyhow::anyhow!("bad WAL summary row {r:?}"))
             };
             let (spc, db, node, block) = (num(0)?, num(1)?, num(2)?, num(3)?);
+            if node == 0 {
+                // relation_path(.., 0, ..) is ".../0": the directory is what precedes it.
+                databases.push(
+                    relation_path(spc, db, 0, tablespace_dir)
+                        .strip_suffix('0')
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                continue;
+            }
             let at = (
                 block / BLOCKS_PER_SEGMENT,
                 (block % BLOCKS_PER_SEGMENT) as u64 / per_chunk,
@@ -126,7 +141,10 @@ impl ChangedBlocks {
                 rel.chunks.insert(at);
             }
         }
-        Ok(Some(ChangedBlocks { relations }))
+        Ok(Some(ChangedBlocks {
+            relations,
+            databases,
+        }))
     }
 
     /// Whether chunk `index` of the main-fork file `path` (`REL` or `REL.N`) is untouched
@@ -137,6 +155,13 @@ impl ChangedBlocks {
             None => (path, 0),
         };
         let at = (segment, index);
+        if self
+            .databases
+            .iter()
+            .any(|dir| base.starts_with(dir.as_str()))
+        {
+            return false;
+        }
         match self.relations.get(base) {
             None => true,
             Some(rel) => !rel.chunks.contains(&at) && rel.limit.is_none_or(|limit| at < limit),
@@ -163,7 +188,14 @@ mod tests {
                 limit: Some((1, 10)),
             },
         );
-        let c = ChangedBlocks { relations };
+        let c = ChangedBlocks {
+            relations,
+            databases: vec!["base/7/".to_string()],
+        };
+        assert!(
+            !c.unchanged("base/7/1259", 0),
+            "a recreated database is all new"
+        );
         assert!(c.unchanged("base/5/1", 1) && !c.unchanged("base/5/1", 2));
         assert!(
             c.unchanged("base/5/1.1", 9)
