@@ -23,7 +23,7 @@ use super::backup::PACK_SIZE;
 use super::retention::{self, BackupFacts, Plan};
 use crate::format::wal::{SegmentSize, WalFile};
 use crate::repo::manifest::Manifest;
-use crate::repo::pack::{ChunkId, ChunkIndex, PackWriter, decode_chunk, pack_key};
+use crate::repo::pack::{ChunkId, ChunkIndex, ChunkLocation, PackWriter, pack_key};
 
 pub struct ExpireReport {
     pub plan: Plan,
@@ -177,17 +177,87 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
     Ok(report)
 }
 
+/// What collection does with a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    /// Nothing in it is live.
+    Remove,
+    /// Less than half of it is live: copy the live chunks into new packs.
+    Rewrite,
+}
+
+/// Adds `id` and the bases it is read through to `live`; whether anything was new.
+fn keep_with_bases(index: &ChunkIndex, live: &mut HashSet<ChunkId>, mut id: ChunkId) -> bool {
+    let mut grew = false;
+    while live.insert(id) {
+        grew = true;
+        match index.chunks.get(&id).and_then(|loc| loc.delta) {
+            Some(delta) => id = delta.base,
+            None => break,
+        }
+    }
+    grew
+}
+
+/// Decides each pack's fate. Every chunk of a kept pack stays in the index, so whatever
+/// it is read through must stay too: decisions repeat until no base is added.
+fn decide_fates(
+    index: &ChunkIndex,
+    packs: &[Vec<(ChunkId, ChunkLocation)>],
+    sizes: &BTreeMap<String, u64>,
+    live: &mut HashSet<ChunkId>,
+) -> Vec<Fate> {
+    loop {
+        let fates: Vec<Fate> = packs
+            .iter()
+            .enumerate()
+            .map(|(pack, chunks)| {
+                let live_bytes: u64 = chunks
+                    .iter()
+                    .filter(|(id, _)| live.contains(id))
+                    .map(|(_, l)| l.stored_len as u64)
+                    .sum();
+                let any_live = chunks.iter().any(|(id, _)| live.contains(id));
+                match sizes.get(index.pack_name(pack as u32)) {
+                    _ if !any_live => Fate::Remove,
+                    None => Fate::Keep, // the pack itself is missing: verify reports it
+                    Some(&size) if live_bytes * 2 < size => Fate::Rewrite,
+                    Some(_) => Fate::Keep,
+                }
+            })
+            .collect();
+        let mut grew = false;
+        for (_, chunks) in packs
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| fates[*p] == Fate::Keep)
+        {
+            for (_, loc) in chunks {
+                if let Some(delta) = loc.delta {
+                    grew |= keep_with_bases(index, live, delta.base);
+                }
+            }
+        }
+        if !grew {
+            return fates;
+        }
+    }
+}
+
 /// Removes packs no manifest refers to, and rewrites packs that are mostly unreferenced.
 /// The caller holds the data lock exclusively.
 fn collect_garbage(ctx: &Context) -> Result<GcReport> {
     let storage = &ctx.repo.storage;
     let prefix = ctx.repo.packs_prefix();
     let manifests = ctx.repo.manifests()?;
-    let referenced: HashSet<ChunkId> = manifests
-        .iter()
-        .flat_map(|m| m.files.iter().flat_map(|f| f.chunks.iter().copied()))
-        .collect();
     let index = ChunkIndex::load(&**storage, &prefix)?;
+    let mut live: HashSet<ChunkId> = HashSet::new();
+    for m in &manifests {
+        for id in m.files.iter().flat_map(|f| f.chunks.iter()) {
+            keep_with_bases(&index, &mut live, *id);
+        }
+    }
     let sizes: BTreeMap<String, u64> = storage
         .list(&prefix)?
         .into_iter()
@@ -211,34 +281,36 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
         remove(name, &mut report)?;
         report.packs_removed += 1;
     }
+    let packs = index.by_pack();
+    let fates = decide_fates(&index, &packs, &sizes, &mut live);
     let mut writer = PackWriter::new(storage.clone(), prefix.clone(), PACK_SIZE);
     let mut rewritten = Vec::new();
-    for (pack, chunks) in index.by_pack().iter().enumerate() {
+    for (pack, chunks) in packs.iter().enumerate() {
         let name = index.pack_name(pack as u32);
-        let live: Vec<_> = chunks
-            .iter()
-            .filter(|(id, _)| referenced.contains(id))
-            .collect();
-        if live.is_empty() {
-            remove(name, &mut report)?;
-            report.packs_removed += 1;
-            continue;
+        match fates[pack] {
+            Fate::Keep => {}
+            Fate::Remove => {
+                remove(name, &mut report)?;
+                report.packs_removed += 1;
+            }
+            Fate::Rewrite => {
+                let key = index.pack_key(&prefix, pack as u32);
+                for (id, loc) in chunks.iter().filter(|(id, _)| live.contains(id)) {
+                    let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
+                    index.read(&**storage, &prefix, id).with_context(|| {
+                        format!("cannot rewrite pack {key}; run `pgkeep verify`")
+                    })?;
+                    writer.add(
+                        *id,
+                        loc.raw_len as usize,
+                        loc.compression,
+                        loc.delta,
+                        &payload,
+                    )?;
+                }
+                rewritten.push(name.to_string());
+            }
         }
-        let Some(&size) = sizes.get(name) else {
-            continue;
-        }; // a missing pack: verify reports it
-        let live_bytes: u64 = live.iter().map(|(_, loc)| loc.stored_len as u64).sum();
-        if live_bytes * 2 >= size {
-            continue;
-        }
-        let key = index.pack_key(&prefix, pack as u32);
-        for (id, loc) in live {
-            let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
-            decode_chunk(id, loc, &payload)
-                .with_context(|| format!("cannot rewrite pack {key}; run `pgkeep verify`"))?;
-            writer.add(*id, loc.raw_len as usize, loc.compression, &payload)?;
-        }
-        rewritten.push(name.to_string());
     }
     writer.flush()?; // the copies are durable before the originals go
     report.bytes_freed = report.bytes_freed.saturating_sub(writer.stored_bytes);

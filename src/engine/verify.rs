@@ -63,7 +63,15 @@ fn check_pack(
     let mut found = Vec::new();
     for (id, loc) in chunks {
         let payload = bytes.get(loc.offset as usize..(loc.offset + loc.stored_len as u64) as usize);
-        if payload.is_none_or(|p| decode_chunk(id, loc, p).is_err()) {
+        let intact = match (payload, loc.delta) {
+            (None, _) => false,
+            (Some(p), None) => decode_chunk(id, loc, p, None).is_ok(),
+            // A delta is read through its bases.
+            (Some(_), Some(_)) => index
+                .read(&*ctx.repo.storage, &ctx.repo.packs_prefix(), id)
+                .is_ok(),
+        };
+        if !intact {
             found.push((
                 Some(*id),
                 format!(

@@ -59,6 +59,18 @@ impl<'de> Deserialize<'de> for ChunkId {
     }
 }
 
+/// A chunk stored as the difference from another: zstd-compressed with the plaintext of
+/// `base` as its dictionary. `depth` counts the bases below it (1 = the base is stored
+/// whole), which keeps chains short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub base: ChunkId,
+    pub depth: u8,
+}
+
+/// Longest chain of deltas a chunk may sit on.
+pub const MAX_DELTA_DEPTH: u8 = 4;
+
 /// Where one chunk sits inside a pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -67,16 +79,20 @@ pub struct IndexEntry {
     pub stored_len: u32,
     pub raw_len: u32,
     pub compression: Compression,
+    pub delta: Option<Delta>,
 }
 
 const INDEX_MAGIC: &[u8; 4] = b"PGKI";
 const PACK_MAGIC: &[u8; 4] = b"PGKP";
-const ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
+/// Index version 1: id, offset, stored length, raw length, compression.
+const ENTRY_LEN_V1: usize = 32 + 8 + 4 + 4 + 1;
+/// Index version 2 adds the delta depth (0: stored whole) and the base id.
+const ENTRY_LEN_V2: usize = ENTRY_LEN_V1 + 1 + 32;
 
 fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + entries.len() * ENTRY_LEN);
+    let mut out = Vec::with_capacity(12 + entries.len() * ENTRY_LEN_V2);
     out.extend_from_slice(INDEX_MAGIC);
-    out.extend_from_slice(&[1, 0, 0, 0]);
+    out.extend_from_slice(&[2, 0, 0, 0]);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for e in entries {
         out.extend_from_slice(&e.id.0);
@@ -84,21 +100,36 @@ fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
         out.extend_from_slice(&e.stored_len.to_le_bytes());
         out.extend_from_slice(&e.raw_len.to_le_bytes());
         out.push(e.compression as u8);
+        out.push(e.delta.map_or(0, |d| d.depth));
+        out.extend_from_slice(&e.delta.map_or([0; 32], |d| d.base.0));
     }
     out
 }
 
 fn decode_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
-    if bytes.len() < 12 || &bytes[..4] != INDEX_MAGIC || bytes[4] != 1 {
+    let entry_len = match bytes.get(4) {
+        Some(1) => ENTRY_LEN_V1,
+        Some(2) => ENTRY_LEN_V2,
+        _ => 0,
+    };
+    if bytes.len() < 12 || &bytes[..4] != INDEX_MAGIC || entry_len == 0 {
         bail!("not a pack index of a version this pgkeep reads");
     }
     let count = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    if bytes.len() != 12 + count * ENTRY_LEN {
+    if bytes.len() != 12 + count * entry_len {
         bail!("pack index length does not match its entry count");
     }
     bytes[12..]
-        .chunks_exact(ENTRY_LEN)
+        .chunks_exact(entry_len)
         .map(|e| {
+            let delta = match e.get(ENTRY_LEN_V1) {
+                None | Some(0) => None,
+                Some(&depth) if depth <= MAX_DELTA_DEPTH => Some(Delta {
+                    base: ChunkId(e[ENTRY_LEN_V1 + 1..].try_into().unwrap()),
+                    depth,
+                }),
+                Some(depth) => bail!("pack index has a delta chain of impossible depth {depth}"),
+            };
             Ok(IndexEntry {
                 id: ChunkId(e[..32].try_into().unwrap()),
                 offset: u64::from_le_bytes(e[32..40].try_into().unwrap()),
@@ -109,6 +140,7 @@ fn decode_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
                     1 => Compression::Zstd,
                     c => bail!("pack index names unknown compression {c}"),
                 },
+                delta,
             })
         })
         .collect()
@@ -150,6 +182,7 @@ impl PackWriter {
         id: ChunkId,
         raw_len: usize,
         compression: Compression,
+        delta: Option<Delta>,
         payload: &[u8],
     ) -> Result<()> {
         self.entries.push(IndexEntry {
@@ -158,6 +191,7 @@ impl PackWriter {
             stored_len: payload.len() as u32,
             raw_len: raw_len as u32,
             compression,
+            delta,
         });
         self.buf.extend_from_slice(payload);
         if self.buf.len() >= self.target_size {
@@ -199,6 +233,7 @@ pub struct ChunkLocation {
     pub stored_len: u32,
     pub raw_len: u32,
     pub compression: Compression,
+    pub delta: Option<Delta>,
 }
 
 /// Every chunk in a repository folder and where it is stored.
@@ -303,10 +338,12 @@ impl ChunkIndex {
                         stored_len: e.stored_len,
                         raw_len: e.raw_len,
                         compression: e.compression,
+                        delta: e.delta,
                     },
                 );
             }
         }
+        index.drop_broken_deltas();
         for (name, why) in &index.unreadable {
             tracing::warn!(
                 "pack {name} has no readable index ({why}); its chunks are treated as missing"
@@ -315,23 +352,93 @@ impl ChunkIndex {
         Ok(index)
     }
 
+    /// Drops deltas whose chain of bases is not all indexed (a collection interrupted
+    /// between two packs, or a lost pack): they cannot be read, so they must not be
+    /// deduplicated against. A backup that refers to one finds it missing.
+    fn drop_broken_deltas(&mut self) {
+        let broken: Vec<ChunkId> = self
+            .chunks
+            .iter()
+            .filter(|(_, loc)| {
+                let mut next = loc.delta;
+                for _ in 0..=MAX_DELTA_DEPTH {
+                    match next {
+                        None => return false,
+                        Some(d) => match self.chunks.get(&d.base) {
+                            Some(base) => next = base.delta,
+                            None => return true,
+                        },
+                    }
+                }
+                true // too long, or a loop
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if !broken.is_empty() {
+            tracing::info!(
+                "{} stored deltas have no base left and are ignored",
+                broken.len()
+            );
+        }
+        for id in broken {
+            self.chunks.remove(&id);
+        }
+    }
+
     pub fn pack_key(&self, prefix: &str, pack: u32) -> String {
         pack_key(prefix, &self.packs[pack as usize], "pack")
     }
 
-    /// Reads, decompresses and checks one chunk.
+    /// Reads, decompresses and checks one chunk (and, for a delta, its bases).
     pub fn read(&self, storage: &dyn Storage, prefix: &str, id: &ChunkId) -> Result<Vec<u8>> {
+        let plain = self.read_unchecked(storage, prefix, id, MAX_DELTA_DEPTH + 1)?;
+        if ChunkId::of(&plain) != *id {
+            let key = self
+                .chunks
+                .get(id)
+                .map_or(String::new(), |loc| self.pack_key(prefix, loc.pack));
+            bail!("chunk {id} in pack {key} is corrupt: its content does not match its checksum");
+        }
+        Ok(plain)
+    }
+
+    /// A chunk's plaintext without the final hash check: a base need not be hashed on
+    /// its own, since a wrong base cannot yield a chunk that matches its id.
+    fn read_unchecked(
+        &self,
+        storage: &dyn Storage,
+        prefix: &str,
+        id: &ChunkId,
+        depth_left: u8,
+    ) -> Result<Vec<u8>> {
         let loc = self
             .chunks
             .get(id)
             .with_context(|| format!("chunk {id} is missing from the repository"))?;
         let key = self.pack_key(prefix, loc.pack);
-        let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
-        decode_chunk(id, loc, &payload).map_err(|_| {
+        let corrupt = || {
             anyhow::anyhow!(
                 "chunk {id} in pack {key} is corrupt: its content does not match its checksum"
             )
-        })
+        };
+        let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
+        let plain = match loc.delta {
+            None => object::decompress(loc.compression, &payload, loc.raw_len as usize)
+                .map_err(|_| corrupt())?,
+            Some(_) if depth_left == 0 => {
+                bail!("chunk {id} sits on a delta chain that is too long or loops")
+            }
+            Some(d) => {
+                let base = self
+                    .read_unchecked(storage, prefix, &d.base, depth_left - 1)
+                    .with_context(|| format!("cannot read the base of chunk {id}"))?;
+                decompress_delta(&payload, &base, loc.raw_len as usize).map_err(|_| corrupt())?
+            }
+        };
+        if plain.len() != loc.raw_len as usize {
+            return Err(corrupt());
+        }
+        Ok(plain)
     }
 
     /// The chunks of each pack, by pack number.
@@ -349,13 +456,33 @@ impl ChunkIndex {
     }
 }
 
-/// Decompresses a chunk's stored bytes and checks them against its id.
-pub fn decode_chunk(id: &ChunkId, loc: &ChunkLocation, payload: &[u8]) -> Result<Vec<u8>> {
-    let plain = object::decompress(loc.compression, payload, loc.raw_len as usize).ok();
+/// Decompresses a chunk's stored bytes and checks them against its id. A delta needs the
+/// plaintext of its base.
+pub fn decode_chunk(
+    id: &ChunkId,
+    loc: &ChunkLocation,
+    payload: &[u8],
+    base: Option<&[u8]>,
+) -> Result<Vec<u8>> {
+    let raw_len = loc.raw_len as usize;
+    let plain = match (loc.delta, base) {
+        (None, _) => object::decompress(loc.compression, payload, raw_len).ok(),
+        (Some(_), Some(base)) => decompress_delta(payload, base, raw_len).ok(),
+        (Some(_), None) => bail!("chunk {id} is a delta and needs its base to be read"),
+    };
     match plain {
-        Some(p) if p.len() == loc.raw_len as usize && ChunkId::of(&p) == *id => Ok(p),
+        Some(p) if p.len() == raw_len && ChunkId::of(&p) == *id => Ok(p),
         _ => bail!("chunk {id} is corrupt: its content does not match its checksum"),
     }
+}
+
+fn decompress_delta(payload: &[u8], base: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+    Ok(zstd::bulk::Decompressor::with_dictionary(base)?.decompress(payload, raw_len)?)
+}
+
+/// Compresses `data` with `base` as the dictionary: little more than what changed.
+pub fn encode_delta(data: &[u8], base: &[u8], level: i32) -> Result<Vec<u8>> {
+    Ok(zstd::bulk::Compressor::with_dictionary(level.max(1), base)?.compress(data)?)
 }
 
 #[cfg(test)]
@@ -371,11 +498,46 @@ mod tests {
         let chunks: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 300 + i as usize]).collect();
         for c in &chunks {
             let (comp, payload) = object::compress(c, 3).unwrap();
-            writer.add(ChunkId::of(c), c.len(), comp, &payload).unwrap();
+            writer
+                .add(ChunkId::of(c), c.len(), comp, None, &payload)
+                .unwrap();
         }
         writer.flush().unwrap();
         let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
         assert_eq!(index.chunks.len(), 10);
+        // A delta of the first chunk reads back through its base.
+        let mut changed = chunks[0].clone();
+        changed[7] ^= 0xFF;
+        let base_plain = index
+            .read(&*storage, "c/packs", &ChunkId::of(&chunks[0]))
+            .unwrap();
+        let payload = encode_delta(&changed, &base_plain, 3).unwrap();
+        assert!(
+            payload.len() < 40,
+            "a one-byte change costs a few bytes: {}",
+            payload.len()
+        );
+        let delta = Delta {
+            base: ChunkId::of(&chunks[0]),
+            depth: 1,
+        };
+        writer
+            .add(
+                ChunkId::of(&changed),
+                changed.len(),
+                Compression::Zstd,
+                Some(delta),
+                &payload,
+            )
+            .unwrap();
+        writer.flush().unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        assert_eq!(
+            index
+                .read(&*storage, "c/packs", &ChunkId::of(&changed))
+                .unwrap(),
+            changed
+        );
         // A damaged .idx: the copy inside the pack serves.
         let idx_path = dir.path().join(pack_key("c/packs", &index.packs[0], "idx"));
         let mut idx = std::fs::read(&idx_path).unwrap();
@@ -383,7 +545,7 @@ mod tests {
         std::fs::write(&idx_path, idx).unwrap();
         std::fs::write(dir.path().join("c/packs/zz.idx"), b"stray").unwrap();
         let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
-        assert_eq!(index.chunks.len(), 10);
+        assert_eq!(index.chunks.len(), 11);
         assert!(index.unreadable.is_empty());
         for c in &chunks {
             assert_eq!(

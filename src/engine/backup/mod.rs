@@ -200,12 +200,20 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         known: Mutex::new(index.chunks.keys().copied().collect()),
         tx: blob_tx,
         level: ctx.config.repository.compress_level,
+        earlier: index,
+        storage: ctx.repo.storage.clone(),
+        prefix: ctx.repo.packs_prefix(),
     };
-    drop(index);
     let mut writer = PackWriter::new(ctx.repo.storage.clone(), ctx.repo.packs_prefix(), PACK_SIZE);
     let writer_thread = std::thread::spawn(move || -> Result<PackWriter> {
         for blob in blob_rx {
-            writer.add(blob.id, blob.raw_len, blob.compression, &blob.payload)?;
+            writer.add(
+                blob.id,
+                blob.raw_len,
+                blob.compression,
+                blob.delta,
+                &blob.payload,
+            )?;
         }
         writer.flush()?;
         Ok(writer)

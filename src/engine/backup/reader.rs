@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result, anyhow};
 use crossbeam_channel::Sender;
@@ -21,35 +21,50 @@ use crate::format::lsn::Lsn;
 use crate::format::page::{self, BLOCKS_PER_SEGMENT, PAGE_SIZE};
 use crate::repo::manifest::FileEntry;
 use crate::repo::object::{self, Compression};
-use crate::repo::pack::ChunkId;
+use crate::repo::pack::{ChunkId, ChunkIndex, Delta, MAX_DELTA_DEPTH, encode_delta};
+use crate::repo::storage::Storage;
 
 /// A compressed chunk on its way to the pack writer.
 pub struct Blob {
     pub id: ChunkId,
     pub raw_len: usize,
     pub compression: Compression,
+    pub delta: Option<Delta>,
     pub payload: Vec<u8>,
 }
 
-/// Where chunks go: skips chunks the repository (or this backup) already has.
+/// Where chunks go: skips chunks the repository (or this backup) already has, and
+/// stores a changed chunk as a delta of the parent's chunk at the same place.
 pub struct ChunkSink {
     pub known: Mutex<HashSet<ChunkId>>,
     pub tx: Sender<Blob>,
     pub level: i32,
+    /// Chunks of earlier backups: the bases deltas are taken against.
+    pub earlier: ChunkIndex,
+    pub storage: Arc<dyn Storage>,
+    pub prefix: String,
 }
 
 impl ChunkSink {
-    /// Stores a chunk unless the repository has it; returns its id and whether it was new.
-    pub fn store(&self, data: &[u8]) -> Result<(ChunkId, bool)> {
+    /// Stores a chunk unless the repository has it; `base` is the parent's chunk at the
+    /// same place, if any. Returns the id and whether the chunk was new.
+    pub fn store(&self, data: &[u8], base: Option<ChunkId>) -> Result<(ChunkId, bool)> {
         let id = ChunkId::of(data);
         let new = self.known.lock().unwrap().insert(id);
         if new {
-            let (compression, payload) = object::compress(data, self.level)?;
+            let (compression, delta, payload) = match self.delta_of(data, base) {
+                Some((delta, payload)) => (Compression::Zstd, Some(delta), payload),
+                None => {
+                    let (compression, payload) = object::compress(data, self.level)?;
+                    (compression, None, payload)
+                }
+            };
             self.tx
                 .send(Blob {
                     id,
                     raw_len: data.len(),
                     compression,
+                    delta,
                     payload,
                 })
                 .map_err(|_| anyhow!("the pack writer stopped"))?;
@@ -57,11 +72,27 @@ impl ChunkSink {
         Ok((id, new))
     }
 
+    /// `data` as a delta of `base`, unless there is none, the chain would grow too long,
+    /// or the base cannot be read (then the chunk is stored whole).
+    fn delta_of(&self, data: &[u8], base: Option<ChunkId>) -> Option<(Delta, Vec<u8>)> {
+        let base = base?;
+        let depth = self.earlier.chunks.get(&base)?.delta.map_or(0, |d| d.depth) + 1;
+        if depth > MAX_DELTA_DEPTH || self.level == 0 {
+            return None;
+        }
+        let base_plain = self
+            .earlier
+            .read(&*self.storage, &self.prefix, &base)
+            .ok()?;
+        let payload = encode_delta(data, &base_plain, self.level).ok()?;
+        Some((Delta { base, depth }, payload))
+    }
+
     /// Stores an in-memory file (`backup_label`, `tablespace_map`) as a manifest entry.
     pub fn store_file(&self, path: &str, data: &[u8], mode: u32, mtime: i64) -> Result<FileEntry> {
         let chunks = data
             .chunks(CHUNK_SIZE)
-            .map(|c| Ok(self.store(c)?.0))
+            .map(|c| Ok(self.store(c, None)?.0))
             .collect::<Result<_>>()?;
         Ok(FileEntry {
             path: path.into(),
@@ -200,7 +231,8 @@ impl FileReader<'_> {
                     .with_context(|| format!("cannot re-read {}", src.abs.display()))?;
                 bad_blocks.extend(bad);
             }
-            let (id, new) = self.sink.store(data)?;
+            let base = parent_file.and_then(|entry| entry.chunks.get(chunks.len()).copied());
+            let (id, new) = self.sink.store(data, base)?;
             if new {
                 self.stats.stored.fetch_add(n as u64, Ordering::Relaxed);
             }
