@@ -149,22 +149,17 @@ fn burst(main: &common::Server) {
 fn restores_to(env: &Env, label: &str, lsn: &str, expected: &str, fingerprint: &str) {
     static RESTORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RESTORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let pgdata = env.path(&format!("restored-{n}-{label}"));
-    env.pgkeep_ok(&[
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--backup",
-        label,
-        "--target-lsn",
-        lsn,
-        "--target-action",
-        "promote",
-    ]);
-    let mut server = env.restored(&pgdata);
-    server.options = "-c archive_mode=off".into();
-    server.start();
-    server.wait_promoted();
+    let server = env.restore_and_start(
+        &format!("restored-{n}-{label}"),
+        &[
+            "--backup",
+            label,
+            "--target-lsn",
+            lsn,
+            "--target-action",
+            "promote",
+        ],
+    );
     assert_eq!(
         server.sql(fingerprint),
         expected,

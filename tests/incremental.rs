@@ -97,23 +97,17 @@ fn incremental(pg: Pg) {
     assert!(!left.contains(&full) && left.contains(&incr), "{left:?}");
     env.pgkeep_ok(&["verify"]);
 
-    let pgdata = env.path("restored");
-    let out = env.pgkeep_ok(&[
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--backup",
-        &incr,
-        "--target-lsn",
-        &lsn,
-        "--target-action",
-        "promote",
-    ]);
-    assert!(out.contains(&incr), "{out}");
-    let mut restored = env.restored(&pgdata);
-    restored.options = "-c archive_mode=off".into();
-    restored.start();
-    restored.wait_promoted();
+    let restored = env.restore_and_start(
+        "restored",
+        &[
+            "--backup",
+            &incr,
+            "--target-lsn",
+            &lsn,
+            "--target-action",
+            "promote",
+        ],
+    );
     assert_eq!(accounts(&restored), expected);
     restored.amcheck();
     restored.stop();
@@ -141,20 +135,10 @@ fn visibility_map_changes(pg: Pg) {
     main.sql("UPDATE t SET v = 'y' WHERE id = 50000");
     let out = env.pgkeep_ok(&["backup"]);
     assert!(out.contains("incremental from"), "{out}");
-    let pgdata = env.path("restored");
-    env.pgkeep_ok(&[
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--target",
-        "immediate",
-        "--target-action",
-        "promote",
-    ]);
-    let mut restored = env.restored(&pgdata);
-    restored.options = "-c archive_mode=off".into();
-    restored.start();
-    restored.wait_promoted();
+    let restored = env.restore_and_start(
+        "restored",
+        &["--target", "immediate", "--target-action", "promote"],
+    );
     assert_eq!(
         restored.sql("SELECT count(*) FROM pg_check_visible('t')"),
         "0",
@@ -238,22 +222,17 @@ fn wal_summaries_pg18() {
 
     let expected = accounts(&main);
     env.pgkeep_ok(&["check"]);
-    let pgdata = env.path("restored");
-    env.pgkeep_ok(&[
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--backup",
-        &incremental,
-        "--target",
-        "immediate",
-        "--target-action",
-        "promote",
-    ]);
-    let mut restored = env.restored(&pgdata);
-    restored.options = "-c archive_mode=off -c summarize_wal=off".into();
-    restored.start();
-    restored.wait_promoted();
+    let restored = env.restore_and_start(
+        "restored",
+        &[
+            "--backup",
+            &incremental,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+    );
     assert_eq!(accounts(&restored), expected);
     restored.amcheck();
 }
@@ -289,22 +268,17 @@ fn recreated_database(pg: Pg) {
     assert!(out.contains("incremental from"), "{out}");
     let incremental = out.split_whitespace().nth(1).unwrap().to_string();
     env.pgkeep_ok(&["check"]);
-    let pgdata = env.path("restored");
-    env.pgkeep_ok(&[
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--backup",
-        &incremental,
-        "--target",
-        "immediate",
-        "--target-action",
-        "promote",
-    ]);
-    let mut restored = env.restored(&pgdata);
-    restored.options = "-c archive_mode=off".into();
-    restored.start();
-    restored.wait_promoted();
+    let restored = env.restore_and_start(
+        "restored",
+        &[
+            "--backup",
+            &incremental,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+    );
     assert_eq!(
         restored.sql_db("d", "SELECT v || ':' || count(*) FROM t GROUP BY v"),
         "new:5000"

@@ -219,6 +219,20 @@ impl Env {
         self.dir.join(name)
     }
 
+    /// Restores with `args` into the new directory `name`, starts the server without
+    /// archiving and waits until recovery has ended.
+    pub fn restore_and_start(&self, name: &str, args: &[&str]) -> Server {
+        let pgdata = self.path(name);
+        let mut all = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.pgkeep_ok(&all);
+        let mut server = self.restored(&pgdata);
+        server.options = "-c archive_mode=off".into();
+        server.start();
+        server.wait_promoted();
+        server
+    }
+
     /// A server restored into `pgdata`, to be started with [`Server::start`].
     pub fn restored(&self, pgdata: &Path) -> Server {
         let name = pgdata.file_name().unwrap().to_string_lossy().to_string();
