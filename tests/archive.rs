@@ -19,12 +19,7 @@ fn put(env: &Env, name: &str, data: &[u8]) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, data).unwrap();
-    std::process::Command::new("chown")
-        .arg("-R")
-        .arg("postgres:")
-        .arg(&dir)
-        .status()
-        .unwrap();
+    common::chown_postgres(&dir);
     path
 }
 

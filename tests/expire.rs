@@ -40,12 +40,7 @@ fn fabricate(repo: &Path, real: &str, dates: &[&str]) {
         let bytes = object::encode(&serde_json::to_vec(&m).unwrap(), 1).unwrap();
         std::fs::write(dir.join(format!("{label}.manifest")), bytes).unwrap();
     }
-    std::process::Command::new("chown")
-        .arg("-R")
-        .arg("postgres:")
-        .arg(&dir)
-        .status()
-        .unwrap();
+    common::chown_postgres(&dir);
 }
 
 fn set_retention(env: &Env, base: &str, retention: &str) {

@@ -10,11 +10,7 @@ fn tablespace(pg: Pg) {
     env.pgkeep_ok(&["init"]);
     let original = env.path("ts-original");
     std::fs::create_dir(&original).unwrap();
-    std::process::Command::new("chown")
-        .arg("postgres:")
-        .arg(&original)
-        .status()
-        .unwrap();
+    common::chown_postgres(&original);
     main.sql(&format!(
         "CREATE TABLESPACE ts LOCATION '{}'",
         original.display()

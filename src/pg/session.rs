@@ -19,11 +19,10 @@ pub struct BackupStop {
     pub tablespace_map: Option<String>,
 }
 
-/// A tablespace outside the data directory.
+/// A tablespace outside the data directory (where it is comes from `pg_backup_stop`).
 pub struct Tablespace {
     pub oid: u32,
     pub name: String,
-    pub location: String,
 }
 
 fn describe(e: &postgres::Error) -> String {
@@ -135,7 +134,7 @@ impl Session {
         let rows = self
             .client
             .query(
-                "SELECT oid::text, spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+                "SELECT oid::text, spcname::text FROM pg_tablespace \
                  WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
                 &[],
             )
@@ -145,7 +144,6 @@ impl Session {
                 Ok(Tablespace {
                     oid: r.get::<_, String>(0).parse()?,
                     name: r.get(1),
-                    location: r.get(2),
                 })
             })
             .collect()

@@ -73,12 +73,6 @@ pub fn decompress(compression: Compression, payload: &[u8], plain_len: usize) ->
     })
 }
 
-/// The plaintext hash recorded in an object's trailer, read without decoding it.
-pub fn recorded_hash(object: &[u8]) -> Result<[u8; 32]> {
-    check_frame(object)?;
-    Ok(object[object.len() - 32..].try_into().unwrap())
-}
-
 fn check_frame(object: &[u8]) -> Result<()> {
     if object.len() < HEADER_LEN + TRAILER_LEN || &object[..4] != MAGIC {
         bail!("not a pgkeep object (bad header or truncated)");
@@ -128,10 +122,6 @@ mod tests {
         let plain: Vec<u8> = (0..5000u32).flat_map(|i| (i % 97).to_le_bytes()).collect();
         let obj = encode(&plain, 3).unwrap();
         assert_eq!(decode(&obj).unwrap(), plain);
-        assert_eq!(
-            &recorded_hash(&obj).unwrap(),
-            blake3::hash(&plain).as_bytes()
-        );
         for i in (0..obj.len()).step_by(7) {
             let mut bad = obj.clone();
             bad[i] ^= 0x40;

@@ -160,7 +160,6 @@ pub struct PackWriter {
     entries: Vec<IndexEntry>,
     /// Bytes of packs stored so far (chunk payloads plus index).
     pub stored_bytes: u64,
-    pub packs_written: usize,
 }
 
 impl PackWriter {
@@ -173,7 +172,6 @@ impl PackWriter {
             buf: Vec::new(),
             entries: Vec::new(),
             stored_bytes: 0,
-            packs_written: 0,
         }
     }
 
@@ -218,7 +216,6 @@ impl PackWriter {
             &object::encode(&index, 3)?,
         )?;
         self.stored_bytes += self.buf.len() as u64;
-        self.packs_written += 1;
         self.buf.clear();
         self.entries.clear();
         Ok(())

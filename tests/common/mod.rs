@@ -87,7 +87,8 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn chown_postgres(path: &Path) {
+/// Gives `path` (recursively) to the database OS user.
+pub fn chown_postgres(path: &Path) {
     if is_root() {
         run_ok(
             Command::new("chown")
