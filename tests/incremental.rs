@@ -180,26 +180,36 @@ fn bytes_read(summary: &str) -> f64 {
     }
 }
 
-/// PostgreSQL 17+ WAL summaries: an incremental reads only the chunks holding changed
-/// blocks, and what it takes unread is exactly what a full read finds.
-#[test]
-fn wal_summaries_pg18() {
-    let env = Env::new("summaries", Pg::new(18));
+/// The blocks changed since the parent, from PostgreSQL 17+'s WAL summaries or from the
+/// WAL itself: an incremental reads only the chunks holding changed blocks, and what it
+/// takes unread is exactly what a full read finds, through updates, a truncation by
+/// VACUUM and growth after it.
+fn only_changed_chunks_read(pg: Pg, summaries: bool) {
+    let env = Env::new(&format!("changed{}{summaries}", pg.major), pg);
     let main = env.primary();
-    main.sql("ALTER SYSTEM SET summarize_wal = on");
-    main.sql("SELECT pg_reload_conf()");
+    if summaries {
+        main.sql("ALTER SYSTEM SET summarize_wal = on");
+        main.sql("SELECT pg_reload_conf()");
+    }
     env.pgkeep_ok(&["init"]);
     main.pgbench_init(5);
     main.sql("CREATE TABLE marks (id serial PRIMARY KEY, name text)");
+    main.sql("CREATE TABLE shrink AS SELECT g AS id, repeat('x', 200) AS t FROM generate_series(1, 20000) g");
     main.sql("VACUUM ANALYZE");
     env.backup();
-    let accounts_file = main.sql("SELECT pg_relation_filepath('pgbench_accounts')");
+    let files: Vec<String> = ["pgbench_accounts", "shrink"]
+        .iter()
+        .map(|t| main.sql(&format!("SELECT pg_relation_filepath('{t}')")))
+        .collect();
     let size: f64 = main
         .sql("SELECT pg_relation_size('pgbench_accounts')")
         .parse()
         .unwrap();
 
     main.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 1000");
+    main.sql("DELETE FROM shrink WHERE id > 12000");
+    main.sql("VACUUM shrink"); // truncates the empty tail
+    main.sql("INSERT INTO shrink SELECT g, repeat('y', 300) FROM generate_series(1, 6000) g");
     main.sql("INSERT INTO marks (name) VALUES ('after')");
     main.sql("CHECKPOINT");
     let out = env.pgkeep_ok(&["backup"]);
@@ -214,13 +224,19 @@ fn wal_summaries_pg18() {
     let full = env.pgkeep_ok(&["backup", "--full"]);
     let full_label = full.split_whitespace().nth(1).unwrap().to_string();
     assert!(bytes_read(&full) > size, "{full}");
-    assert_eq!(
-        chunks_of(&manifest(&env, &incremental), &accounts_file),
-        chunks_of(&manifest(&env, &full_label), &accounts_file),
-        "chunks taken unread differ from what a full read finds"
-    );
+    for file in &files {
+        assert_eq!(
+            chunks_of(&manifest(&env, &incremental), file),
+            chunks_of(&manifest(&env, &full_label), file),
+            "chunks of {file} taken unread differ from what a full read finds"
+        );
+    }
 
-    let expected = accounts(&main);
+    let contents = |s: &Server| {
+        accounts(s)
+            + &s.sql("SELECT md5(string_agg(id::text || t, ',' ORDER BY id, t)) FROM shrink")
+    };
+    let expected = contents(&main);
     env.pgkeep_ok(&["check"]);
     let restored = env.restore_and_start(
         "restored",
@@ -233,8 +249,27 @@ fn wal_summaries_pg18() {
             "promote",
         ],
     );
-    assert_eq!(accounts(&restored), expected);
+    assert_eq!(contents(&restored), expected);
     restored.amcheck();
+}
+
+mod only_changed_chunks_read {
+    use super::*;
+
+    #[test]
+    fn from_wal_pg15() {
+        only_changed_chunks_read(Pg::new(15), false);
+    }
+
+    #[test]
+    fn from_wal_pg18() {
+        only_changed_chunks_read(Pg::new(18), false);
+    }
+
+    #[test]
+    fn from_summaries_pg18() {
+        only_changed_chunks_read(Pg::new(18), true);
+    }
 }
 
 /// A database dropped and created again with the same OID by FILE_COPY (no per-page

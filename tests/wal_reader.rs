@@ -1,11 +1,37 @@
-//! The WAL record reader against pg_waldump: every record, at the same LSN.
+//! The WAL record reader against pg_waldump: every record, at the same LSN, with the
+//! same block references.
 
 mod common;
 
-use common::{Env, Pg, as_postgres};
+use std::collections::BTreeMap;
+
+use common::{Env, Pg, Server, as_postgres};
 use pgkeep::format::lsn::Lsn;
 use pgkeep::format::wal::{SegmentSize, WalFile};
-use pgkeep::format::walrecord::{self, RecordReader};
+use pgkeep::format::walrecord::{self, RecordReader, StorageChange};
+
+/// LSN, resource manager (XLOG, Transaction or other), xid and block references.
+type Record = (Lsn, u8, u32, Vec<String>);
+
+/// The block references of a pg_waldump line, as "SPC/DB/REL FORK BLOCK".
+fn block_refs(line: &str) -> Vec<String> {
+    line.split("blkref #")
+        .skip(1)
+        .map(|part| {
+            let words: Vec<&str> = part
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|w| !w.is_empty())
+                .collect();
+            let after = |key: &str| words.iter().position(|w| *w == key).map(|i| words[i + 1]);
+            format!(
+                "{} {} {}",
+                after("rel").unwrap(),
+                after("fork").unwrap_or("main"),
+                after("blk").unwrap()
+            )
+        })
+        .collect()
+}
 
 fn wal_reader(pg: Pg) {
     let env = Env::new(&format!("walreader{}", pg.major), pg);
@@ -33,7 +59,7 @@ fn wal_reader(pg: Pg) {
     names.sort();
     let seg = SegmentSize(16 << 20);
 
-    let mut ours: Vec<(Lsn, u8, u32)> = Vec::new();
+    let mut ours: Vec<Record> = Vec::new();
     let mut restore_points = Vec::new();
     let mut reader = RecordReader::default();
     for name in &names {
@@ -41,12 +67,32 @@ fn wal_reader(pg: Pg) {
             unreachable!()
         };
         let bytes = std::fs::read(wal.join(name)).unwrap();
-        reader.feed(seg.segno_of(log, s), &bytes, |rec| {
+        let mut switched = false;
+        let whole = reader.feed(seg.segno_of(log, s), &bytes, |rec| {
+            switched = walrecord::is_switch(&rec);
             if let Some((rp, _)) = walrecord::restore_point(&rec) {
                 restore_points.push(rp);
             }
-            ours.push((rec.lsn, rec.rmid, rec.xid));
+            let blocks = walrecord::parse(&rec.bytes)
+                .expect("every record parses")
+                .blocks
+                .iter()
+                .map(|b| {
+                    let fork = ["main", "fsm", "vm", "init"][b.fork as usize];
+                    let r = b.rel;
+                    format!(
+                        "{}/{}/{} {fork} {}",
+                        r.tablespace, r.database, r.relfilenode, b.block
+                    )
+                })
+                .collect();
+            ours.push((rec.lsn, rec.rmid, rec.xid, blocks));
         });
+        // Valid WAL ends early only after a switch, or in the current segment.
+        assert!(
+            whole || switched || name == &end_segment,
+            "{name} ends early"
+        );
     }
 
     let out = as_postgres(main.pg.tool("pg_waldump"))
@@ -57,7 +103,7 @@ fn wal_reader(pg: Pg) {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let theirs: Vec<(Lsn, u8, u32)> = text
+    let theirs: Vec<Record> = text
         .lines()
         .filter_map(|l| {
             let lsn = l.split("lsn: ").nth(1)?.split(',').next()?.parse().ok()?;
@@ -75,7 +121,7 @@ fn wal_reader(pg: Pg) {
                 "Transaction" => 1,
                 _ => 99,
             };
-            Some((lsn, rmid, xid))
+            Some((lsn, rmid, xid, block_refs(l)))
         })
         .collect();
     assert!(
@@ -83,9 +129,9 @@ fn wal_reader(pg: Pg) {
         "pg_waldump read too little: {}",
         &text[..text.len().min(500)]
     );
-    let ours_cmp: Vec<(Lsn, u8, u32)> = ours
-        .iter()
-        .map(|&(l, r, x)| (l, if r <= 1 { r } else { 99 }, x))
+    let ours_cmp: Vec<Record> = ours
+        .into_iter()
+        .map(|(l, r, x, b)| (l, if r <= 1 { r } else { 99 }, x, b))
         .collect();
     assert_eq!(
         ours_cmp.len(),
@@ -97,3 +143,130 @@ fn wal_reader(pg: Pg) {
 }
 
 on_each_version!(wal_reader);
+
+/// Segment names in `pg_wal` up to `last`, in order.
+fn segments_up_to(main: &Server, last: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(main.pgdata.join("pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| {
+            matches!(WalFile::parse(n), Some(WalFile::Segment { .. })) && n.as_str() <= last
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The storage changes read from the WAL (creations, truncations, dropped relations and
+/// databases) give the same main-fork limit blocks as PostgreSQL's own WAL summarizer.
+#[test]
+fn storage_changes_match_wal_summaries() {
+    let env = Env::new("limits", Pg::new(18));
+    let main = env.primary();
+    main.sql("ALTER SYSTEM SET summarize_wal = on");
+    main.sql("SELECT pg_reload_conf()");
+    main.sql("CREATE TABLE shrink AS SELECT g AS id, repeat('x', 200) AS t FROM generate_series(1, 20000) g");
+    main.sql("CREATE TABLE dropped AS SELECT g FROM generate_series(1, 1000) g");
+    main.sql("CREATE TABLE emptied AS SELECT g FROM generate_series(1, 1000) g");
+    // Summaries end at checkpoints: compare from this one on.
+    main.sql("CHECKPOINT");
+    let redo = main.sql("SELECT redo_lsn FROM pg_control_checkpoint()");
+    main.sql("DELETE FROM shrink WHERE id > 5000");
+    main.sql("VACUUM shrink");
+    main.sql("DROP TABLE dropped");
+    main.sql("TRUNCATE emptied");
+    main.sql("BEGIN; CREATE TABLE rolled_back AS SELECT 1 AS x; ROLLBACK");
+    main.sql("CREATE DATABASE copied STRATEGY FILE_COPY");
+    main.sql("CREATE DATABASE logged STRATEGY WAL_LOG");
+    main.sql("DROP DATABASE copied");
+    let end: Lsn = main.sql("SELECT pg_switch_wal()").parse().unwrap();
+    let last = main.sql(&format!("SELECT pg_walfile_name('{end}')"));
+    main.sql("CHECKPOINT"); // WAL after the switch, for the summarizer to go past it
+    for _ in 0..300 {
+        let summarized: Lsn = main
+            .sql("SELECT summarized_lsn FROM pg_get_wal_summarizer_state()")
+            .parse()
+            .unwrap();
+        if summarized >= end {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // Theirs: the lowest limit block per relation (relfilenode 0: a whole database).
+    let mut theirs: BTreeMap<String, u32> = BTreeMap::new();
+    let rows = main.sql(&format!(
+        "SELECT string_agg(c.reltablespace || '/' || c.reldatabase || '/' || c.relfilenode || ' ' || c.relblocknumber, E'\\n') \
+         FROM pg_available_wal_summaries() w, pg_wal_summary_contents(w.tli, w.start_lsn, w.end_lsn) c \
+         WHERE w.start_lsn >= '{redo}' AND c.is_limit_block AND c.relforknumber = 0",
+    ));
+    for row in rows.lines() {
+        let (rel, block) = row.split_once(' ').unwrap();
+        let block: u32 = block.parse().unwrap();
+        let e = theirs.entry(rel.to_string()).or_insert(block);
+        *e = (*e).min(block);
+    }
+    let range = main.sql(&format!(
+        "SELECT min(start_lsn) || ' ' || max(end_lsn) FROM pg_available_wal_summaries() WHERE start_lsn >= '{redo}'"
+    ));
+    let (from, to) = range.split_once(' ').unwrap();
+    let (from, to): (Lsn, Lsn) = (from.parse().unwrap(), to.parse().unwrap());
+
+    let mut ours: BTreeMap<String, u32> = BTreeMap::new();
+    let mut limit = |spc: u32, db: u32, rel: u32, block: u32| {
+        let e = ours.entry(format!("{spc}/{db}/{rel}")).or_insert(block);
+        *e = (*e).min(block);
+    };
+    let seg = SegmentSize(16 << 20);
+    let mut reader = RecordReader::default();
+    for name in segments_up_to(&main, &last) {
+        let Some(WalFile::Segment { log, seg: s, .. }) = WalFile::parse(&name) else {
+            unreachable!()
+        };
+        let bytes = std::fs::read(main.pgdata.join("pg_wal").join(&name)).unwrap();
+        reader.feed(seg.segno_of(log, s), &bytes, |rec| {
+            if rec.lsn < from || rec.lsn >= to {
+                return;
+            }
+            match walrecord::storage_change(&rec) {
+                Some(StorageChange::ForkCreated { rel, fork: 0 }) => {
+                    limit(rel.tablespace, rel.database, rel.relfilenode, 0)
+                }
+                Some(StorageChange::Truncated { rel, blocks }) => {
+                    limit(rel.tablespace, rel.database, rel.relfilenode, blocks)
+                }
+                Some(StorageChange::RelationsDropped(rels)) => rels
+                    .iter()
+                    .for_each(|r| limit(r.tablespace, r.database, r.relfilenode, 0)),
+                Some(StorageChange::DatabaseCreated {
+                    tablespace,
+                    database,
+                }) => limit(tablespace, database, 0, 0),
+                Some(StorageChange::DatabaseDropped {
+                    database,
+                    tablespaces,
+                }) => tablespaces.iter().for_each(|&t| limit(t, database, 0, 0)),
+                _ => {}
+            }
+        });
+    }
+    assert!(
+        theirs.len() >= 8,
+        "the workload should leave many limit blocks: {theirs:?}"
+    );
+    assert!(
+        theirs.values().any(|&b| b > 0),
+        "a truncation to a non-zero length: {theirs:?}"
+    );
+    let differ = |a: &BTreeMap<String, u32>, b: &BTreeMap<String, u32>| -> Vec<String> {
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect()
+    };
+    assert_eq!(
+        (differ(&ours, &theirs), differ(&theirs, &ours)),
+        (vec![], vec![]),
+        "limit blocks only we see, only the summaries show (from {from} to {to})"
+    );
+}

@@ -17,7 +17,10 @@ const XLP_LONG_HEADER: u16 = 0x0002;
 
 pub const RM_XLOG_ID: u8 = 0;
 pub const RM_XACT_ID: u8 = 1;
-/// `XLOG_RESTORE_POINT` in the XLOG resource manager.
+pub const RM_SMGR_ID: u8 = 2;
+pub const RM_DBASE_ID: u8 = 4;
+/// `XLOG_SWITCH` and `XLOG_RESTORE_POINT` in the XLOG resource manager.
+const XLOG_SWITCH: u8 = 0x40;
 const XLOG_RESTORE_POINT: u8 = 0x70;
 /// Commit, commit prepared, abort and abort prepared (`info & XLOG_XACT_OPMASK`).
 const XACT_END_OPS: [u8; 4] = [0x00, 0x30, 0x20, 0x40];
@@ -73,8 +76,9 @@ fn crc_ok(rec: &[u8]) -> bool {
 
 impl RecordReader {
     /// Parses one segment (`segno`, all its bytes) and calls `emit` for each valid record
-    /// that ends in it.
-    pub fn feed(&mut self, segno: u64, bytes: &[u8], mut emit: impl FnMut(Record)) {
+    /// that ends in it. Returns whether the WAL was valid to the segment's end (`false`
+    /// where it ends early: the current segment, or damage).
+    pub fn feed(&mut self, segno: u64, bytes: &[u8], mut emit: impl FnMut(Record)) -> bool {
         let seg_start = segno * bytes.len() as u64;
         if self.next_segno != Some(segno) {
             self.partial = None;
@@ -84,9 +88,10 @@ impl RecordReader {
             if !self.feed_page(page, seg_start + (i * PAGE) as u64, &mut emit) {
                 self.partial = None;
                 self.next_segno = None;
-                return;
+                return false;
             }
         }
+        true
     }
 
     /// One page; `false` where valid WAL ends.
@@ -162,42 +167,213 @@ fn record(lsn: Lsn, bytes: Vec<u8>) -> Record {
     }
 }
 
-/// The main data of a record: what follows its block references (`xlogrecord.h`).
-pub fn main_data(rec: &[u8]) -> Option<&[u8]> {
+/// A relation's storage: `RelFileLocator` (tablespace, database, relfilenode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelLocator {
+    pub tablespace: u32,
+    pub database: u32,
+    pub relfilenode: u32,
+}
+
+impl RelLocator {
+    fn at(bytes: &[u8], o: usize) -> Option<RelLocator> {
+        let b = bytes.get(o..o + 12)?;
+        Some(RelLocator {
+            tablespace: u32_at(b, 0),
+            database: u32_at(b, 4),
+            relfilenode: u32_at(b, 8),
+        })
+    }
+}
+
+/// A block a record changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRef {
+    pub rel: RelLocator,
+    /// 0 main, 1 free space map, 2 visibility map, 3 init.
+    pub fork: u8,
+    pub block: u32,
+}
+
+/// The block references and main data of a record (`xlogrecord.h`): block headers,
+/// then their images and data, then the main data at the very end.
+pub struct Parsed<'a> {
+    pub blocks: Vec<BlockRef>,
+    pub main_data: &'a [u8],
+}
+
+/// `BKPBLOCK_*` flags in a block header's `fork_flags`.
+const BKPBLOCK_FORK_MASK: u8 = 0x0F;
+const BKPBLOCK_HAS_IMAGE: u8 = 0x10;
+const BKPBLOCK_SAME_REL: u8 = 0x80;
+/// `BKPIMAGE_HAS_HOLE` and the compression methods (PostgreSQL 15+).
+const BKPIMAGE_HAS_HOLE: u8 = 0x01;
+const BKPIMAGE_COMPRESSED: u8 = 0x1C;
+
+/// Splits a record into its block references and main data; `None` if it is malformed.
+pub fn parse(rec: &[u8]) -> Option<Parsed<'_>> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(rec.get(o..o + 2)?.try_into().ok()?));
+    let mut blocks: Vec<BlockRef> = Vec::new();
     let mut p = RECORD_HEADER;
-    loop {
-        let id = *rec.get(p)?;
-        match id {
+    // Headers go on while more bytes remain than the data they announce.
+    let mut data_total = 0usize;
+    let mut main_len = 0usize;
+    while rec.len().checked_sub(p)? > data_total {
+        match *rec.get(p)? {
             255 => {
-                let len = *rec.get(p + 1)? as usize;
-                return rec.get(rec.len().checked_sub(len)?..);
+                main_len = *rec.get(p + 1)? as usize;
+                data_total += main_len;
+                p += 2;
             }
             254 => {
-                let len = u32::from_le_bytes(rec.get(p + 1..p + 5)?.try_into().ok()?) as usize;
-                return rec.get(rec.len().checked_sub(len)?..);
+                main_len = u32::from_le_bytes(rec.get(p + 1..p + 5)?.try_into().ok()?) as usize;
+                data_total += main_len;
+                p += 5;
             }
             253 => p += 3, // replication origin
             252 => p += 5, // top-level xid
             0..=32 => {
                 let fork_flags = *rec.get(p + 1)?;
+                data_total += u16_at(p + 2)? as usize;
                 p += 4;
-                if fork_flags & 0x10 != 0 {
-                    // Block image: length, hole offset, info, then a hole length if the
-                    // image has a hole and is compressed.
+                if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
+                    // Image length, hole offset, info, then a hole length if the image
+                    // has a hole and is compressed.
+                    data_total += u16_at(p)? as usize;
                     let bimg_info = *rec.get(p + 4)?;
-                    let compressed = bimg_info & 0x1C != 0;
                     p += 5;
-                    if bimg_info & 0x01 != 0 && compressed {
+                    if bimg_info & BKPIMAGE_HAS_HOLE != 0 && bimg_info & BKPIMAGE_COMPRESSED != 0 {
                         p += 2;
                     }
                 }
-                if fork_flags & 0x80 == 0 {
-                    p += 12; // relation locator
-                }
-                p += 4; // block number
+                let rel = if fork_flags & BKPBLOCK_SAME_REL != 0 {
+                    blocks.last()?.rel
+                } else {
+                    p += 12;
+                    RelLocator::at(rec, p - 12)?
+                };
+                blocks.push(BlockRef {
+                    rel,
+                    fork: fork_flags & BKPBLOCK_FORK_MASK,
+                    block: u32::from_le_bytes(rec.get(p..p + 4)?.try_into().ok()?),
+                });
+                p += 4;
             }
             _ => return None,
         }
+    }
+    if rec.len() - p != data_total {
+        return None;
+    }
+    Some(Parsed {
+        blocks,
+        main_data: rec.get(rec.len().checked_sub(main_len)?..)?,
+    })
+}
+
+/// The main data of a record: what follows its block references.
+pub fn main_data(rec: &[u8]) -> Option<&[u8]> {
+    parse(rec).map(|p| p.main_data)
+}
+
+/// What a record does to relation storage besides changing the blocks it references:
+/// the events PostgreSQL's WAL summarizer turns into limit blocks.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StorageChange {
+    /// A fork created empty (`XLOG_SMGR_CREATE`).
+    ForkCreated { rel: RelLocator, fork: u8 },
+    /// The main fork cut to `blocks` blocks (`XLOG_SMGR_TRUNCATE` with `SMGR_TRUNCATE_HEAP`).
+    Truncated { rel: RelLocator, blocks: u32 },
+    /// A database directory created by copying or WAL-logging a template.
+    DatabaseCreated { tablespace: u32, database: u32 },
+    /// A database dropped from these tablespaces.
+    DatabaseDropped {
+        database: u32,
+        tablespaces: Vec<u32>,
+    },
+    /// Relations whose files a commit or abort removes.
+    RelationsDropped(Vec<RelLocator>),
+    /// `wal_level` went down to `minimal`: from here the WAL misses changes.
+    WalLevelMinimal,
+}
+
+const XLOG_PARAMETER_CHANGE: u8 = 0x60;
+const XLOG_SMGR_CREATE: u8 = 0x10;
+const XLOG_SMGR_TRUNCATE: u8 = 0x20;
+const SMGR_TRUNCATE_HEAP: u32 = 0x0001;
+const XLOG_DBASE_CREATE_FILE_COPY: u8 = 0x00;
+const XLOG_DBASE_CREATE_WAL_LOG: u8 = 0x10;
+const XLOG_DBASE_DROP: u8 = 0x20;
+/// `XLOG_XACT_HAS_INFO` and the `XACT_XINFO_*` flags that precede the dropped relations.
+const XLOG_XACT_HAS_INFO: u8 = 0x80;
+const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
+const XACT_XINFO_HAS_SUBXACTS: u32 = 1 << 1;
+const XACT_XINFO_HAS_RELFILELOCATORS: u32 = 1 << 2;
+
+/// The storage change a record makes, if any (`smgr.h`, `dbcommands_xlog.h`, `xact.h`,
+/// `pg_control.h`). `None` also for a record too short for its kind.
+pub fn storage_change(rec: &Record) -> Option<StorageChange> {
+    let data = main_data(&rec.bytes)?;
+    let u32_in = |o: usize| data.get(o..o + 4).map(|b| u32_at(b, 0));
+    match rec.rmid {
+        RM_XLOG_ID if rec.info & 0xF0 == XLOG_PARAMETER_CHANGE => {
+            // wal_level is the sixth int; WAL_LEVEL_MINIMAL is 0.
+            (u32_in(20)? == 0).then_some(StorageChange::WalLevelMinimal)
+        }
+        RM_SMGR_ID => match rec.info & 0xF0 {
+            XLOG_SMGR_CREATE => Some(StorageChange::ForkCreated {
+                rel: RelLocator::at(data, 0)?,
+                fork: u32_in(12)? as u8,
+            }),
+            XLOG_SMGR_TRUNCATE if u32_in(16)? & SMGR_TRUNCATE_HEAP != 0 => {
+                Some(StorageChange::Truncated {
+                    rel: RelLocator::at(data, 4)?,
+                    blocks: u32_in(0)?,
+                })
+            }
+            _ => None,
+        },
+        RM_DBASE_ID => match rec.info & 0xF0 {
+            XLOG_DBASE_CREATE_FILE_COPY | XLOG_DBASE_CREATE_WAL_LOG => {
+                Some(StorageChange::DatabaseCreated {
+                    database: u32_in(0)?,
+                    tablespace: u32_in(4)?,
+                })
+            }
+            XLOG_DBASE_DROP => {
+                let n = u32_in(4)? as usize;
+                Some(StorageChange::DatabaseDropped {
+                    database: u32_in(0)?,
+                    tablespaces: (0..n).map(|i| u32_in(8 + 4 * i)).collect::<Option<_>>()?,
+                })
+            }
+            _ => None,
+        },
+        RM_XACT_ID if XACT_END_OPS.contains(&(rec.info & 0x70)) => {
+            // xact_time, then optional xinfo, dbinfo, subtransactions, relations.
+            let mut p = 8;
+            let xinfo = if rec.info & XLOG_XACT_HAS_INFO != 0 {
+                p += 4;
+                u32_in(8)?
+            } else {
+                0
+            };
+            if xinfo & XACT_XINFO_HAS_DBINFO != 0 {
+                p += 8;
+            }
+            if xinfo & XACT_XINFO_HAS_SUBXACTS != 0 {
+                p += 4 + 4 * u32_in(p)? as usize;
+            }
+            if xinfo & XACT_XINFO_HAS_RELFILELOCATORS == 0 {
+                return None;
+            }
+            let n = u32_in(p)? as usize;
+            let rels = (0..n)
+                .map(|i| RelLocator::at(data, p + 4 + 12 * i))
+                .collect::<Option<_>>()?;
+            Some(StorageChange::RelationsDropped(rels))
+        }
+        _ => None,
     }
 }
 
@@ -207,6 +383,12 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// A `TimestampTz` as microseconds since the Unix epoch.
 fn timestamp(bytes: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) + PG_EPOCH_OFFSET_US)
+}
+
+/// Whether this is an `XLOG_SWITCH` record: the rest of its segment is unused, and may be
+/// zeros or left-over content rather than valid pages.
+pub fn is_switch(rec: &Record) -> bool {
+    rec.rmid == RM_XLOG_ID && rec.info & 0xF0 == XLOG_SWITCH
 }
 
 /// The name and time (µs since the Unix epoch) of a restore point record.
@@ -328,6 +510,141 @@ mod tests {
         rec.extend_from_slice(&[252, 1, 2, 3, 4, 255, 3]);
         rec.extend_from_slice(b"abc");
         assert_eq!(main_data(&rec), Some(&b"abc"[..]));
-        assert_eq!(main_data(&[0u8; 24]), None);
+        assert_eq!(main_data(&[0u8; 24]), Some(&b""[..]));
+        assert_eq!(main_data(&[0u8; 23]), None);
+    }
+
+    #[test]
+    fn block_references() {
+        // Block 0: relation 1663/5/16384, main fork, block 7, 2 bytes of data; block 1:
+        // same relation, visibility map fork, block 0, an 8-byte image with a hole, no
+        // data. No main data: the block payloads end the record.
+        let mut rec = vec![0u8; 24];
+        rec.extend_from_slice(&[0, 0x00, 2, 0]);
+        for v in [1663u32, 5, 16384, 7] {
+            rec.extend_from_slice(&v.to_le_bytes());
+        }
+        rec.extend_from_slice(&[1, 0x80 | 0x10 | 2, 0, 0, 8, 0, 0, 0, BKPIMAGE_HAS_HOLE]);
+        rec.extend_from_slice(&0u32.to_le_bytes());
+        rec.extend_from_slice(&[0xAA; 2 + 8]);
+        let parsed = parse(&rec).unwrap();
+        let rel = |fork, block| BlockRef {
+            rel: RelLocator {
+                tablespace: 1663,
+                database: 5,
+                relfilenode: 16384,
+            },
+            fork,
+            block,
+        };
+        assert_eq!(parsed.blocks, vec![rel(0, 7), rel(2, 0)]);
+        assert!(parsed.main_data.is_empty());
+        assert!(parse(&rec[..rec.len() - 1]).is_none(), "truncated payload");
+    }
+
+    /// A record of resource manager `rmid` whose only content is `data` as main data.
+    fn with_main_data(rmid: u8, info: u8, data: &[u8]) -> Record {
+        let mut bytes = vec![0u8; 24];
+        bytes.extend_from_slice(&[255, data.len() as u8]);
+        bytes.extend_from_slice(data);
+        record(Lsn(0), {
+            bytes[16] = info;
+            bytes[17] = rmid;
+            bytes
+        })
+    }
+
+    fn words(values: &[u32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn storage_changes() {
+        let rel = |relfilenode| RelLocator {
+            tablespace: 1663,
+            database: 5,
+            relfilenode,
+        };
+        let truncate = words(&[40, 1663, 5, 16384, SMGR_TRUNCATE_HEAP | 2]);
+        assert_eq!(
+            storage_change(&with_main_data(RM_SMGR_ID, XLOG_SMGR_TRUNCATE, &truncate)),
+            Some(StorageChange::Truncated {
+                rel: rel(16384),
+                blocks: 40
+            })
+        );
+        let vm_only = words(&[40, 1663, 5, 16384, 2]);
+        assert_eq!(
+            storage_change(&with_main_data(RM_SMGR_ID, XLOG_SMGR_TRUNCATE, &vm_only)),
+            None
+        );
+        let create = words(&[1663, 5, 16390, 0]);
+        assert_eq!(
+            storage_change(&with_main_data(RM_SMGR_ID, XLOG_SMGR_CREATE, &create)),
+            Some(StorageChange::ForkCreated {
+                rel: rel(16390),
+                fork: 0
+            })
+        );
+        // Commit: time, xinfo (dbinfo, 2 subtransactions, 2 relations), then the rest.
+        let mut commit = vec![0u8; 8];
+        commit.extend(words(&[
+            XACT_XINFO_HAS_DBINFO | XACT_XINFO_HAS_SUBXACTS | XACT_XINFO_HAS_RELFILELOCATORS,
+            5,
+            1663,
+            2,
+            901,
+            902,
+            2,
+            1663,
+            5,
+            16400,
+            1663,
+            5,
+            16401,
+            0,
+        ]));
+        assert_eq!(
+            storage_change(&with_main_data(RM_XACT_ID, XLOG_XACT_HAS_INFO, &commit)),
+            Some(StorageChange::RelationsDropped(vec![
+                rel(16400),
+                rel(16401)
+            ]))
+        );
+        assert_eq!(
+            storage_change(&with_main_data(RM_XACT_ID, 0x00, &[0u8; 8])),
+            None,
+            "a commit without xinfo drops nothing"
+        );
+        let drop = words(&[50000, 2, 1663, 16500]);
+        assert_eq!(
+            storage_change(&with_main_data(RM_DBASE_ID, XLOG_DBASE_DROP, &drop)),
+            Some(StorageChange::DatabaseDropped {
+                database: 50000,
+                tablespaces: vec![1663, 16500]
+            })
+        );
+        let copy = words(&[50000, 1663, 1, 1663]);
+        assert_eq!(
+            storage_change(&with_main_data(
+                RM_DBASE_ID,
+                XLOG_DBASE_CREATE_FILE_COPY,
+                &copy
+            )),
+            Some(StorageChange::DatabaseCreated {
+                tablespace: 1663,
+                database: 50000
+            })
+        );
+        let minimal = words(&[100, 8, 10, 0, 64, 0, 0]);
+        assert_eq!(
+            storage_change(&with_main_data(RM_XLOG_ID, XLOG_PARAMETER_CHANGE, &minimal)),
+            Some(StorageChange::WalLevelMinimal)
+        );
+        let replica = words(&[100, 8, 10, 0, 64, 1, 0]);
+        assert_eq!(
+            storage_change(&with_main_data(RM_XLOG_ID, XLOG_PARAMETER_CHANGE, &replica)),
+            None
+        );
     }
 }

@@ -8,9 +8,11 @@
 //! With a parent backup (see `parent`), files and chunks proven unchanged since the
 //! parent started are taken from it without reading.
 
+mod changes;
 mod parent;
 mod reader;
 mod summary;
+mod walchanges;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -21,16 +23,17 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::bounded;
 use indicatif::ProgressBar;
 
+use self::changes::ChangedBlocks;
 use self::parent::Parent;
 use self::reader::{Blob, ChunkSink, FileReader, Stats};
-use self::summary::ChangedBlocks;
 use super::check::{check_data_directory, wait_for_wal};
 use super::target;
 use super::walk;
 use super::{Context, archive, parallel_map};
+use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::{control, label, wal::SegmentSize};
-use crate::pg::session::BackupStop;
+use crate::pg::session::{BackupStop, Session};
 use crate::repo::manifest::{
     DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry,
 };
@@ -111,6 +114,44 @@ fn archive_history_file(ctx: &Context, timeline: u32) -> Result<()> {
     Ok(())
 }
 
+/// The blocks changed between the parent's start (`from`) and this backup's (`to`), from
+/// WAL summaries where the server keeps them, or else from the WAL; `None` if neither
+/// can show every change.
+fn changed_blocks(
+    ctx: &Context,
+    session: &mut Session,
+    path: &TimelinePath,
+    seg: SegmentSize,
+    from: Lsn,
+    to: Lsn,
+    tablespace_dir: &str,
+) -> Result<Option<ChangedBlocks>> {
+    let started = Instant::now();
+    let empty = || ChangedBlocks::new(tablespace_dir, CHUNK_SIZE as u64);
+    // Changes on the current timeline's history: its ancestors and itself.
+    let timelines: Vec<u32> = path
+        .ancestors
+        .iter()
+        .map(|a| a.timeline)
+        .chain([path.timeline])
+        .collect();
+    let wait = Duration::from_secs(ctx.config.backup.archive_timeout);
+    let changes = match summary::query(session, from, to, &timelines, wait, empty())? {
+        Some(changes) => Some(changes),
+        None => walchanges::scan(ctx, seg, path, from, to, empty())?,
+    };
+    tracing::info!(
+        "changed blocks since {from} {} in {:.2} s",
+        if changes.is_some() {
+            "known"
+        } else {
+            "unknown"
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(changes)
+}
+
 /// What the copy phase hands on: file entries, what `pg_backup_stop` returned, the
 /// snapshot and time right after it, and the copied `pg_control`.
 struct Copied {
@@ -174,14 +215,15 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         .parse()?;
     tracing::info!("backup {label} started at {start_lsn} on timeline {timeline}");
     archive_history_file(ctx, timeline)?;
-    let paths = target::timeline_paths(&ctx.repo)?;
+    let path = target::timeline_paths(&ctx.repo)?
+        .remove(&timeline)
+        .unwrap_or_else(|| TimelinePath::single(timeline));
     let parent = if full {
         None
     } else {
         Parent::choose(
             ctx.repo.readable_manifests(None)?,
-            &paths,
-            timeline,
+            &path,
             session.version_num / 10000,
             CHUNK_SIZE as u64,
         )
@@ -219,23 +261,17 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         Ok(writer)
     });
 
+    let seg = SegmentSize(info.wal_segment_size);
     let changed = match &parent {
-        Some(p) => {
-            // Changes on the current timeline's history: its ancestors and itself.
-            let mut timelines: Vec<u32> = paths.get(&timeline).map_or(Vec::new(), |p| {
-                p.ancestors.iter().map(|a| a.timeline).collect()
-            });
-            timelines.push(timeline);
-            ChangedBlocks::query(
-                &mut session,
-                p.start_lsn(),
-                start_lsn,
-                &timelines,
-                &tablespace_dir,
-                CHUNK_SIZE as u64,
-                Duration::from_secs(ctx.config.backup.archive_timeout),
-            )?
-        }
+        Some(p) => changed_blocks(
+            ctx,
+            &mut session,
+            &path,
+            seg,
+            p.start_lsn(),
+            start_lsn,
+            &tablespace_dir,
+        )?,
         None => None,
     };
     let stats = Stats::default();
@@ -315,7 +351,6 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         .map(|map| parse_tablespace_map(map, &tablespace_names))
         .transpose()?
         .unwrap_or_default();
-    let seg = SegmentSize(info.wal_segment_size);
     let timeout = Duration::from_secs(ctx.config.backup.archive_timeout);
     for segno in seg.segno(parsed.start_lsn)..=seg.segno_before(stop.stop_lsn) {
         let name = seg.name(parsed.start_timeline, segno);

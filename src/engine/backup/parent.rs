@@ -8,7 +8,7 @@
 //! that proves no block changed (summaries), let a chunk go unread; anything read is
 //! hashed, and a chunk the repository has is never compressed or stored again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::engine::walk::SourceFile;
 use crate::format::history::TimelinePath;
@@ -26,19 +26,14 @@ pub struct Parent {
 }
 
 impl Parent {
-    /// The newest backup whose consistency point lies in the current timeline's history:
-    /// a backup from a branch the cluster did not follow describes other data.
+    /// The newest backup whose consistency point lies on `path`, the current timeline's
+    /// history: a backup from a branch the cluster did not follow describes other data.
     pub fn choose(
         manifests: Vec<Manifest>,
-        paths: &BTreeMap<u32, TimelinePath>,
-        timeline: u32,
+        path: &TimelinePath,
         pg_major: u32,
         chunk_size: u64,
     ) -> Option<Parent> {
-        let path = paths
-            .get(&timeline)
-            .cloned()
-            .unwrap_or_else(|| TimelinePath::single(timeline));
         let parent = manifests
             .into_iter()
             .filter(|m| {

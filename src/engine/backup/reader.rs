@@ -13,8 +13,8 @@ use crossbeam_channel::Sender;
 use indicatif::ProgressBar;
 
 use super::CHUNK_SIZE;
+use super::changes::ChangedBlocks;
 use super::parent::Parent;
-use super::summary::ChangedBlocks;
 use crate::engine::stopped;
 use crate::engine::walk::SourceFile;
 use crate::format::lsn::Lsn;

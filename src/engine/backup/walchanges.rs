@@ -1,0 +1,124 @@
+//! Changed blocks read from the WAL itself, for servers without WAL summaries
+//! (PostgreSQL 15 and 16, or 17+ with `summarize_wal = off`): PostgreSQL's WAL
+//! summarizer rules applied to every record from the parent's start to this backup's
+//! start. Segments come from the archive; the newest, not archived yet, from `pg_wal`.
+//!
+//! Any doubt gives up (`None`) and the backup reads every file that changed: a segment
+//! that cannot be found, WAL that ends before this backup's start, or a stretch run at
+//! `wal_level = minimal`, which skips WAL for some writes.
+
+use std::io::ErrorKind;
+
+use anyhow::{Context as _, Result};
+
+use super::changes::ChangedBlocks;
+use crate::engine::Context;
+use crate::format::history::TimelinePath;
+use crate::format::lsn::Lsn;
+use crate::format::wal::SegmentSize;
+use crate::format::walrecord::{self, Record, RecordReader, StorageChange};
+
+/// Applies one record; `false` if from here on the WAL does not describe every change.
+fn apply(changes: &mut ChangedBlocks, rec: &Record) -> bool {
+    const MAIN_FORK: u8 = 0;
+    let Some(parsed) = walrecord::parse(&rec.bytes) else {
+        return false; // its CRC was right, so this is a format we do not know
+    };
+    for b in parsed.blocks.iter().filter(|b| b.fork == MAIN_FORK) {
+        changes.block(b.rel.tablespace, b.rel.database, b.rel.relfilenode, b.block);
+    }
+    match walrecord::storage_change(rec) {
+        Some(StorageChange::ForkCreated { rel, fork }) if fork == MAIN_FORK => {
+            changes.limit(rel.tablespace, rel.database, rel.relfilenode, 0)
+        }
+        Some(StorageChange::Truncated { rel, blocks }) => {
+            changes.limit(rel.tablespace, rel.database, rel.relfilenode, blocks)
+        }
+        Some(StorageChange::RelationsDropped(rels)) => {
+            for rel in rels {
+                changes.limit(rel.tablespace, rel.database, rel.relfilenode, 0);
+            }
+        }
+        Some(StorageChange::DatabaseCreated {
+            tablespace,
+            database,
+        }) => changes.database(tablespace, database),
+        Some(StorageChange::DatabaseDropped {
+            database,
+            tablespaces,
+        }) => {
+            for tablespace in tablespaces {
+                changes.database(tablespace, database);
+            }
+        }
+        Some(StorageChange::WalLevelMinimal) => return false,
+        Some(StorageChange::ForkCreated { .. }) | None => {}
+    }
+    true
+}
+
+/// One segment's bytes: archived, or else still in `pg_wal`.
+fn segment(ctx: &Context, name: &str) -> Result<Option<Vec<u8>>> {
+    match ctx.repo.get_wal(name) {
+        Ok(Some(bytes)) => return Ok(Some(bytes)),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e:#}; reading {name} from pg_wal instead"),
+    }
+    let path = ctx.cluster.pgdata.join("pg_wal").join(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Fills `changes` from the records in `[from, to)` along `path`; `None` if the WAL
+/// cannot show every change (see the module comment).
+pub fn scan(
+    ctx: &Context,
+    seg: SegmentSize,
+    path: &TimelinePath,
+    from: Lsn,
+    to: Lsn,
+    mut changes: ChangedBlocks,
+) -> Result<Option<ChangedBlocks>> {
+    let mut reader = RecordReader::default();
+    let (mut reached, mut usable, mut switched) = (false, true, false);
+    // `to` is a checkpoint's redo point: the checkpoint record after it may sit in the
+    // next segment.
+    for segno in seg.segno(from)..=seg.segno(to) + 1 {
+        let name = seg.name(path.timeline_of_segment(seg, segno), segno);
+        let Some(bytes) = segment(ctx, &name)? else {
+            tracing::info!(
+                "WAL segment {name} is neither archived nor in pg_wal: reading every changed file"
+            );
+            return Ok(None);
+        };
+        let whole = reader.feed(segno, &bytes, |rec| {
+            switched = walrecord::is_switch(&rec);
+            if reached || !usable || rec.lsn < from {
+                return;
+            }
+            if rec.lsn >= to {
+                reached = true;
+            } else {
+                usable = apply(&mut changes, &rec);
+            }
+        });
+        if !usable {
+            tracing::info!(
+                "the WAL after {from} cannot show every change (wal_level = minimal, or a record \
+                 pgkeep does not know): reading every changed file"
+            );
+            return Ok(None);
+        }
+        if reached {
+            return Ok(Some(changes));
+        }
+        if !whole && !switched {
+            break;
+        }
+    }
+    tracing::info!("the WAL ends before {to}: reading every changed file");
+    Ok(None)
+}
