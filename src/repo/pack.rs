@@ -477,9 +477,17 @@ fn decompress_delta(payload: &[u8], base: &[u8], raw_len: usize) -> Result<Vec<u
     Ok(zstd::bulk::Decompressor::with_dictionary(base)?.decompress(payload, raw_len)?)
 }
 
+/// The lowest zstd level deltas use. Level 1 finds few matches in a dictionary: on
+/// pgbench churn its deltas came out 13 times the size of level 2's, which takes 1.4
+/// times as long.
+const MIN_DELTA_LEVEL: i32 = 2;
+
 /// Compresses `data` with `base` as the dictionary: little more than what changed.
 pub fn encode_delta(data: &[u8], base: &[u8], level: i32) -> Result<Vec<u8>> {
-    Ok(zstd::bulk::Compressor::with_dictionary(level.max(1), base)?.compress(data)?)
+    Ok(
+        zstd::bulk::Compressor::with_dictionary(level.max(MIN_DELTA_LEVEL), base)?
+            .compress(data)?,
+    )
 }
 
 #[cfg(test)]
