@@ -4,6 +4,8 @@
 mod common;
 
 use common::{Env, Pg, Server};
+use pgkeep::engine::backup::CHUNK_SIZE as CHUNK;
+use pgkeep::format::lsn::Lsn;
 
 fn accounts(s: &Server) -> String {
     s.sql("SELECT md5(string_agg(aid::text || ':' || abalance::text, ',' ORDER BY aid)) || '/' || (SELECT count(*) FROM marks) FROM pgbench_accounts")
@@ -196,7 +198,7 @@ fn only_changed_chunks_read(pg: Pg, summaries: bool) {
     main.sql("CREATE TABLE marks (id serial PRIMARY KEY, name text)");
     main.sql("CREATE TABLE shrink AS SELECT g AS id, repeat('x', 200) AS t FROM generate_series(1, 20000) g");
     main.sql("VACUUM ANALYZE");
-    env.backup();
+    let parent = env.backup();
     let files: Vec<String> = ["pgbench_accounts", "shrink"]
         .iter()
         .map(|t| main.sql(&format!("SELECT pg_relation_filepath('{t}')")))
@@ -220,6 +222,36 @@ fn only_changed_chunks_read(pg: Pg, summaries: bool) {
         "read {read} bytes, the accounts table alone is {size}: {out}"
     );
     let incremental = out.split_whitespace().nth(1).unwrap().to_string();
+    // Page LSNs agree: every chunk the incremental shares with its parent holds only
+    // pages last changed before the parent started.
+    let parent_start: Lsn = manifest(&env, &parent)["start_lsn"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (ours, theirs) = (manifest(&env, &incremental), manifest(&env, &parent));
+    for file in &files {
+        let bytes = std::fs::read(main.pgdata.join(file)).unwrap();
+        let shared = chunks_of(&ours, file)
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(chunks_of(&theirs, file).as_array().unwrap())
+            .enumerate()
+            .filter(|(_, (a, b))| a == b)
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>();
+        assert!(!shared.is_empty(), "{file} shares no chunk with its parent");
+        for i in shared {
+            for page in bytes[i * CHUNK..].chunks(8192).take(CHUNK / 8192) {
+                let lsn = Lsn(
+                    (u32::from_le_bytes(page[0..4].try_into().unwrap()) as u64) << 32
+                        | u32::from_le_bytes(page[4..8].try_into().unwrap()) as u64,
+                );
+                assert!(lsn < parent_start, "{file} chunk {i}: a page of {lsn}");
+            }
+        }
+    }
 
     let full = env.pgkeep_ok(&["backup", "--full"]);
     let full_label = full.split_whitespace().nth(1).unwrap().to_string();
