@@ -8,6 +8,8 @@
 //! plaintext length u64 LE | BLAKE3(plaintext) [32]
 //! ```
 
+use std::cell::RefCell;
+
 use anyhow::{Result, bail};
 
 const MAGIC: &[u8; 4] = b"PGKO";
@@ -67,9 +69,21 @@ fn compress_with(plaintext: &[u8], level: i32, workers: u32) -> Result<(Compress
 }
 
 pub fn decompress(compression: Compression, payload: &[u8], plain_len: usize) -> Result<Vec<u8>> {
+    thread_local! {
+        /// Reused: a new context per chunk costs more than decompressing a small delta.
+        static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { RefCell::new(None) };
+    }
     Ok(match compression {
         Compression::None => payload.to_vec(),
-        Compression::Zstd => zstd::bulk::decompress(payload, plain_len)?,
+        Compression::Zstd => DECOMPRESSOR.with(|cell| -> Result<Vec<u8>> {
+            let mut slot = cell.borrow_mut();
+            let decompressor = match &mut *slot {
+                Some(d) => d,
+                empty => empty.insert(zstd::bulk::Decompressor::new()?),
+            };
+            Ok(decompressor.decompress(payload, plain_len)?)
+        })?,
     })
 }
 

@@ -59,13 +59,24 @@ impl<'de> Deserialize<'de> for ChunkId {
     }
 }
 
-/// A chunk stored as the difference from another: zstd-compressed with the plaintext of
-/// `base` as its dictionary. `depth` counts the bases below it (1 = the base is stored
-/// whole), which keeps chains short.
+/// A chunk stored as the difference from another. `depth` counts the bases below it
+/// (1 = the base is stored whole), which keeps chains short.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delta {
     pub base: ChunkId,
     pub depth: u8,
+    pub method: DeltaMethod,
+}
+
+/// How a delta's payload is made from its chunk and base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DeltaMethod {
+    /// zstd with the base's plaintext as a raw-content dictionary (index version 2).
+    Dictionary = 0,
+    /// The chunk XOR the base (zero-extended), compressed as the entry says: unchanged
+    /// bytes become zeros. Cheaper than a dictionary, which zstd must index first.
+    Xor = 1,
 }
 
 /// Longest chain of deltas a chunk may sit on.
@@ -88,11 +99,13 @@ const PACK_MAGIC: &[u8; 4] = b"PGKP";
 const ENTRY_LEN_V1: usize = 32 + 8 + 4 + 4 + 1;
 /// Index version 2 adds the delta depth (0: stored whole) and the base id.
 const ENTRY_LEN_V2: usize = ENTRY_LEN_V1 + 1 + 32;
+/// Index version 3 adds the delta method.
+const ENTRY_LEN_V3: usize = ENTRY_LEN_V2 + 1;
 
 fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + entries.len() * ENTRY_LEN_V2);
+    let mut out = Vec::with_capacity(12 + entries.len() * ENTRY_LEN_V3);
     out.extend_from_slice(INDEX_MAGIC);
-    out.extend_from_slice(&[2, 0, 0, 0]);
+    out.extend_from_slice(&[3, 0, 0, 0]);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for e in entries {
         out.extend_from_slice(&e.id.0);
@@ -102,6 +115,7 @@ fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
         out.push(e.compression as u8);
         out.push(e.delta.map_or(0, |d| d.depth));
         out.extend_from_slice(&e.delta.map_or([0; 32], |d| d.base.0));
+        out.push(e.delta.map_or(0, |d| d.method as u8));
     }
     out
 }
@@ -110,6 +124,7 @@ fn decode_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
     let entry_len = match bytes.get(4) {
         Some(1) => ENTRY_LEN_V1,
         Some(2) => ENTRY_LEN_V2,
+        Some(3) => ENTRY_LEN_V3,
         _ => 0,
     };
     if bytes.len() < 12 || &bytes[..4] != INDEX_MAGIC || entry_len == 0 {
@@ -125,8 +140,13 @@ fn decode_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
             let delta = match e.get(ENTRY_LEN_V1) {
                 None | Some(0) => None,
                 Some(&depth) if depth <= MAX_DELTA_DEPTH => Some(Delta {
-                    base: ChunkId(e[ENTRY_LEN_V1 + 1..].try_into().unwrap()),
+                    base: ChunkId(e[ENTRY_LEN_V1 + 1..ENTRY_LEN_V2].try_into().unwrap()),
                     depth,
+                    method: match e.get(ENTRY_LEN_V2) {
+                        None | Some(0) => DeltaMethod::Dictionary,
+                        Some(1) => DeltaMethod::Xor,
+                        Some(m) => bail!("pack index names unknown delta method {m}"),
+                    },
                 }),
                 Some(depth) => bail!("pack index has a delta chain of impossible depth {depth}"),
             };
@@ -419,19 +439,17 @@ impl ChunkIndex {
             )
         };
         let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
-        let plain = match loc.delta {
-            None => object::decompress(loc.compression, &payload, loc.raw_len as usize)
-                .map_err(|_| corrupt())?,
+        let base = match loc.delta {
+            None => None,
             Some(_) if depth_left == 0 => {
                 bail!("chunk {id} sits on a delta chain that is too long or loops")
             }
-            Some(d) => {
-                let base = self
-                    .read_unchecked(storage, prefix, &d.base, depth_left - 1)
-                    .with_context(|| format!("cannot read the base of chunk {id}"))?;
-                decompress_delta(&payload, &base, loc.raw_len as usize).map_err(|_| corrupt())?
-            }
+            Some(d) => Some(
+                self.read_unchecked(storage, prefix, &d.base, depth_left - 1)
+                    .with_context(|| format!("cannot read the base of chunk {id}"))?,
+            ),
         };
+        let plain = decode_payload(loc, &payload, base.as_deref()).map_err(|_| corrupt())?;
         if plain.len() != loc.raw_len as usize {
             return Err(corrupt());
         }
@@ -461,33 +479,44 @@ pub fn decode_chunk(
     payload: &[u8],
     base: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
-    let raw_len = loc.raw_len as usize;
-    let plain = match (loc.delta, base) {
-        (None, _) => object::decompress(loc.compression, payload, raw_len).ok(),
-        (Some(_), Some(base)) => decompress_delta(payload, base, raw_len).ok(),
-        (Some(_), None) => bail!("chunk {id} is a delta and needs its base to be read"),
-    };
-    match plain {
-        Some(p) if p.len() == raw_len && ChunkId::of(&p) == *id => Ok(p),
+    if loc.delta.is_some() && base.is_none() {
+        bail!("chunk {id} is a delta and needs its base to be read");
+    }
+    match decode_payload(loc, payload, base) {
+        Ok(p) if p.len() == loc.raw_len as usize && ChunkId::of(&p) == *id => Ok(p),
         _ => bail!("chunk {id} is corrupt: its content does not match its checksum"),
     }
 }
 
-fn decompress_delta(payload: &[u8], base: &[u8], raw_len: usize) -> Result<Vec<u8>> {
-    Ok(zstd::bulk::Decompressor::with_dictionary(base)?.decompress(payload, raw_len)?)
+/// A chunk's plaintext from its payload (and its base's plaintext, for a delta).
+fn decode_payload(loc: &ChunkLocation, payload: &[u8], base: Option<&[u8]>) -> Result<Vec<u8>> {
+    let raw_len = loc.raw_len as usize;
+    Ok(match (loc.delta, base) {
+        (None, _) => object::decompress(loc.compression, payload, raw_len)?,
+        (Some(d), Some(base)) if d.method == DeltaMethod::Dictionary => {
+            zstd::bulk::Decompressor::with_dictionary(base)?.decompress(payload, raw_len)?
+        }
+        (Some(_), Some(base)) => {
+            let mut plain = object::decompress(loc.compression, payload, raw_len)?;
+            xor_into(&mut plain, base);
+            plain
+        }
+        (Some(_), None) => bail!("a delta needs its base"),
+    })
 }
 
-/// The lowest zstd level deltas use. Level 1 finds few matches in a dictionary: on
-/// pgbench churn its deltas came out 13 times the size of level 2's, which takes 1.4
-/// times as long.
-const MIN_DELTA_LEVEL: i32 = 2;
+/// `target ^= base` over their common length.
+fn xor_into(target: &mut [u8], base: &[u8]) {
+    for (t, b) in target.iter_mut().zip(base) {
+        *t ^= b;
+    }
+}
 
-/// Compresses `data` with `base` as the dictionary: little more than what changed.
-pub fn encode_delta(data: &[u8], base: &[u8], level: i32) -> Result<Vec<u8>> {
-    Ok(
-        zstd::bulk::Compressor::with_dictionary(level.max(MIN_DELTA_LEVEL), base)?
-            .compress(data)?,
-    )
+/// `data` as an XOR delta of `base`: the compression and payload of the difference.
+pub fn encode_delta(data: &[u8], base: &[u8], level: i32) -> Result<(Compression, Vec<u8>)> {
+    let mut diff = data.to_vec();
+    xor_into(&mut diff, base);
+    object::compress(&diff, level.max(1))
 }
 
 #[cfg(test)]
@@ -516,7 +545,8 @@ mod tests {
         let base_plain = index
             .read(&*storage, "c/packs", &ChunkId::of(&chunks[0]))
             .unwrap();
-        let payload = encode_delta(&changed, &base_plain, 3).unwrap();
+        changed.push(9); // longer than its base
+        let (compression, payload) = encode_delta(&changed, &base_plain, 3).unwrap();
         assert!(
             payload.len() < 40,
             "a one-byte change costs a few bytes: {}",
@@ -525,12 +555,13 @@ mod tests {
         let delta = Delta {
             base: ChunkId::of(&chunks[0]),
             depth: 1,
+            method: DeltaMethod::Xor,
         };
         writer
             .add(
                 ChunkId::of(&changed),
                 changed.len(),
-                Compression::Zstd,
+                compression,
                 Some(delta),
                 &payload,
             )
@@ -543,6 +574,35 @@ mod tests {
                 .unwrap(),
             changed
         );
+        // Deltas from before XOR deltas (zstd dictionaries) still read back.
+        let mut older = chunks[1].clone();
+        older[3] ^= 0x0F;
+        let dict_payload = zstd::bulk::Compressor::with_dictionary(3, &chunks[1])
+            .unwrap()
+            .compress(&older)
+            .unwrap();
+        let dict_delta = Delta {
+            base: ChunkId::of(&chunks[1]),
+            depth: 1,
+            method: DeltaMethod::Dictionary,
+        };
+        writer
+            .add(
+                ChunkId::of(&older),
+                older.len(),
+                Compression::Zstd,
+                Some(dict_delta),
+                &dict_payload,
+            )
+            .unwrap();
+        writer.flush().unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        assert_eq!(
+            index
+                .read(&*storage, "c/packs", &ChunkId::of(&older))
+                .unwrap(),
+            older
+        );
         // A damaged .idx: the copy inside the pack serves.
         let idx_path = dir.path().join(pack_key("c/packs", &index.packs[0], "idx"));
         let mut idx = std::fs::read(&idx_path).unwrap();
@@ -550,7 +610,7 @@ mod tests {
         std::fs::write(&idx_path, idx).unwrap();
         std::fs::write(dir.path().join("c/packs/zz.idx"), b"stray").unwrap();
         let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
-        assert_eq!(index.chunks.len(), 11);
+        assert_eq!(index.chunks.len(), 12);
         assert!(index.unreadable.is_empty());
         for c in &chunks {
             assert_eq!(

@@ -21,7 +21,7 @@ use crate::format::lsn::Lsn;
 use crate::format::page::{self, BLOCKS_PER_SEGMENT, PAGE_SIZE};
 use crate::repo::manifest::FileEntry;
 use crate::repo::object::{self, Compression};
-use crate::repo::pack::{ChunkId, ChunkIndex, Delta, MAX_DELTA_DEPTH, encode_delta};
+use crate::repo::pack::{ChunkId, ChunkIndex, Delta, DeltaMethod, MAX_DELTA_DEPTH, encode_delta};
 use crate::repo::storage::Storage;
 
 /// A compressed chunk on its way to the pack writer.
@@ -53,10 +53,17 @@ impl ChunkSink {
         let new = self.known.lock().unwrap().insert(id);
         if new {
             let (compression, delta, payload) = match self.delta_of(data, base) {
-                Some((delta, payload)) => (Compression::Zstd, Some(delta), payload),
-                None => {
+                // Small: what changed was little.
+                Some((delta, compression, payload)) if payload.len() <= data.len() / 16 => {
+                    (compression, Some(delta), payload)
+                }
+                // Otherwise keep whichever is smaller (moved data XORs badly).
+                delta => {
                     let (compression, payload) = object::compress(data, self.level)?;
-                    (compression, None, payload)
+                    match delta {
+                        Some((delta, c, p)) if p.len() < payload.len() => (c, Some(delta), p),
+                        _ => (compression, None, payload),
+                    }
                 }
             };
             self.tx
@@ -74,7 +81,11 @@ impl ChunkSink {
 
     /// `data` as a delta of `base`, unless there is none, the chain would grow too long,
     /// or the base cannot be read (then the chunk is stored whole).
-    fn delta_of(&self, data: &[u8], base: Option<ChunkId>) -> Option<(Delta, Vec<u8>)> {
+    fn delta_of(
+        &self,
+        data: &[u8],
+        base: Option<ChunkId>,
+    ) -> Option<(Delta, Compression, Vec<u8>)> {
         let base = base?;
         let depth = self.earlier.chunks.get(&base)?.delta.map_or(0, |d| d.depth) + 1;
         if depth > MAX_DELTA_DEPTH || self.level == 0 {
@@ -84,8 +95,13 @@ impl ChunkSink {
             .earlier
             .read(&*self.storage, &self.prefix, &base)
             .ok()?;
-        let payload = encode_delta(data, &base_plain, self.level).ok()?;
-        Some((Delta { base, depth }, payload))
+        let (compression, payload) = encode_delta(data, &base_plain, self.level).ok()?;
+        let delta = Delta {
+            base,
+            depth,
+            method: DeltaMethod::Xor,
+        };
+        Some((delta, compression, payload))
     }
 
     /// Stores an in-memory file (`backup_label`, `tablespace_map`) as a manifest entry.
