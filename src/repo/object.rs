@@ -55,12 +55,27 @@ pub fn compress(plaintext: &[u8], level: i32) -> Result<(Compression, Vec<u8>)> 
 }
 
 fn compress_with(plaintext: &[u8], level: i32, workers: u32) -> Result<(Compression, Vec<u8>)> {
+    thread_local! {
+        /// Reused for single-threaded compression: a new context per chunk costs more
+        /// than compressing a small delta.
+        static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
+    }
     if level > 0 {
-        let mut compressor = zstd::bulk::Compressor::new(level)?;
-        if workers > 0 {
+        let packed = if workers > 0 {
+            let mut compressor = zstd::bulk::Compressor::new(level)?;
             compressor.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers))?;
-        }
-        let packed = compressor.compress(plaintext)?;
+            compressor.compress(plaintext)?
+        } else {
+            COMPRESSOR.with(|cell| -> Result<Vec<u8>> {
+                let mut slot = cell.borrow_mut();
+                if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                    *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+                }
+                let (_, compressor) = slot.as_mut().expect("set above");
+                Ok(compressor.compress(plaintext)?)
+            })?
+        };
         if packed.len() < plaintext.len() {
             return Ok((Compression::Zstd, packed));
         }

@@ -419,6 +419,13 @@ impl ChunkIndex {
         Ok(plain)
     }
 
+    /// The plaintext of `id` as a base for a new delta, without the hash check. A delta
+    /// records the difference from exactly what the stored bytes decode to, and every
+    /// read decodes them the same way, so a damaged base still yields the right chunk.
+    pub fn read_base(&self, storage: &dyn Storage, prefix: &str, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_unchecked(storage, prefix, id, MAX_DELTA_DEPTH + 1)
+    }
+
     /// A chunk's plaintext without the final hash check: a base need not be hashed on
     /// its own, since a wrong base cannot yield a chunk that matches its id.
     fn read_unchecked(

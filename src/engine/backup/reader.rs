@@ -93,7 +93,7 @@ impl ChunkSink {
         }
         let base_plain = self
             .earlier
-            .read(&*self.storage, &self.prefix, &base)
+            .read_base(&*self.storage, &self.prefix, &base)
             .ok()?;
         let (compression, payload) = encode_delta(data, &base_plain, self.level).ok()?;
         let delta = Delta {
