@@ -15,6 +15,7 @@ mod summary;
 mod walchanges;
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ use self::reader::{Blob, ChunkSink, FileReader, Stats};
 use super::check::{check_data_directory, wait_for_wal};
 use super::target;
 use super::walk;
-use super::{Context, archive, parallel_map};
+use super::{Context, archive, human_bytes, parallel_map};
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::{control, label, wal::SegmentSize};
@@ -116,15 +117,19 @@ fn archive_history_file(ctx: &Context, timeline: u32) -> Result<()> {
 
 /// The blocks changed between the parent's start (`from`) and this backup's (`to`), from
 /// WAL summaries where the server keeps them, or else from the WAL; `None` if neither
-/// can show every change.
+/// can show every change. The WAL is not scanned when there is more of it than data
+/// (`data_size`): reading the changed files is then cheaper.
 fn changed_blocks(
     ctx: &Context,
     session: &mut Session,
     path: &TimelinePath,
     seg: SegmentSize,
-    from: Lsn,
-    to: Lsn,
+    Range {
+        start: from,
+        end: to,
+    }: Range<Lsn>,
     tablespace_dir: &str,
+    data_size: u64,
 ) -> Result<Option<ChangedBlocks>> {
     let started = Instant::now();
     let empty = || ChangedBlocks::new(tablespace_dir, CHUNK_SIZE as u64);
@@ -138,6 +143,13 @@ fn changed_blocks(
     let wait = Duration::from_secs(ctx.config.backup.archive_timeout);
     let changes = match summary::query(session, from, to, &timelines, wait, empty())? {
         Some(changes) => Some(changes),
+        None if to.0.saturating_sub(from.0) > data_size => {
+            tracing::info!(
+                "{} of WAL since the parent, more than the data: reading every changed file",
+                human_bytes(to.0.saturating_sub(from.0))
+            );
+            None
+        }
         None => walchanges::scan(ctx, seg, path, from, to, empty())?,
     };
     tracing::info!(
@@ -268,9 +280,9 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             &mut session,
             &path,
             seg,
-            p.start_lsn(),
-            start_lsn,
+            p.start_lsn()..start_lsn,
             &tablespace_dir,
+            files.iter().map(|f| f.size).sum(),
         )?,
         None => None,
     };
