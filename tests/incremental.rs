@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Env, Pg, Server};
+use common::{Env, Pg, Server, as_postgres};
 use pgkeep::engine::backup::CHUNK_SIZE as CHUNK;
 use pgkeep::format::lsn::Lsn;
 
@@ -354,3 +354,49 @@ fn recreated_database(pg: Pg) {
 }
 
 on_each_version!(recreated_database);
+
+/// `pg_checksums --enable` rewrites every page offline and writes no WAL: a backup from
+/// before it must not lend its pages, or the restored cluster fails its checksums.
+fn checksums_enabled_since_parent(pg: Pg) {
+    let env = Env::new(&format!("checksums{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.pgbench_init(2);
+    main.sql("CREATE TABLE marks (id serial PRIMARY KEY, name text)");
+    let pg_checksums = |action: &str| {
+        main.stop();
+        let out = as_postgres(main.pg.tool("pg_checksums"))
+            .args([action, "-D"])
+            .arg(&main.pgdata)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        main.start();
+    };
+    pg_checksums("--disable");
+    env.backup();
+    pg_checksums("--enable");
+    main.sql("UPDATE pgbench_accounts SET abalance = 7 WHERE aid <= 10");
+    main.sql("CHECKPOINT");
+    let out = env.pgkeep_ok(&["backup"]);
+    assert!(!out.contains("incremental from"), "{out}");
+    let label = out.split_whitespace().nth(1).unwrap().to_string();
+
+    let expected = accounts(&main);
+    env.pgkeep_ok(&["check"]);
+    let restored = env.restore_and_start(
+        "restored",
+        &[
+            "--backup",
+            &label,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(accounts(&restored), expected);
+    restored.amcheck();
+}
+
+on_each_version!(checksums_enabled_since_parent);

@@ -69,7 +69,7 @@ fn wal_reader(pg: Pg) {
         let bytes = std::fs::read(wal.join(name)).unwrap();
         let mut switched = false;
         let whole = reader.feed(seg.segno_of(log, s), &bytes, |rec| {
-            switched = walrecord::is_switch(&rec);
+            switched = rec.rmid == 0 && rec.info & 0xF0 == 0x40; // XLOG_SWITCH
             if let Some((rp, _)) = walrecord::restore_point(&rec) {
                 restore_points.push(rp);
             }
@@ -228,7 +228,7 @@ fn storage_changes_match_wal_summaries() {
             if rec.lsn < from || rec.lsn >= to {
                 return;
             }
-            match walrecord::storage_change(&rec) {
+            match walrecord::storage_change(&rec).expect("every record reads") {
                 Some(StorageChange::ForkCreated { rel, fork: 0 }) => {
                     limit(rel.tablespace, rel.database, rel.relfilenode, 0)
                 }

@@ -19,8 +19,7 @@ pub const RM_XLOG_ID: u8 = 0;
 pub const RM_XACT_ID: u8 = 1;
 pub const RM_SMGR_ID: u8 = 2;
 pub const RM_DBASE_ID: u8 = 4;
-/// `XLOG_SWITCH` and `XLOG_RESTORE_POINT` in the XLOG resource manager.
-const XLOG_SWITCH: u8 = 0x40;
+/// `XLOG_RESTORE_POINT` in the XLOG resource manager.
 const XLOG_RESTORE_POINT: u8 = 0x70;
 /// Commit, commit prepared, abort and abort prepared (`info & XLOG_XACT_OPMASK`).
 const XACT_END_OPS: [u8; 4] = [0x00, 0x30, 0x20, 0x40];
@@ -154,6 +153,13 @@ impl RecordReader {
             pos = align8(pos + total);
         }
         true
+    }
+}
+
+impl Record {
+    /// Where the record before this one starts (`xl_prev`).
+    pub fn prev(&self) -> Lsn {
+        Lsn(u64_at(&self.bytes, 8))
     }
 }
 
@@ -310,47 +316,61 @@ const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
 const XACT_XINFO_HAS_SUBXACTS: u32 = 1 << 1;
 const XACT_XINFO_HAS_RELFILELOCATORS: u32 = 1 << 2;
 
+/// A record of a kind [`storage_change`] reads, too short for that kind.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed;
+
 /// The storage change a record makes, if any (`smgr.h`, `dbcommands_xlog.h`, `xact.h`,
-/// `pg_control.h`). `None` also for a record too short for its kind.
-pub fn storage_change(rec: &Record) -> Option<StorageChange> {
+/// `pg_control.h`).
+pub fn storage_change(rec: &Record) -> Result<Option<StorageChange>, Malformed> {
+    let kind = rec.info & 0xF0;
+    let read = match rec.rmid {
+        RM_XLOG_ID => kind == XLOG_PARAMETER_CHANGE,
+        RM_SMGR_ID => matches!(kind, XLOG_SMGR_CREATE | XLOG_SMGR_TRUNCATE),
+        RM_DBASE_ID => matches!(
+            kind,
+            XLOG_DBASE_CREATE_FILE_COPY | XLOG_DBASE_CREATE_WAL_LOG | XLOG_DBASE_DROP
+        ),
+        RM_XACT_ID => XACT_END_OPS.contains(&(rec.info & 0x70)),
+        _ => false,
+    };
+    if !read {
+        return Ok(None);
+    }
+    read_storage_change(rec).ok_or(Malformed)
+}
+
+/// [`storage_change`] for a record of a kind it reads; `None` if the record is too short.
+fn read_storage_change(rec: &Record) -> Option<Option<StorageChange>> {
     let data = main_data(&rec.bytes)?;
     let u32_in = |o: usize| data.get(o..o + 4).map(|b| u32_at(b, 0));
-    match rec.rmid {
-        RM_XLOG_ID if rec.info & 0xF0 == XLOG_PARAMETER_CHANGE => {
-            // wal_level is the sixth int; WAL_LEVEL_MINIMAL is 0.
-            (u32_in(20)? == 0).then_some(StorageChange::WalLevelMinimal)
+    Some(match (rec.rmid, rec.info & 0xF0) {
+        // wal_level is the sixth int; WAL_LEVEL_MINIMAL is 0.
+        (RM_XLOG_ID, _) => (u32_in(20)? == 0).then_some(StorageChange::WalLevelMinimal),
+        (RM_SMGR_ID, XLOG_SMGR_CREATE) => Some(StorageChange::ForkCreated {
+            rel: RelLocator::at(data, 0)?,
+            fork: u32_in(12)? as u8,
+        }),
+        (RM_SMGR_ID, _) => {
+            (u32_in(16)? & SMGR_TRUNCATE_HEAP != 0).then_some(StorageChange::Truncated {
+                rel: RelLocator::at(data, 4)?,
+                blocks: u32_in(0)?,
+            })
         }
-        RM_SMGR_ID => match rec.info & 0xF0 {
-            XLOG_SMGR_CREATE => Some(StorageChange::ForkCreated {
-                rel: RelLocator::at(data, 0)?,
-                fork: u32_in(12)? as u8,
-            }),
-            XLOG_SMGR_TRUNCATE if u32_in(16)? & SMGR_TRUNCATE_HEAP != 0 => {
-                Some(StorageChange::Truncated {
-                    rel: RelLocator::at(data, 4)?,
-                    blocks: u32_in(0)?,
-                })
-            }
-            _ => None,
-        },
-        RM_DBASE_ID => match rec.info & 0xF0 {
-            XLOG_DBASE_CREATE_FILE_COPY | XLOG_DBASE_CREATE_WAL_LOG => {
-                Some(StorageChange::DatabaseCreated {
-                    database: u32_in(0)?,
-                    tablespace: u32_in(4)?,
-                })
-            }
-            XLOG_DBASE_DROP => {
-                let n = u32_in(4)? as usize;
-                Some(StorageChange::DatabaseDropped {
-                    database: u32_in(0)?,
-                    tablespaces: (0..n).map(|i| u32_in(8 + 4 * i)).collect::<Option<_>>()?,
-                })
-            }
-            _ => None,
-        },
-        RM_XACT_ID if XACT_END_OPS.contains(&(rec.info & 0x70)) => {
-            // xact_time, then optional xinfo, dbinfo, subtransactions, relations.
+        (RM_DBASE_ID, XLOG_DBASE_DROP) => {
+            let n = u32_in(4)? as usize;
+            Some(StorageChange::DatabaseDropped {
+                database: u32_in(0)?,
+                tablespaces: (0..n).map(|i| u32_in(8 + 4 * i)).collect::<Option<_>>()?,
+            })
+        }
+        (RM_DBASE_ID, _) => Some(StorageChange::DatabaseCreated {
+            database: u32_in(0)?,
+            tablespace: u32_in(4)?,
+        }),
+        _ => {
+            // A transaction's end: xact_time, then optional xinfo, dbinfo,
+            // subtransactions and dropped relations.
             let mut p = 8;
             let xinfo = if rec.info & XLOG_XACT_HAS_INFO != 0 {
                 p += 4;
@@ -365,7 +385,7 @@ pub fn storage_change(rec: &Record) -> Option<StorageChange> {
                 p += 4 + 4 * u32_in(p)? as usize;
             }
             if xinfo & XACT_XINFO_HAS_RELFILELOCATORS == 0 {
-                return None;
+                return Some(None);
             }
             let n = u32_in(p)? as usize;
             let rels = (0..n)
@@ -373,8 +393,7 @@ pub fn storage_change(rec: &Record) -> Option<StorageChange> {
                 .collect::<Option<_>>()?;
             Some(StorageChange::RelationsDropped(rels))
         }
-        _ => None,
-    }
+    })
 }
 
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch, 2000-01-01.
@@ -383,12 +402,6 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// A `TimestampTz` as microseconds since the Unix epoch.
 fn timestamp(bytes: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) + PG_EPOCH_OFFSET_US)
-}
-
-/// Whether this is an `XLOG_SWITCH` record: the rest of its segment is unused, and may be
-/// zeros or left-over content rather than valid pages.
-pub fn is_switch(rec: &Record) -> bool {
-    rec.rmid == RM_XLOG_ID && rec.info & 0xF0 == XLOG_SWITCH
 }
 
 /// The name and time (µs since the Unix epoch) of a restore point record.
@@ -568,23 +581,23 @@ mod tests {
         let truncate = words(&[40, 1663, 5, 16384, SMGR_TRUNCATE_HEAP | 2]);
         assert_eq!(
             storage_change(&with_main_data(RM_SMGR_ID, XLOG_SMGR_TRUNCATE, &truncate)),
-            Some(StorageChange::Truncated {
+            Ok(Some(StorageChange::Truncated {
                 rel: rel(16384),
                 blocks: 40
-            })
+            }))
         );
         let vm_only = words(&[40, 1663, 5, 16384, 2]);
         assert_eq!(
             storage_change(&with_main_data(RM_SMGR_ID, XLOG_SMGR_TRUNCATE, &vm_only)),
-            None
+            Ok(None)
         );
         let create = words(&[1663, 5, 16390, 0]);
         assert_eq!(
             storage_change(&with_main_data(RM_SMGR_ID, XLOG_SMGR_CREATE, &create)),
-            Some(StorageChange::ForkCreated {
+            Ok(Some(StorageChange::ForkCreated {
                 rel: rel(16390),
                 fork: 0
-            })
+            }))
         );
         // Commit: time, xinfo (dbinfo, 2 subtransactions, 2 relations), then the rest.
         let mut commit = vec![0u8; 8];
@@ -606,23 +619,32 @@ mod tests {
         ]));
         assert_eq!(
             storage_change(&with_main_data(RM_XACT_ID, XLOG_XACT_HAS_INFO, &commit)),
-            Some(StorageChange::RelationsDropped(vec![
+            Ok(Some(StorageChange::RelationsDropped(vec![
                 rel(16400),
                 rel(16401)
-            ]))
+            ])))
+        );
+        assert_eq!(
+            storage_change(&with_main_data(
+                RM_XACT_ID,
+                XLOG_XACT_HAS_INFO,
+                &commit[..commit.len() - 8]
+            )),
+            Err(Malformed),
+            "a relation list cut short"
         );
         assert_eq!(
             storage_change(&with_main_data(RM_XACT_ID, 0x00, &[0u8; 8])),
-            None,
+            Ok(None),
             "a commit without xinfo drops nothing"
         );
         let drop = words(&[50000, 2, 1663, 16500]);
         assert_eq!(
             storage_change(&with_main_data(RM_DBASE_ID, XLOG_DBASE_DROP, &drop)),
-            Some(StorageChange::DatabaseDropped {
+            Ok(Some(StorageChange::DatabaseDropped {
                 database: 50000,
                 tablespaces: vec![1663, 16500]
-            })
+            }))
         );
         let copy = words(&[50000, 1663, 1, 1663]);
         assert_eq!(
@@ -631,20 +653,20 @@ mod tests {
                 XLOG_DBASE_CREATE_FILE_COPY,
                 &copy
             )),
-            Some(StorageChange::DatabaseCreated {
+            Ok(Some(StorageChange::DatabaseCreated {
                 tablespace: 1663,
                 database: 50000
-            })
+            }))
         );
         let minimal = words(&[100, 8, 10, 0, 64, 0, 0]);
         assert_eq!(
             storage_change(&with_main_data(RM_XLOG_ID, XLOG_PARAMETER_CHANGE, &minimal)),
-            Some(StorageChange::WalLevelMinimal)
+            Ok(Some(StorageChange::WalLevelMinimal))
         );
         let replica = words(&[100, 8, 10, 0, 64, 1, 0]);
         assert_eq!(
             storage_change(&with_main_data(RM_XLOG_ID, XLOG_PARAMETER_CHANGE, &replica)),
-            None
+            Ok(None)
         );
     }
 }

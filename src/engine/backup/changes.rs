@@ -85,7 +85,10 @@ impl ChangedBlocks {
     /// since the parent.
     pub fn unchanged(&self, path: &str, index: u64) -> bool {
         let (base, segment) = match path.rsplit_once('.') {
-            Some((base, n)) => (base, n.parse().unwrap_or(u32::MAX)),
+            Some((base, n)) => match n.parse() {
+                Ok(n) => (base, n),
+                Err(_) => return false, // not a relation segment: claim nothing
+            },
             None => (path, 0),
         };
         let at = (segment, index);

@@ -132,6 +132,16 @@ fn changed_blocks(
     data_size: u64,
 ) -> Result<Option<ChangedBlocks>> {
     let started = Instant::now();
+    // Block numbers map to files and chunks only with 8 KiB pages in 1 GB files.
+    let layout = session.text(
+        "SELECT current_setting('block_size') || ' ' || pg_size_bytes(current_setting('segment_size'))",
+    )?;
+    if layout != "8192 1073741824" {
+        tracing::info!(
+            "pages and relation files of other sizes ({layout}): reading every changed file"
+        );
+        return Ok(None);
+    }
     let empty = || ChangedBlocks::new(tablespace_dir, CHUNK_SIZE as u64);
     // Changes on the current timeline's history: its ancestors and itself.
     let timelines: Vec<u32> = path
@@ -238,6 +248,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             &path,
             session.version_num / 10000,
             CHUNK_SIZE as u64,
+            data_checksums,
         )
     };
 

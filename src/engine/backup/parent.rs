@@ -28,11 +28,14 @@ pub struct Parent {
 impl Parent {
     /// The newest backup whose consistency point lies on `path`, the current timeline's
     /// history: a backup from a branch the cluster did not follow describes other data.
+    /// None if that backup had page checksums in another state: `pg_checksums` rewrites
+    /// every page offline, without WAL, so nothing could be taken from it unread.
     pub fn choose(
         manifests: Vec<Manifest>,
         path: &TimelinePath,
         pg_major: u32,
         chunk_size: u64,
+        data_checksums: bool,
     ) -> Option<Parent> {
         let parent = manifests
             .into_iter()
@@ -41,7 +44,8 @@ impl Parent {
                     && m.chunk_size == chunk_size
                     && path.contains(m.timeline, m.stop_lsn)
             })
-            .max_by_key(|m| m.stop_lsn)?;
+            .max_by_key(|m| m.stop_lsn)
+            .filter(|m| m.data_checksums == data_checksums)?;
         Some(Parent {
             label: parent.label,
             start_lsn: parent.start_lsn,

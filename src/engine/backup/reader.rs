@@ -215,6 +215,7 @@ impl FileReader<'_> {
         };
         // WAL summaries describe only the main fork completely.
         let main_fork = src.relation.as_ref().is_some_and(|r| r.main_fork);
+        let segment = src.relation.as_ref().map_or(0, |r| r.segment);
         let parent = self.parent.zip(parent_file).filter(|_| main_fork);
         let mut buf = vec![0u8; CHUNK_SIZE];
         let (mut offset, mut chunks, mut bad_blocks) = (0u64, Vec::new(), Vec::new());
@@ -229,6 +230,11 @@ impl FileReader<'_> {
                     .filter(|_| changed.unchanged(&src.rel, chunks.len() as u64))
             });
             if let Some(id) = unread {
+                // The parent's known bad pages in this chunk stay known.
+                let first = segment * BLOCKS_PER_SEGMENT + (offset / PAGE_SIZE as u64) as u32;
+                let blocks = first..first + (want / PAGE_SIZE) as u32;
+                let parent_bad = parent_file.map_or(&[][..], |e| &e.bad_blocks[..]);
+                bad_blocks.extend(parent_bad.iter().filter(|b| blocks.contains(b)));
                 self.stats.unread.fetch_add(want as u64, Ordering::Relaxed);
                 self.progress.inc(want as u64);
                 chunks.push(id);

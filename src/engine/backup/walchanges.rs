@@ -4,8 +4,9 @@
 //! start. Segments come from the archive; the newest, not archived yet, from `pg_wal`.
 //!
 //! Any doubt gives up (`None`) and the backup reads every file that changed: a segment
-//! that cannot be found, WAL that ends before this backup's start, or a stretch run at
-//! `wal_level = minimal`, which skips WAL for some writes.
+//! that cannot be found, a record missing or unreadable, WAL that ends before this
+//! backup's start, or a stretch run at `wal_level = minimal`, which skips WAL for some
+//! writes.
 
 use std::io::ErrorKind;
 
@@ -27,7 +28,10 @@ fn apply(changes: &mut ChangedBlocks, rec: &Record) -> bool {
     for b in parsed.blocks.iter().filter(|b| b.fork == MAIN_FORK) {
         changes.block(b.rel.tablespace, b.rel.database, b.rel.relfilenode, b.block);
     }
-    match walrecord::storage_change(rec) {
+    let Ok(change) = walrecord::storage_change(rec) else {
+        return false;
+    };
+    match change {
         Some(StorageChange::ForkCreated { rel, fork }) if fork == MAIN_FORK => {
             changes.limit(rel.tablespace, rel.database, rel.relfilenode, 0)
         }
@@ -74,6 +78,10 @@ fn segment(ctx: &Context, name: &str) -> Result<Option<Vec<u8>>> {
 
 /// Fills `changes` from the records in `[from, to)` along `path`; `None` if the WAL
 /// cannot show every change (see the module comment).
+///
+/// Every record in the range must be seen: both ends are checkpoint redo points, where
+/// records begin, so the first record read starts at `from`, each names the one before
+/// it (`xl_prev`), and the one that ends the scan starts at `to`.
 pub fn scan(
     ctx: &Context,
     seg: SegmentSize,
@@ -83,42 +91,57 @@ pub fn scan(
     mut changes: ChangedBlocks,
 ) -> Result<Option<ChangedBlocks>> {
     let mut reader = RecordReader::default();
-    let (mut reached, mut usable, mut switched) = (false, true, false);
-    // `to` is a checkpoint's redo point: the checkpoint record after it may sit in the
-    // next segment.
+    let mut last: Option<Lsn> = None;
+    // Set when the scan is over: reached `to`, or why it gives up.
+    let mut outcome: Option<Result<(), String>> = None;
+    // `to` may be the last position of a segment, its record in the next one.
     for segno in seg.segno(from)..=seg.segno(to) + 1 {
         let name = seg.name(path.timeline_of_segment(seg, segno), segno);
         let Some(bytes) = segment(ctx, &name)? else {
-            tracing::info!(
-                "WAL segment {name} is neither archived nor in pg_wal: reading every changed file"
-            );
-            return Ok(None);
+            outcome = Some(Err(format!(
+                "WAL segment {name} is neither archived nor in pg_wal"
+            )));
+            break;
         };
-        let whole = reader.feed(segno, &bytes, |rec| {
-            switched = walrecord::is_switch(&rec);
-            if reached || !usable || rec.lsn < from {
+        reader.feed(segno, &bytes, |rec| {
+            if outcome.is_some() || rec.lsn < from {
                 return;
             }
-            if rec.lsn >= to {
-                reached = true;
+            let follows = match last {
+                None => rec.lsn == from,
+                Some(prev) => rec.prev() == prev,
+            };
+            outcome = if !follows {
+                Some(Err(format!("the WAL has a gap before {}", rec.lsn)))
+            } else if rec.lsn >= to {
+                Some(match rec.lsn == to {
+                    true => Ok(()),
+                    false => Err(format!("no WAL record starts at {to}")),
+                })
+            } else if !apply(&mut changes, &rec) {
+                Some(Err(format!(
+                    "the WAL at {} cannot show every change (wal_level = minimal, or a record \
+                     pgkeep cannot read)",
+                    rec.lsn
+                )))
             } else {
-                usable = apply(&mut changes, &rec);
-            }
+                last = Some(rec.lsn);
+                None
+            };
         });
-        if !usable {
-            tracing::info!(
-                "the WAL after {from} cannot show every change (wal_level = minimal, or a record \
-                 pgkeep does not know): reading every changed file"
-            );
-            return Ok(None);
-        }
-        if reached {
-            return Ok(Some(changes));
-        }
-        if !whole && !switched {
+        if outcome.is_some() {
             break;
         }
     }
-    tracing::info!("the WAL ends before {to}: reading every changed file");
-    Ok(None)
+    match outcome {
+        Some(Ok(())) => Ok(Some(changes)),
+        Some(Err(why)) => {
+            tracing::info!("{why}: reading every changed file");
+            Ok(None)
+        }
+        None => {
+            tracing::info!("the WAL ends before {to}: reading every changed file");
+            Ok(None)
+        }
+    }
 }
