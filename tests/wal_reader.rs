@@ -40,7 +40,10 @@ fn wal_reader(pg: Pg) {
     main.sql("ALTER TABLE big ALTER t SET STORAGE EXTERNAL"); // wide rows: records span pages
     main.sql("INSERT INTO big SELECT g, repeat(md5(g::text), 400) FROM generate_series(1, 3000) g");
     main.sql("SELECT pg_create_restore_point('first')");
-    main.sql("CHECKPOINT"); // full-page images follow
+    // Full-page images follow, compressed (their headers then carry the hole length).
+    main.sql("ALTER SYSTEM SET wal_compression = 'pglz'");
+    main.sql("SELECT pg_reload_conf()");
+    main.sql("CHECKPOINT");
     main.sql("UPDATE big SET id = id + 1 WHERE id % 7 = 0");
     main.sql("SELECT pg_switch_wal()");
     main.sql("INSERT INTO big SELECT g, 'x' FROM generate_series(1, 20000) g");
@@ -140,6 +143,17 @@ fn wal_reader(pg: Pg) {
     );
     assert_eq!(ours_cmp, theirs);
     assert_eq!(restore_points, vec!["first", "second"]);
+    let details = as_postgres(main.pg.tool("pg_waldump"))
+        .args(["--bkp-details", "--path"])
+        .arg(&wal)
+        .arg(names.first().unwrap())
+        .arg(&end_segment)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&details.stdout).contains("pglz"),
+        "no compressed full-page image was read"
+    );
 }
 
 on_each_version!(wal_reader);
