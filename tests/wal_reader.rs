@@ -178,10 +178,22 @@ fn storage_changes_match_wal_summaries() {
     let env = Env::new("limits", Pg::new(18));
     let main = env.primary();
     main.sql("ALTER SYSTEM SET summarize_wal = on");
-    main.sql("SELECT pg_reload_conf()");
+    main.sql("ALTER SYSTEM SET max_prepared_transactions = 4");
+    main.stop();
+    main.start();
+    let location = env.path("ts");
+    std::fs::create_dir(&location).unwrap();
+    common::chown_postgres(&location);
+    main.sql(&format!(
+        "CREATE TABLESPACE ts LOCATION '{}'",
+        location.display()
+    ));
     main.sql("CREATE TABLE shrink AS SELECT g AS id, repeat('x', 200) AS t FROM generate_series(1, 20000) g");
     main.sql("CREATE TABLE dropped AS SELECT g FROM generate_series(1, 1000) g");
     main.sql("CREATE TABLE emptied AS SELECT g FROM generate_series(1, 1000) g");
+    main.sql("CREATE TABLE prepared_drop AS SELECT g FROM generate_series(1, 1000) g");
+    main.sql("CREATE TABLE in_ts TABLESPACE ts AS SELECT g FROM generate_series(1, 1000) g");
+    main.sql("CREATE DATABASE moved");
     // Summaries end at checkpoints: compare from this one on.
     main.sql("CHECKPOINT");
     let redo = main.sql("SELECT redo_lsn FROM pg_control_checkpoint()");
@@ -193,6 +205,17 @@ fn storage_changes_match_wal_summaries() {
     main.sql("CREATE DATABASE copied STRATEGY FILE_COPY");
     main.sql("CREATE DATABASE logged STRATEGY WAL_LOG");
     main.sql("DROP DATABASE copied");
+    // Two-phase: the dropped relations come with COMMIT PREPARED and ROLLBACK PREPARED.
+    let prepared_drop = main
+        .sql("SELECT pg_relation_filepath('prepared_drop')")
+        .replace("base/", "1663/");
+    main.sql("BEGIN; DROP TABLE prepared_drop; PREPARE TRANSACTION 'a'");
+    main.sql("COMMIT PREPARED 'a'");
+    main.sql("BEGIN; CREATE TABLE prepared_create AS SELECT 1 AS x; PREPARE TRANSACTION 'b'");
+    main.sql("ROLLBACK PREPARED 'b'");
+    main.sql("DELETE FROM in_ts WHERE g > 10");
+    main.sql("VACUUM in_ts");
+    main.sql("ALTER DATABASE moved SET TABLESPACE ts");
     let end: Lsn = main.sql("SELECT pg_switch_wal()").parse().unwrap();
     let last = main.sql(&format!("SELECT pg_walfile_name('{end}')"));
     main.sql("CHECKPOINT"); // WAL after the switch, for the summarizer to go past it
@@ -271,6 +294,14 @@ fn storage_changes_match_wal_summaries() {
     assert!(
         theirs.values().any(|&b| b > 0),
         "a truncation to a non-zero length: {theirs:?}"
+    );
+    assert!(
+        theirs.contains_key(&prepared_drop),
+        "a drop by COMMIT PREPARED: {theirs:?}"
+    );
+    assert!(
+        theirs.keys().any(|k| !k.starts_with("1663/")),
+        "limits in the tablespace: {theirs:?}"
     );
     let differ = |a: &BTreeMap<String, u32>, b: &BTreeMap<String, u32>| -> Vec<String> {
         a.iter()
