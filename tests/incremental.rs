@@ -400,3 +400,79 @@ fn checksums_enabled_since_parent(pg: Pg) {
 }
 
 on_each_version!(checksums_enabled_since_parent);
+
+/// The parent on timeline 1, the cluster restored to a point on it and promoted to
+/// timeline 2: the changed blocks come from timeline 1's WAL up to the branch and
+/// timeline 2's after it, never from timeline 1's WAL past the branch.
+fn across_a_timeline_switch(pg: Pg) {
+    let env = Env::new(&format!("acrosstl{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.pgbench_init(5);
+    main.sql("CREATE TABLE marks (id serial PRIMARY KEY, name text)");
+    let parent = env.backup();
+    let file = main.sql("SELECT pg_relation_filepath('pgbench_accounts')");
+    let size: f64 = main
+        .sql("SELECT pg_relation_size('pgbench_accounts')")
+        .parse()
+        .unwrap();
+
+    main.sql("UPDATE pgbench_accounts SET abalance = 1 WHERE aid <= 500");
+    let branch = main.sql("SELECT pg_current_wal_lsn()");
+    // After the branch on timeline 1: must not count, and must not be restored.
+    main.sql("UPDATE pgbench_accounts SET abalance = 99 WHERE aid > 499000");
+    env.pgkeep_ok(&["check"]);
+    main.stop();
+
+    let pgdata = env.path("tl2");
+    env.pgkeep_ok(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target-lsn",
+        &branch,
+        "--target-action",
+        "promote",
+    ]);
+    let tl2 = env.restored(&pgdata);
+    tl2.start();
+    tl2.wait_promoted();
+    env.write_config(&tl2, "");
+    tl2.sql("UPDATE pgbench_accounts SET abalance = 2 WHERE aid BETWEEN 250000 AND 250500");
+    tl2.sql("INSERT INTO marks (name) VALUES ('tl2')");
+    tl2.sql("CHECKPOINT");
+
+    let out = env.pgkeep_ok(&["backup"]);
+    assert!(out.contains(&format!("incremental from {parent}")), "{out}");
+    assert!(
+        bytes_read(&out) < size / 8.0,
+        "the WAL across the switch should show what changed: {out}"
+    );
+    let incremental = out.split_whitespace().nth(1).unwrap().to_string();
+    let full = env.pgkeep_ok(&["backup", "--full"]);
+    let full_label = full.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(
+        chunks_of(&manifest(&env, &incremental), &file),
+        chunks_of(&manifest(&env, &full_label), &file),
+        "chunks taken unread differ from what a full read finds"
+    );
+
+    let expected = accounts(&tl2);
+    env.pgkeep_ok(&["check"]);
+    tl2.stop();
+    let restored = env.restore_and_start(
+        "restored",
+        &[
+            "--backup",
+            &incremental,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(accounts(&restored), expected);
+    restored.amcheck();
+}
+
+on_each_version!(across_a_timeline_switch);
