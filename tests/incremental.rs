@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Env, Pg, Server, as_postgres};
+use common::{Env, Pg, Server, as_postgres, label_of};
 use pgkeep::engine::backup::CHUNK_SIZE as CHUNK;
 use pgkeep::format::lsn::Lsn;
 
@@ -29,7 +29,7 @@ fn incremental(pg: Pg) {
     main.sql("UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid <= 50000");
     let out = env.pgkeep_ok(&["backup"]);
     assert!(out.contains(&format!("(incremental from {full})")), "{out}");
-    let incr = out.split_whitespace().nth(1).unwrap().to_string();
+    let incr = label_of(&out);
 
     let report = info(&env);
     let full_info = &report["backups"][0];
@@ -167,6 +167,38 @@ fn chunks_of(m: &serde_json::Value, path: &str) -> serde_json::Value {
         .clone()
 }
 
+/// Archives the WAL so far, then restores backup `label` to its consistent point and
+/// starts it.
+fn restore_immediate(env: &Env, label: &str) -> Server {
+    env.pgkeep_ok(&["check"]);
+    env.restore_and_start(
+        "restored",
+        &[
+            "--backup",
+            label,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+    )
+}
+
+/// Takes a `--full` backup and checks that `incremental` holds the same chunks for
+/// `files`: what it took unread is what a full read finds.
+fn assert_chunks_match_full(env: &Env, incremental: &str, files: &[String], size: f64) {
+    let full = env.pgkeep_ok(&["backup", "--full"]);
+    assert!(bytes_read(&full) > size, "{full}");
+    let full_label = label_of(&full);
+    for file in files {
+        assert_eq!(
+            chunks_of(&manifest(env, incremental), file),
+            chunks_of(&manifest(env, &full_label), file),
+            "chunks of {file} taken unread differ from what a full read finds"
+        );
+    }
+}
+
 /// "read 3.4 MiB" in a backup's summary line, in bytes.
 fn bytes_read(summary: &str) -> f64 {
     let rest = summary.split(", read ").nth(1).unwrap();
@@ -221,7 +253,7 @@ fn only_changed_chunks_read(pg: Pg, summaries: bool) {
         read < size / 8.0,
         "read {read} bytes, the accounts table alone is {size}: {out}"
     );
-    let incremental = out.split_whitespace().nth(1).unwrap().to_string();
+    let incremental = label_of(&out);
     // Page LSNs agree: every chunk the incremental shares with its parent holds only
     // pages last changed before the parent started.
     let parent_start: Lsn = manifest(&env, &parent)["start_lsn"]
@@ -253,34 +285,14 @@ fn only_changed_chunks_read(pg: Pg, summaries: bool) {
         }
     }
 
-    let full = env.pgkeep_ok(&["backup", "--full"]);
-    let full_label = full.split_whitespace().nth(1).unwrap().to_string();
-    assert!(bytes_read(&full) > size, "{full}");
-    for file in &files {
-        assert_eq!(
-            chunks_of(&manifest(&env, &incremental), file),
-            chunks_of(&manifest(&env, &full_label), file),
-            "chunks of {file} taken unread differ from what a full read finds"
-        );
-    }
+    assert_chunks_match_full(&env, &incremental, &files, size);
 
     let contents = |s: &Server| {
         accounts(s)
             + &s.sql("SELECT md5(string_agg(id::text || t, ',' ORDER BY id, t)) FROM shrink")
     };
     let expected = contents(&main);
-    env.pgkeep_ok(&["check"]);
-    let restored = env.restore_and_start(
-        "restored",
-        &[
-            "--backup",
-            &incremental,
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-    );
+    let restored = restore_immediate(&env, &incremental);
     assert_eq!(contents(&restored), expected);
     restored.amcheck();
 }
@@ -333,19 +345,8 @@ fn recreated_database(pg: Pg) {
     main.sql("CREATE DATABASE d OID = 50000 TEMPLATE template_b STRATEGY FILE_COPY");
     let out = env.pgkeep_ok(&["backup"]);
     assert!(out.contains("incremental from"), "{out}");
-    let incremental = out.split_whitespace().nth(1).unwrap().to_string();
-    env.pgkeep_ok(&["check"]);
-    let restored = env.restore_and_start(
-        "restored",
-        &[
-            "--backup",
-            &incremental,
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-    );
+    let incremental = label_of(&out);
+    let restored = restore_immediate(&env, &incremental);
     assert_eq!(
         restored.sql_db("d", "SELECT v || ':' || count(*) FROM t GROUP BY v"),
         "new:5000"
@@ -380,21 +381,10 @@ fn checksums_enabled_since_parent(pg: Pg) {
     main.sql("CHECKPOINT");
     let out = env.pgkeep_ok(&["backup"]);
     assert!(!out.contains("incremental from"), "{out}");
-    let label = out.split_whitespace().nth(1).unwrap().to_string();
+    let label = label_of(&out);
 
     let expected = accounts(&main);
-    env.pgkeep_ok(&["check"]);
-    let restored = env.restore_and_start(
-        "restored",
-        &[
-            "--backup",
-            &label,
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-    );
+    let restored = restore_immediate(&env, &label);
     assert_eq!(accounts(&restored), expected);
     restored.amcheck();
 }
@@ -448,29 +438,11 @@ fn across_a_timeline_switch(pg: Pg) {
         bytes_read(&out) < size / 8.0,
         "the WAL across the switch should show what changed: {out}"
     );
-    let incremental = out.split_whitespace().nth(1).unwrap().to_string();
-    let full = env.pgkeep_ok(&["backup", "--full"]);
-    let full_label = full.split_whitespace().nth(1).unwrap().to_string();
-    assert_eq!(
-        chunks_of(&manifest(&env, &incremental), &file),
-        chunks_of(&manifest(&env, &full_label), &file),
-        "chunks taken unread differ from what a full read finds"
-    );
+    let incremental = label_of(&out);
+    assert_chunks_match_full(&env, &incremental, &[file], size);
 
     let expected = accounts(&tl2);
-    env.pgkeep_ok(&["check"]);
-    tl2.stop();
-    let restored = env.restore_and_start(
-        "restored",
-        &[
-            "--backup",
-            &incremental,
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-    );
+    let restored = restore_immediate(&env, &incremental);
     assert_eq!(accounts(&restored), expected);
     restored.amcheck();
 }

@@ -208,12 +208,7 @@ impl Env {
 
     /// Takes a backup and returns its label.
     pub fn backup(&self) -> String {
-        let out = self.pgkeep_ok(&["backup"]);
-        out.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .trim_end_matches(':')
-            .to_string()
+        label_of(&self.pgkeep_ok(&["backup"]))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -487,6 +482,16 @@ impl Drop for Load {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The label in a backup's summary line (`backup LABEL (full): ...`).
+pub fn label_of(summary: &str) -> String {
+    summary
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string()
 }
 
 /// Defines one test per PostgreSQL version for a scenario `fn(Pg)`.

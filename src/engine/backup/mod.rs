@@ -160,7 +160,7 @@ fn changed_blocks(
             );
             None
         }
-        None => walchanges::scan(ctx, seg, path, from, to, empty())?,
+        None => walchanges::scan(ctx, seg, path, from, to, empty()),
     };
     tracing::info!(
         "changed blocks since {from} {} in {:.2} s",
@@ -258,7 +258,8 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         .into_iter()
         .partition(|f| f.rel != "global/pg_control");
     files.sort_by_key(|f| std::cmp::Reverse(f.size));
-    progress.set_length(files.iter().map(|f| f.size).sum());
+    let data_size: u64 = files.iter().map(|f| f.size).sum();
+    progress.set_length(data_size);
 
     let (blob_tx, blob_rx) = bounded::<Blob>(64);
     let sink = ChunkSink {
@@ -293,7 +294,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             seg,
             p.start_lsn()..start_lsn,
             &tablespace_dir,
-            files.iter().map(|f| f.size).sum(),
+            data_size,
         )?,
         None => None,
     };

@@ -10,8 +10,6 @@
 
 use std::io::ErrorKind;
 
-use anyhow::{Context as _, Result};
-
 use super::changes::ChangedBlocks;
 use crate::engine::Context;
 use crate::format::history::TimelinePath;
@@ -61,18 +59,22 @@ fn apply(changes: &mut ChangedBlocks, rec: &Record) -> bool {
     true
 }
 
-/// One segment's bytes: archived, or else still in `pg_wal`.
-fn segment(ctx: &Context, name: &str) -> Result<Option<Vec<u8>>> {
+/// One segment's bytes: archived, or else still in `pg_wal`; `None` if neither can be
+/// read (the backup then reads every changed file rather than fail).
+fn segment(ctx: &Context, name: &str) -> Option<Vec<u8>> {
     match ctx.repo.get_wal(name) {
-        Ok(Some(bytes)) => return Ok(Some(bytes)),
+        Ok(Some(bytes)) => return Some(bytes),
         Ok(None) => {}
         Err(e) => tracing::warn!("{e:#}; reading {name} from pg_wal instead"),
     }
     let path = ctx.cluster.pgdata.join("pg_wal").join(name);
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!("cannot read {}: {e}", path.display());
+            None
+        }
     }
 }
 
@@ -89,7 +91,7 @@ pub fn scan(
     from: Lsn,
     to: Lsn,
     mut changes: ChangedBlocks,
-) -> Result<Option<ChangedBlocks>> {
+) -> Option<ChangedBlocks> {
     let mut reader = RecordReader::default();
     let mut last: Option<Lsn> = None;
     // Set when the scan is over: reached `to`, or why it gives up.
@@ -97,9 +99,9 @@ pub fn scan(
     // `to` may be the last position of a segment, its record in the next one.
     for segno in seg.segno(from)..=seg.segno(to) + 1 {
         let name = seg.name(path.timeline_of_segment(seg, segno), segno);
-        let Some(bytes) = segment(ctx, &name)? else {
+        let Some(bytes) = segment(ctx, &name) else {
             outcome = Some(Err(format!(
-                "WAL segment {name} is neither archived nor in pg_wal"
+                "WAL segment {name} is neither archived nor readable in pg_wal"
             )));
             break;
         };
@@ -113,11 +115,10 @@ pub fn scan(
             };
             outcome = if !follows {
                 Some(Err(format!("the WAL has a gap before {}", rec.lsn)))
-            } else if rec.lsn >= to {
-                Some(match rec.lsn == to {
-                    true => Ok(()),
-                    false => Err(format!("no WAL record starts at {to}")),
-                })
+            } else if rec.lsn == to {
+                Some(Ok(()))
+            } else if rec.lsn > to {
+                Some(Err(format!("no WAL record starts at {to}")))
             } else if !apply(&mut changes, &rec) {
                 Some(Err(format!(
                     "the WAL at {} cannot show every change (wal_level = minimal, or a record \
@@ -133,15 +134,11 @@ pub fn scan(
             break;
         }
     }
-    match outcome {
-        Some(Ok(())) => Ok(Some(changes)),
-        Some(Err(why)) => {
-            tracing::info!("{why}: reading every changed file");
-            Ok(None)
-        }
-        None => {
-            tracing::info!("the WAL ends before {to}: reading every changed file");
-            Ok(None)
-        }
-    }
+    let why = match outcome {
+        Some(Ok(())) => return Some(changes),
+        Some(Err(why)) => why,
+        None => format!("the WAL ends before {to}"),
+    };
+    tracing::info!("{why}: reading every changed file");
+    None
 }
