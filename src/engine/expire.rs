@@ -23,7 +23,7 @@ use super::backup::PACK_SIZE;
 use super::retention::{self, BackupFacts, Plan};
 use crate::format::wal::{SegmentSize, WalFile};
 use crate::repo::manifest::Manifest;
-use crate::repo::pack::{ChunkId, ChunkIndex, ChunkLocation, PackWriter, pack_key};
+use crate::repo::pack::{ChunkId, ChunkIndex, ChunkLocation, PackWriter, pack_key, pack_size};
 
 pub struct ExpireReport {
     pub plan: Plan,
@@ -183,7 +183,9 @@ enum Fate {
     Keep,
     /// Nothing in it is live.
     Remove,
-    /// Less than half of it is live: copy the live chunks into new packs.
+    /// Copying the live chunks into new packs takes less than half the space. A pack
+    /// whose copy would be as large (all live, however small) is kept: rewriting it
+    /// would free nothing, and could write the very same pack.
     Rewrite,
 }
 
@@ -213,16 +215,16 @@ fn decide_fates(
             .iter()
             .enumerate()
             .map(|(pack, chunks)| {
-                let live_bytes: u64 = chunks
+                let (live_count, live_bytes) = chunks
                     .iter()
                     .filter(|(id, _)| live.contains(id))
-                    .map(|(_, l)| l.stored_len as u64)
-                    .sum();
-                let any_live = chunks.iter().any(|(id, _)| live.contains(id));
+                    .fold((0, 0), |(n, bytes), (_, l)| {
+                        (n + 1, bytes + l.stored_len as u64)
+                    });
                 match sizes.get(index.pack_name(pack as u32)) {
-                    _ if !any_live => Fate::Remove,
+                    _ if live_count == 0 => Fate::Remove,
                     None => Fate::Keep, // the pack itself is missing: verify reports it
-                    Some(&size) if live_bytes * 2 < size => Fate::Rewrite,
+                    Some(&size) if pack_size(live_count, live_bytes) * 2 < size => Fate::Rewrite,
                     Some(_) => Fate::Keep,
                 }
             })
@@ -276,23 +278,17 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
         report.bytes_freed += sizes.get(name).copied().unwrap_or(0);
         Ok(())
     };
-    // Packs whose writer died before indexing them: nothing refers to them.
-    for name in &index.unindexed {
-        remove(name, &mut report)?;
-        report.packs_removed += 1;
-    }
     let packs = index.by_pack();
     let fates = decide_fates(&index, &packs, &sizes, &mut live);
-    let mut writer = PackWriter::new(storage.clone(), prefix.clone(), PACK_SIZE);
+    // Packs whose writer died before indexing them: nothing refers to them.
+    let mut unreferenced: Vec<&str> = index.unindexed.iter().map(String::as_str).collect();
     let mut rewritten = Vec::new();
+    let mut writer = PackWriter::new(storage.clone(), prefix.clone(), PACK_SIZE);
     for (pack, chunks) in packs.iter().enumerate() {
         let name = index.pack_name(pack as u32);
         match fates[pack] {
             Fate::Keep => {}
-            Fate::Remove => {
-                remove(name, &mut report)?;
-                report.packs_removed += 1;
-            }
+            Fate::Remove => unreferenced.push(name),
             Fate::Rewrite => {
                 let key = index.pack_key(&prefix, pack as u32);
                 for (id, loc) in chunks.iter().filter(|(id, _)| live.contains(id)) {
@@ -308,19 +304,73 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
                         &payload,
                     )?;
                 }
-                rewritten.push(name.to_string());
+                rewritten.push(name);
             }
         }
     }
-    writer.flush()?; // the copies are durable before the originals go
+    writer.flush()?; // the copies are durable before any original goes
     report.bytes_freed = report.bytes_freed.saturating_sub(writer.stored_bytes);
-    for name in &rewritten {
-        remove(name, &mut report)?;
+    // A pack's name is its content hash: a copy with the same bytes as a pack on its way
+    // out is that very pack, which must stay.
+    for name in unreferenced.iter().chain(&rewritten) {
+        if !writer.stored.iter().any(|s| s == name) {
+            remove(name, &mut report)?;
+        }
     }
+    report.packs_removed = unreferenced.len();
     report.packs_rewritten = rewritten.len();
     report.temporaries_removed = storage.remove_stale_temporaries(&prefix, Duration::ZERO)?
         + storage
             .remove_stale_temporaries(&format!("{}/backups", ctx.repo.name), Duration::ZERO)?
         + storage.remove_stale_temporaries(&format!("{}/wal", ctx.repo.name), WAL_TEMP_AGE)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::object::Compression;
+
+    /// An index of one pack per entry of `packs`, each holding chunks of the given
+    /// stored lengths; chunk ids are their position overall.
+    fn index_of(packs: &[&[u32]]) -> (ChunkIndex, BTreeMap<String, u64>, Vec<ChunkId>) {
+        let mut index = ChunkIndex::default();
+        let mut sizes = BTreeMap::new();
+        let mut ids = Vec::new();
+        for (pack, lens) in packs.iter().enumerate() {
+            let name = format!("{pack:064x}");
+            let mut offset = 0;
+            for &len in *lens {
+                let id = ChunkId::of(&(ids.len() as u64).to_le_bytes());
+                let loc = ChunkLocation {
+                    pack: pack as u32,
+                    offset,
+                    stored_len: len,
+                    raw_len: 8192,
+                    compression: Compression::Zstd,
+                    delta: None,
+                };
+                index.chunks.insert(id, loc);
+                ids.push(id);
+                offset += len as u64;
+            }
+            sizes.insert(name.clone(), pack_size(lens.len(), offset));
+            index.packs.push(name);
+        }
+        (index, sizes, ids)
+    }
+
+    #[test]
+    fn fates_follow_the_space_a_rewrite_frees() {
+        // Pack 0: one tiny chunk, live. Pack 1: a live and a large dead chunk. Pack 2:
+        // nothing live. Pack 3: mostly live.
+        let (index, sizes, ids) = index_of(&[&[40], &[100, 5000], &[300], &[4000, 1000]]);
+        let mut live: HashSet<ChunkId> = [ids[0], ids[1], ids[4]].into_iter().collect();
+        let fates = decide_fates(&index, &index.by_pack(), &sizes, &mut live);
+        assert_eq!(
+            fates,
+            [Fate::Keep, Fate::Rewrite, Fate::Remove, Fate::Keep],
+            "a pack whose copy would be no smaller is kept, however small"
+        );
+    }
 }

@@ -12,6 +12,7 @@
 //! as `NAME.idx` (an enveloped object) so readers need not open every pack. A pack is
 //! written before its `.idx`, and both before any manifest that refers to their chunks.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
@@ -166,6 +167,12 @@ fn decode_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
         .collect()
 }
 
+/// The size of a pack holding `entries` chunks of `payload` bytes in all: the payloads,
+/// the index, and the footer (index length and magic).
+pub fn pack_size(entries: usize, payload: u64) -> u64 {
+    payload + (12 + entries * ENTRY_LEN_V3 + 8) as u64
+}
+
 /// The key of pack `name`'s `.pack` or `.idx` object under `prefix`.
 pub fn pack_key(prefix: &str, name: &str, ext: &str) -> String {
     format!("{prefix}/{}/{name}.{ext}", &name[..2])
@@ -180,6 +187,9 @@ pub struct PackWriter {
     entries: Vec<IndexEntry>,
     /// Bytes of packs stored so far (chunk payloads plus index).
     pub stored_bytes: u64,
+    /// Names of the packs stored so far. A pack's name is its content hash, so a pack
+    /// that already existed with the same bytes is listed too.
+    pub stored: Vec<String>,
 }
 
 impl PackWriter {
@@ -192,6 +202,7 @@ impl PackWriter {
             buf: Vec::new(),
             entries: Vec::new(),
             stored_bytes: 0,
+            stored: Vec::new(),
         }
     }
 
@@ -224,6 +235,10 @@ impl PackWriter {
             return Ok(());
         }
         let index = encode_index(&self.entries);
+        debug_assert_eq!(
+            pack_size(self.entries.len(), self.buf.len() as u64),
+            (self.buf.len() + index.len() + 8) as u64
+        );
         self.buf.extend_from_slice(&index);
         self.buf
             .extend_from_slice(&(index.len() as u32).to_le_bytes());
@@ -236,6 +251,7 @@ impl PackWriter {
             &object::encode(&index, 3)?,
         )?;
         self.stored_bytes += self.buf.len() as u64;
+        self.stored.push(name);
         self.buf.clear();
         self.entries.clear();
         Ok(())
@@ -251,6 +267,13 @@ pub struct ChunkLocation {
     pub raw_len: u32,
     pub compression: Compression,
     pub delta: Option<Delta>,
+}
+
+impl ChunkLocation {
+    /// How many bases reading the chunk goes through.
+    fn depth(&self) -> u8 {
+        self.delta.map_or(0, |d| d.depth)
+    }
 }
 
 /// Every chunk in a repository folder and where it is stored.
@@ -309,6 +332,9 @@ impl ChunkIndex {
             }
         }
         let mut index = ChunkIndex::default();
+        // Second copies of chunks stored twice (by concurrent backups, or by a collection
+        // interrupted between copying a pack and removing it).
+        let mut spares: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
         for (name, (pack_size, has_idx)) in packs {
             if !has_idx {
                 index.unindexed.push(name);
@@ -347,20 +373,27 @@ impl ChunkIndex {
             let pack = index.packs.len() as u32;
             index.packs.push(name);
             for e in entries {
-                index.chunks.insert(
-                    e.id,
-                    ChunkLocation {
-                        pack,
-                        offset: e.offset,
-                        stored_len: e.stored_len,
-                        raw_len: e.raw_len,
-                        compression: e.compression,
-                        delta: e.delta,
-                    },
-                );
+                let loc = ChunkLocation {
+                    pack,
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                    raw_len: e.raw_len,
+                    compression: e.compression,
+                    delta: e.delta,
+                };
+                // Read a chunk stored twice through the shorter chain of bases.
+                let spare = match index.chunks.entry(e.id) {
+                    Entry::Vacant(v) => {
+                        v.insert(loc);
+                        continue;
+                    }
+                    Entry::Occupied(mut o) if loc.depth() < o.get().depth() => o.insert(loc),
+                    Entry::Occupied(_) => loc,
+                };
+                spares.entry(e.id).or_default().push(spare);
             }
         }
-        index.drop_broken_deltas();
+        index.drop_broken_deltas(spares);
         for (name, why) in &index.unreadable {
             tracing::warn!(
                 "pack {name} has no readable index ({why}); its chunks are treated as missing"
@@ -371,35 +404,52 @@ impl ChunkIndex {
 
     /// Drops deltas whose chain of bases is not all indexed (a collection interrupted
     /// between two packs, or a lost pack): they cannot be read, so they must not be
-    /// deduplicated against. A backup that refers to one finds it missing.
-    fn drop_broken_deltas(&mut self) {
-        let broken: Vec<ChunkId> = self
-            .chunks
-            .iter()
-            .filter(|(_, loc)| {
-                let mut next = loc.delta;
-                for _ in 0..=MAX_DELTA_DEPTH {
-                    match next {
-                        None => return false,
-                        Some(d) => match self.chunks.get(&d.base) {
-                            Some(base) => next = base.delta,
-                            None => return true,
-                        },
-                    }
+    /// deduplicated against. A chunk stored twice is read from its other copy instead.
+    /// A backup that refers to a dropped chunk finds it missing.
+    fn drop_broken_deltas(&mut self, mut spares: HashMap<ChunkId, Vec<ChunkLocation>>) {
+        loop {
+            let broken: Vec<ChunkId> = self
+                .chunks
+                .iter()
+                .filter(|(_, loc)| !self.chain_complete(loc))
+                .map(|(id, _)| *id)
+                .collect();
+            let mut replaced = false;
+            for id in &broken {
+                if let Some(spare) = spares.get_mut(id).and_then(Vec::pop) {
+                    self.chunks.insert(*id, spare);
+                    replaced = true;
                 }
-                true // too long, or a loop
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        if !broken.is_empty() {
-            tracing::info!(
-                "{} stored deltas have no base left and are ignored",
-                broken.len()
-            );
+            }
+            if replaced {
+                continue; // a replaced base may complete other chains
+            }
+            if !broken.is_empty() {
+                tracing::info!(
+                    "{} stored deltas have no base left and are ignored",
+                    broken.len()
+                );
+            }
+            for id in broken {
+                self.chunks.remove(&id);
+            }
+            return;
         }
-        for id in broken {
-            self.chunks.remove(&id);
+    }
+
+    /// Whether every base `loc` is read through is indexed, within the depth limit.
+    fn chain_complete(&self, loc: &ChunkLocation) -> bool {
+        let mut next = loc.delta;
+        for _ in 0..=MAX_DELTA_DEPTH {
+            match next {
+                None => return true,
+                Some(d) => match self.chunks.get(&d.base) {
+                    Some(base) => next = base.delta,
+                    None => return false,
+                },
+            }
         }
+        false // too long, or a loop
     }
 
     pub fn pack_key(&self, prefix: &str, pack: u32) -> String {
@@ -638,5 +688,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is corrupt"), "{err}");
+    }
+
+    /// Stores `data` as an XOR delta of `base` in a pack of its own.
+    fn store_delta(writer: &mut PackWriter, data: &[u8], base: &[u8]) {
+        let (compression, payload) = encode_delta(data, base, 3).unwrap();
+        let delta = Delta {
+            base: ChunkId::of(base),
+            depth: 1,
+            method: DeltaMethod::Xor,
+        };
+        writer
+            .add(
+                ChunkId::of(data),
+                data.len(),
+                compression,
+                Some(delta),
+                &payload,
+            )
+            .unwrap();
+        writer.flush().unwrap();
+    }
+
+    /// Stores `data` whole in a pack of its own.
+    fn store_whole(writer: &mut PackWriter, data: &[u8]) {
+        let (compression, payload) = object::compress(data, 3).unwrap();
+        writer
+            .add(ChunkId::of(data), data.len(), compression, None, &payload)
+            .unwrap();
+        writer.flush().unwrap();
+    }
+
+    #[test]
+    fn a_chunk_stored_twice_reads_from_the_copy_whose_bases_remain() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
+        let mut writer = PackWriter::new(storage.clone(), "c/packs".into(), 1 << 20);
+        let (gone, kept) = (vec![1u8; 4096], vec![2u8; 4096]);
+        let mut chunk = kept.clone();
+        chunk[100] = 7;
+        // Two concurrent backups stored `chunk` against different bases; collection
+        // then removed one base (it never was stored here).
+        store_delta(&mut writer, &chunk, &gone);
+        store_whole(&mut writer, &kept);
+        store_delta(&mut writer, &chunk, &kept);
+        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let id = ChunkId::of(&chunk);
+        assert_eq!(index.read(&*storage, "c/packs", &id).unwrap(), chunk);
+        // Stored whole as well: read whole, whatever the order of the packs.
+        store_whole(&mut writer, &chunk);
+        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        assert_eq!(index.chunks[&id].delta, None);
+        // Only through a missing base: the chunk is unknown, so it is stored again.
+        let mut lost = gone.clone();
+        lost[5] = 9;
+        store_delta(&mut writer, &lost, &gone);
+        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        assert!(!index.chunks.contains_key(&ChunkId::of(&lost)));
     }
 }
