@@ -1,11 +1,12 @@
-//! A flipped byte anywhere in the repository is named by verify and stops restore.
+//! A flipped byte anywhere in the repository is named by verify and stops restore; a
+//! lost pack is named by verify and does not spread to the next backup.
 
 mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{Env, Pg};
+use common::{ACCOUNTS_FINGERPRINT, Env, Pg};
 use pgkeep::repo::pack::ChunkIndex;
 use pgkeep::repo::storage::LocalStorage;
 
@@ -100,3 +101,48 @@ fn corruption(pg: Pg) {
 }
 
 on_each_version!(corruption);
+
+/// A pack file lost from the repository (its index left behind): verify names the
+/// backup that needed it, and the next backup, though incremental, reads that data
+/// again instead of referring to what is gone; it alone restores.
+fn lost_pack(pg: Pg) {
+    let env = Env::new(&format!("lostpack{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.pgbench_init(1);
+    let full = env.backup();
+    let index = ChunkIndex::load(&LocalStorage::new(&env.repo), "main/packs").unwrap();
+    let largest = (0..index.packs.len() as u32)
+        .map(|p| env.repo.join(index.pack_key("main/packs", p)))
+        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
+        .unwrap();
+    std::fs::remove_file(&largest).unwrap();
+    let err = env.pgkeep_err(&["verify"]);
+    assert!(
+        err.contains("pack itself is missing") && err.contains(&full),
+        "{err}"
+    );
+
+    let expected = main.sql(ACCOUNTS_FINGERPRINT);
+    let incremental = env.backup();
+    let err = env.pgkeep_err(&["verify"]);
+    assert!(
+        !err.contains(&incremental),
+        "the new backup refers to lost data: {err}"
+    );
+    env.pgkeep_ok(&["check"]);
+    let server = env.restore_and_start(
+        "restored",
+        &[
+            "--backup",
+            &incremental,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(server.sql(ACCOUNTS_FINGERPRINT), expected);
+}
+
+on_each_version!(lost_pack);

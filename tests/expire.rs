@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Env, Pg};
+use common::{ACCOUNTS_FINGERPRINT, Env, Pg};
 use pgkeep::repo::object;
 
 /// Labels of the published backups.
@@ -140,8 +140,8 @@ fn burst(main: &common::Server) {
     );
 }
 
-/// Restores `label` to `lsn` and checks it holds `expected`.
-fn restores_to(env: &Env, label: &str, lsn: &str, expected: &str, fingerprint: &str) {
+/// Restores `label` to `lsn` and checks its accounts hold `expected`.
+fn restores_to(env: &Env, label: &str, lsn: &str, expected: &str) {
     static RESTORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RESTORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let server = env.restore_and_start(
@@ -156,16 +156,13 @@ fn restores_to(env: &Env, label: &str, lsn: &str, expected: &str, fingerprint: &
         ],
     );
     assert_eq!(
-        server.sql(fingerprint),
+        server.sql(ACCOUNTS_FINGERPRINT),
         expected,
         "backup {label} restored the wrong data"
     );
     assert!(server.pgbench_consistent());
     server.stop();
 }
-
-const FINGERPRINT: &str =
-    "SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts";
 
 fn with_retention(env: &Env) {
     let base = std::fs::read_to_string(&env.config).unwrap();
@@ -209,17 +206,17 @@ fn crash_safety(pg: Pg) {
         env.pgkeep_ok(&["verify"]);
     }
     burst(&main);
-    let expected = main.sql(FINGERPRINT);
+    let expected = main.sql(ACCOUNTS_FINGERPRINT);
     let lsn = main.sql("SELECT pg_current_wal_lsn()");
     env.pgkeep_ok(&["check"]);
     for label in labels(&env.repo) {
-        restores_to(&env, &label, &lsn, &expected, FINGERPRINT);
+        restores_to(&env, &label, &lsn, &expected);
     }
     env.pgkeep_ok(&["expire"]);
     env.pgkeep_ok(&["verify"]);
     let left = labels(&env.repo);
     assert_eq!(left.len(), 1);
-    restores_to(&env, &left[0], &lsn, &expected, FINGERPRINT);
+    restores_to(&env, &left[0], &lsn, &expected);
 }
 
 on_each_version!(crash_safety);
@@ -251,7 +248,7 @@ fn beside_backups(pg: Pg) {
         });
     });
     load.stop(&main);
-    let expected = main.sql(FINGERPRINT);
+    let expected = main.sql(ACCOUNTS_FINGERPRINT);
     let lsn = main.sql("SELECT pg_current_wal_lsn()");
     env.pgkeep_ok(&["check"]);
     env.pgkeep_ok(&["verify"]);
@@ -259,7 +256,7 @@ fn beside_backups(pg: Pg) {
     env.pgkeep_ok(&["verify"]);
     let left = labels(&env.repo);
     assert_eq!(left.len(), 1);
-    restores_to(&env, &left[0], &lsn, &expected, FINGERPRINT);
+    restores_to(&env, &left[0], &lsn, &expected);
 }
 
 on_each_version!(beside_backups);
@@ -279,7 +276,7 @@ fn tiny_changes_survive_collection(pg: Pg) {
     main.sql("UPDATE pgbench_accounts SET abalance = 7 WHERE aid = 1");
     env.backup();
     let label = env.backup();
-    let expected = main.sql(FINGERPRINT);
+    let expected = main.sql(ACCOUNTS_FINGERPRINT);
     env.pgkeep_ok(&["expire"]);
     for _ in 0..2 {
         let again = env.pgkeep_ok(&["expire"]);
@@ -288,7 +285,7 @@ fn tiny_changes_survive_collection(pg: Pg) {
     }
     env.pgkeep_ok(&["check"]);
     let server = env.restore_and_start("restored", &["--backup", &label]);
-    assert_eq!(server.sql(FINGERPRINT), expected);
+    assert_eq!(server.sql(ACCOUNTS_FINGERPRINT), expected);
 }
 
 on_each_version!(tiny_changes_survive_collection);

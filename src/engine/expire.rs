@@ -204,12 +204,22 @@ fn keep_with_bases(index: &ChunkIndex, live: &mut HashSet<ChunkId>, mut id: Chun
 
 /// Decides each pack's fate. Every chunk of a kept pack stays in the index, so whatever
 /// it is read through must stay too: decisions repeat until no base is added.
+///
+/// A chunk a backup refers to that cannot be read now (its bases are in a pack whose
+/// index is damaged) may become readable once that is mended: every pack holding a
+/// copy of one is kept.
 fn decide_fates(
     index: &ChunkIndex,
     packs: &[Vec<(ChunkId, ChunkLocation)>],
     sizes: &BTreeMap<String, u64>,
     live: &mut HashSet<ChunkId>,
 ) -> Vec<Fate> {
+    let unreadable: Vec<(u32, ChunkId)> = index
+        .other_copies
+        .iter()
+        .filter(|(id, _)| !index.chunks.contains_key(id))
+        .map(|(id, loc)| (loc.pack, *id))
+        .collect();
     loop {
         let fates: Vec<Fate> = packs
             .iter()
@@ -221,9 +231,13 @@ fn decide_fates(
                     .fold((0, 0), |(n, bytes), (_, l)| {
                         (n + 1, bytes + l.stored_len as u64)
                     });
+                let holds_unreadable = unreadable
+                    .iter()
+                    .any(|(p, id)| *p == pack as u32 && live.contains(id));
                 match sizes.get(index.pack_name(pack as u32)) {
+                    _ if holds_unreadable => Fate::Keep,
                     _ if live_count == 0 => Fate::Remove,
-                    None => Fate::Keep, // the pack itself is missing: verify reports it
+                    None => Fate::Keep, // gone since the index was read: leave it to verify
                     Some(&size) if pack_size(live_count, live_bytes) * 2 < size => Fate::Rewrite,
                     Some(_) => Fate::Keep,
                 }
@@ -364,7 +378,7 @@ mod tests {
     fn fates_follow_the_space_a_rewrite_frees() {
         // Pack 0: one tiny chunk, live. Pack 1: a live and a large dead chunk. Pack 2:
         // nothing live. Pack 3: mostly live.
-        let (index, sizes, ids) = index_of(&[&[40], &[100, 5000], &[300], &[4000, 1000]]);
+        let (mut index, sizes, ids) = index_of(&[&[40], &[100, 5000], &[300], &[4000, 1000]]);
         let mut live: HashSet<ChunkId> = [ids[0], ids[1], ids[4]].into_iter().collect();
         let fates = decide_fates(&index, &index.by_pack(), &sizes, &mut live);
         assert_eq!(
@@ -372,5 +386,17 @@ mod tests {
             [Fate::Keep, Fate::Rewrite, Fate::Remove, Fate::Keep],
             "a pack whose copy would be no smaller is kept, however small"
         );
+        // Pack 2 also holds a delta a backup refers to whose base cannot be read now.
+        let waiting = ChunkId::of(b"a delta whose base is in a damaged pack");
+        let mut loc = index.chunks[&ids[3]];
+        loc.delta = Some(crate::repo::pack::Delta {
+            base: ChunkId::of(b"gone"),
+            depth: 1,
+            method: crate::repo::pack::DeltaMethod::Xor,
+        });
+        index.other_copies.push((waiting, loc));
+        live.insert(waiting);
+        let fates = decide_fates(&index, &index.by_pack(), &sizes, &mut live);
+        assert_eq!(fates[2], Fate::Keep);
     }
 }

@@ -287,6 +287,9 @@ pub fn restore(
             pgdata.display()
         );
     }
+    // Held to the end: collection cannot remove packs while they are read, even those
+    // of a backup `expire` removes meanwhile.
+    let _data_lock = ctx.repo.lock_data_shared()?;
     let manifests = ctx.repo.readable_manifests(opts.backup.as_deref())?;
     let paths = target::timeline_paths(&ctx.repo)?;
     let restore_points = match &opts.target {

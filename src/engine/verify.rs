@@ -138,6 +138,8 @@ fn check_chunks(
 
 pub fn verify(ctx: &Context) -> Result<VerifyReport> {
     let info = ctx.repo.require_info()?;
+    // Collection waits meanwhile: a pack it removes mid-check would read as missing.
+    let _data_lock = ctx.repo.lock_data_shared()?;
     let seg = SegmentSize(info.wal_segment_size);
     let mut problems = Vec::new();
     let mut manifests = Vec::new();

@@ -243,8 +243,9 @@ impl ClusterRepo {
     }
 
     /// Held (shared) by every backup from before it reads the chunk index until its
-    /// manifest is published; garbage collection takes it exclusively, so it never
-    /// removes data an unfinished backup is about to reference.
+    /// manifest is published, and by restore and verify while they read packs; garbage
+    /// collection takes it exclusively, so it never removes data an unfinished backup
+    /// is about to reference or a restore is reading.
     pub fn lock_data_shared(&self) -> Result<storage::LockGuard> {
         Ok(self
             .storage

@@ -269,18 +269,15 @@ pub struct ChunkLocation {
     pub delta: Option<Delta>,
 }
 
-impl ChunkLocation {
-    /// How many bases reading the chunk goes through.
-    fn depth(&self) -> u8 {
-        self.delta.map_or(0, |d| d.depth)
-    }
-}
-
 /// Every chunk in a repository folder and where it is stored.
 #[derive(Default)]
 pub struct ChunkIndex {
     pub packs: Vec<String>,
+    /// The copy each readable chunk is read from.
     pub chunks: HashMap<ChunkId, ChunkLocation>,
+    /// Every other stored copy: second copies of chunks stored twice, and deltas that
+    /// cannot be read (their bases are gone, perhaps in an unreadable pack).
+    pub other_copies: Vec<(ChunkId, ChunkLocation)>,
     /// Packs whose index cannot be read from either copy, with why: their chunks are
     /// unknown, and they are never removed automatically.
     pub unreadable: Vec<(String, String)>,
@@ -332,9 +329,8 @@ impl ChunkIndex {
             }
         }
         let mut index = ChunkIndex::default();
-        // Second copies of chunks stored twice (by concurrent backups, or by a collection
-        // interrupted between copying a pack and removing it).
-        let mut spares: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
+        // Deltas are placed once every whole chunk is known.
+        let mut deltas: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
         for (name, (pack_size, has_idx)) in packs {
             if !has_idx {
                 index.unindexed.push(name);
@@ -347,7 +343,12 @@ impl ChunkIndex {
                 .and_then(|bytes| object::decode(&bytes))
                 .and_then(|plain| decode_index(&plain));
             let entries = match (from_idx, pack_size) {
-                (Ok(entries), _) => entries,
+                (Ok(_), None) => {
+                    let why = "its index is there but the pack itself is missing".to_string();
+                    index.unreadable.push((name, why));
+                    continue;
+                }
+                (Ok(entries), Some(_)) => entries,
                 (Err(idx_err), Some(size)) => {
                     match footer_index(storage, &pack_key(prefix, &name, "pack"), size) {
                         Ok(entries) => {
@@ -381,19 +382,16 @@ impl ChunkIndex {
                     compression: e.compression,
                     delta: e.delta,
                 };
-                // Read a chunk stored twice through the shorter chain of bases.
-                let spare = match index.chunks.entry(e.id) {
-                    Entry::Vacant(v) => {
-                        v.insert(loc);
-                        continue;
-                    }
-                    Entry::Occupied(mut o) if loc.depth() < o.get().depth() => o.insert(loc),
-                    Entry::Occupied(_) => loc,
-                };
-                spares.entry(e.id).or_default().push(spare);
+                if loc.delta.is_some() {
+                    deltas.entry(e.id).or_default().push(loc);
+                } else if let Entry::Vacant(v) = index.chunks.entry(e.id) {
+                    v.insert(loc);
+                } else {
+                    index.other_copies.push((e.id, loc));
+                }
             }
         }
-        index.drop_broken_deltas(spares);
+        index.place_deltas(deltas);
         for (name, why) in &index.unreadable {
             tracing::warn!(
                 "pack {name} has no readable index ({why}); its chunks are treated as missing"
@@ -402,54 +400,54 @@ impl ChunkIndex {
         Ok(index)
     }
 
-    /// Drops deltas whose chain of bases is not all indexed (a collection interrupted
-    /// between two packs, or a lost pack): they cannot be read, so they must not be
-    /// deduplicated against. A chunk stored twice is read from its other copy instead.
-    /// A backup that refers to a dropped chunk finds it missing.
-    fn drop_broken_deltas(&mut self, mut spares: HashMap<ChunkId, Vec<ChunkLocation>>) {
-        loop {
-            let broken: Vec<ChunkId> = self
-                .chunks
+    /// Chooses the copy each delta is read from: the one with the shortest chain of
+    /// bases as they are now (a chunk may be stored more than once, by concurrent
+    /// backups or a collection interrupted between copying a pack and removing it, and
+    /// copies of a base may differ), recording that true depth. A chunk also stored
+    /// whole is read whole. A delta whose bases are gone (a lost pack) or whose chain
+    /// is too long cannot be read: it stays out of `chunks`, so it is not deduplicated
+    /// against, and a backup that refers to it finds it missing.
+    fn place_deltas(&mut self, mut pending: HashMap<ChunkId, Vec<ChunkLocation>>) {
+        pending.retain(|id, copies| {
+            let whole = self.chunks.contains_key(id);
+            if whole {
+                self.other_copies.extend(copies.drain(..).map(|c| (*id, c)));
+            }
+            !whole
+        });
+        for depth in 1..=MAX_DELTA_DEPTH {
+            // Bases placed in this round wait for the next: depths then grow one a round.
+            let ready: Vec<(ChunkId, usize)> = pending
                 .iter()
-                .filter(|(_, loc)| !self.chain_complete(loc))
-                .map(|(id, _)| *id)
+                .filter_map(|(id, copies)| {
+                    let readable = |c: &ChunkLocation| {
+                        c.delta.is_some_and(|d| self.chunks.contains_key(&d.base))
+                    };
+                    Some((*id, copies.iter().position(readable)?))
+                })
                 .collect();
-            let mut replaced = false;
-            for id in &broken {
-                if let Some(spare) = spares.get_mut(id).and_then(Vec::pop) {
-                    self.chunks.insert(*id, spare);
-                    replaced = true;
-                }
+            if ready.is_empty() {
+                break;
             }
-            if replaced {
-                continue; // a replaced base may complete other chains
-            }
-            if !broken.is_empty() {
-                tracing::info!(
-                    "{} stored deltas have no base left and are ignored",
-                    broken.len()
-                );
-            }
-            for id in broken {
-                self.chunks.remove(&id);
-            }
-            return;
-        }
-    }
-
-    /// Whether every base `loc` is read through is indexed, within the depth limit.
-    fn chain_complete(&self, loc: &ChunkLocation) -> bool {
-        let mut next = loc.delta;
-        for _ in 0..=MAX_DELTA_DEPTH {
-            match next {
-                None => return true,
-                Some(d) => match self.chunks.get(&d.base) {
-                    Some(base) => next = base.delta,
-                    None => return false,
-                },
+            for (id, at) in ready {
+                let mut copies = pending.remove(&id).expect("pending");
+                let mut chosen = copies.swap_remove(at);
+                chosen.delta = chosen.delta.map(|d| Delta { depth, ..d });
+                self.chunks.insert(id, chosen);
+                self.other_copies
+                    .extend(copies.into_iter().map(|c| (id, c)));
             }
         }
-        false // too long, or a loop
+        if !pending.is_empty() {
+            tracing::info!(
+                "{} stored deltas have no base left and are ignored",
+                pending.len()
+            );
+        }
+        for (id, copies) in pending {
+            self.other_copies
+                .extend(copies.into_iter().map(|c| (id, c)));
+        }
     }
 
     pub fn pack_key(&self, prefix: &str, pack: u32) -> String {

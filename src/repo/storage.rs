@@ -234,10 +234,12 @@ impl Storage for LocalStorage {
         Ok(self.path(key)?.exists())
     }
 
+    /// Durable before it returns: removals happen in an order (a manifest before the
+    /// data it refers to, an index before its pack) that a crash must not undo.
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
         match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
+            Ok(()) => sync_dir(path.parent().unwrap()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).with_context(|| format!("cannot delete {}", path.display())),
         }

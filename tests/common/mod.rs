@@ -484,6 +484,10 @@ impl Drop for Load {
     }
 }
 
+/// A query whose result changes with any balance of `pgbench_accounts`.
+pub const ACCOUNTS_FINGERPRINT: &str =
+    "SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts";
+
 /// The label in a backup's summary line (`backup LABEL (full): ...`).
 pub fn label_of(summary: &str) -> String {
     summary

@@ -261,6 +261,21 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
     let data_size: u64 = files.iter().map(|f| f.size).sum();
     progress.set_length(data_size);
 
+    let seg = SegmentSize(info.wal_segment_size);
+    let changed = match &parent {
+        Some(p) => changed_blocks(
+            ctx,
+            &mut session,
+            &path,
+            seg,
+            p.start_lsn()..start_lsn,
+            &tablespace_dir,
+            data_size,
+        )?,
+        None => None,
+    };
+
+    // From here every path joins the pack writer before returning.
     let (blob_tx, blob_rx) = bounded::<Blob>(64);
     let sink = ChunkSink {
         known: Mutex::new(index.chunks.keys().copied().collect()),
@@ -285,19 +300,6 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         Ok(writer)
     });
 
-    let seg = SegmentSize(info.wal_segment_size);
-    let changed = match &parent {
-        Some(p) => changed_blocks(
-            ctx,
-            &mut session,
-            &path,
-            seg,
-            p.start_lsn()..start_lsn,
-            &tablespace_dir,
-            data_size,
-        )?,
-        None => None,
-    };
     let stats = Stats::default();
     let reader = FileReader {
         sink: &sink,

@@ -79,6 +79,13 @@ impl ChunkSink {
         Ok((id, new))
     }
 
+    /// Whether the repository holds `id` readably. Data taken from the parent unread
+    /// must pass this: a chunk lost since (a damaged pack) is read again from the data
+    /// directory instead of being referred to by one more backup.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.earlier.chunks.contains_key(id)
+    }
+
     /// `data` as a delta of `base`, unless there is none, the chain would grow too long,
     /// or the base cannot be read (then the chunk is stored whole).
     fn delta_of(
@@ -203,7 +210,8 @@ impl FileReader<'_> {
     /// Polls `stop` between chunks.
     pub fn backup_file(&self, src: &SourceFile, stop: &AtomicBool) -> Result<Option<FileEntry>> {
         let parent_file = self.parent.and_then(|p| p.file(&src.rel));
-        if let Some(entry) = self.parent.and_then(|p| p.unchanged_file(src)) {
+        let unchanged = self.parent.and_then(|p| p.unchanged_file(src));
+        if let Some(entry) = unchanged.filter(|e| e.chunks.iter().all(|c| self.sink.has(c))) {
             self.stats.unread.fetch_add(entry.size, Ordering::Relaxed);
             self.progress.inc(entry.size);
             return Ok(Some(entry.clone()));
@@ -227,6 +235,7 @@ impl FileReader<'_> {
             let unread = parent.and_then(|(p, entry)| {
                 let changed = self.changed?;
                 p.chunk_of_length(entry, chunks.len(), want)
+                    .filter(|id| self.sink.has(id))
                     .filter(|_| changed.unchanged(&src.rel, chunks.len() as u64))
             });
             if let Some(id) = unread {
