@@ -7,6 +7,7 @@ use std::path::Path;
 
 use common::{Env, Pg};
 use pgkeep::repo::object;
+use pgkeep::repo::storage::{LocalStorage, Storage};
 
 /// Every file in a tree with its size and content hash.
 fn snapshot(dir: &Path) -> BTreeMap<String, String> {
@@ -83,6 +84,16 @@ fn bad_input(pg: Pg) {
     let label = env.backup();
     let pgdata = env.path("restored");
     let pgdata_s = pgdata.to_str().unwrap();
+
+    // One backup at a time per cluster: the lock a running backup holds.
+    let storage = LocalStorage::new(&env.repo);
+    let running = storage.lock("main/locks/backup", true, false).unwrap();
+    refused(
+        &env,
+        &["backup"],
+        "another `pgkeep backup` of cluster 'main' is running",
+    );
+    drop(running);
 
     refused(
         &env,

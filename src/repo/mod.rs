@@ -257,6 +257,12 @@ impl ClusterRepo {
         self.storage.lock(&self.key("locks/data"), true, false)
     }
 
+    /// Held by `backup`, so two never run at once for a cluster: a second would read the
+    /// same changes and could store the same chunks twice.
+    pub fn try_lock_backup(&self) -> Result<Option<storage::LockGuard>> {
+        self.storage.lock(&self.key("locks/backup"), true, false)
+    }
+
     /// Held by `expire`, so two never run at once.
     pub fn try_lock_expire(&self) -> Result<Option<storage::LockGuard>> {
         self.storage.lock(&self.key("locks/expire"), true, false)

@@ -198,6 +198,12 @@ pub struct BackupOutcome {
 pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<BackupOutcome> {
     let started = Instant::now();
     let info = ctx.repo.require_info()?;
+    let _backing_up = ctx.repo.try_lock_backup()?.with_context(|| {
+        format!(
+            "another `pgkeep backup` of cluster '{}' is running; wait for it to finish",
+            ctx.cluster_name
+        )
+    })?;
     let mut session = ctx.connect()?;
     let sysid = session.system_identifier()?;
     if sysid != info.system_identifier {
