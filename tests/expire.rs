@@ -242,6 +242,7 @@ fn beside_backups(pg: Pg) {
             let mut runs = 0;
             while !done.load(std::sync::atomic::Ordering::Relaxed) || runs == 0 {
                 env.pgkeep_ok(&["expire"]);
+                env.pgkeep_ok(&["verify"]); // every published backup is still whole
                 runs += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
