@@ -214,7 +214,7 @@ fn decide_fates(
     sizes: &BTreeMap<String, u64>,
     live: &mut HashSet<ChunkId>,
 ) -> Vec<Fate> {
-    let unreadable: Vec<(u32, ChunkId)> = index
+    let waiting: Vec<(u32, ChunkId)> = index
         .other_copies
         .iter()
         .filter(|(id, _)| !index.chunks.contains_key(id))
@@ -231,11 +231,11 @@ fn decide_fates(
                     .fold((0, 0), |(n, bytes), (_, l)| {
                         (n + 1, bytes + l.stored_len as u64)
                     });
-                let holds_unreadable = unreadable
+                let holds_waiting = waiting
                     .iter()
                     .any(|(p, id)| *p == pack as u32 && live.contains(id));
                 match sizes.get(index.pack_name(pack as u32)) {
-                    _ if holds_unreadable => Fate::Keep,
+                    _ if holds_waiting => Fate::Keep,
                     _ if live_count == 0 => Fate::Remove,
                     None => Fate::Keep, // gone since the index was read: leave it to verify
                     Some(&size) if pack_size(live_count, live_bytes) * 2 < size => Fate::Rewrite,
@@ -323,7 +323,6 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
         }
     }
     writer.flush()?; // the copies are durable before any original goes
-    report.bytes_freed = report.bytes_freed.saturating_sub(writer.stored_bytes);
     // A pack's name is its content hash: a copy with the same bytes as a pack on its way
     // out is that very pack, which must stay.
     for name in unreferenced.iter().chain(&rewritten) {
@@ -331,6 +330,7 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
             remove(name, &mut report)?;
         }
     }
+    report.bytes_freed = report.bytes_freed.saturating_sub(writer.stored_bytes);
     report.packs_removed = unreferenced.len();
     report.packs_rewritten = rewritten.len();
     report.temporaries_removed = storage.remove_stale_temporaries(&prefix, Duration::ZERO)?

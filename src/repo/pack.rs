@@ -331,7 +331,7 @@ impl ChunkIndex {
         let mut index = ChunkIndex::default();
         // Deltas are placed once every whole chunk is known.
         let mut deltas: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
-        for (name, (pack_size, has_idx)) in packs {
+        for (name, (stored_size, has_idx)) in packs {
             if !has_idx {
                 index.unindexed.push(name);
                 continue;
@@ -342,7 +342,7 @@ impl ChunkIndex {
                 .context("vanished while reading")
                 .and_then(|bytes| object::decode(&bytes))
                 .and_then(|plain| decode_index(&plain));
-            let entries = match (from_idx, pack_size) {
+            let entries = match (from_idx, stored_size) {
                 (Ok(_), None) => {
                     let why = "its index is there but the pack itself is missing".to_string();
                     index.unreadable.push((name, why));
