@@ -72,18 +72,46 @@ fn default_archive_timeout() -> u64 {
     60
 }
 
+/// Where the config path came from, for the advice when it cannot be read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The built-in default path.
+    Default,
+    /// `--config` or `PGKEEP_CONFIG`.
+    Given,
+}
+
+/// Why the config file at `path` cannot be read, and what to do.
+fn unreadable(path: &Path, source: ConfigSource, err: &std::io::Error) -> anyhow::Error {
+    let path = path.display();
+    match (err.kind(), source) {
+        (std::io::ErrorKind::NotFound, ConfigSource::Default) => anyhow::anyhow!(
+            "config file {path} does not exist; write it (see the README's Set up) or name another with --config FILE or PGKEEP_CONFIG"
+        ),
+        (std::io::ErrorKind::NotFound, ConfigSource::Given) => anyhow::anyhow!(
+            "config file {path} does not exist; check the path given with --config or PGKEEP_CONFIG"
+        ),
+        (std::io::ErrorKind::PermissionDenied, _) => anyhow::anyhow!(
+            "config file {path} cannot be read by this user (permission denied); run pgkeep as the user that owns the repository (e.g. `sudo -u postgres pgkeep ...`) or let that user read the file"
+        ),
+        _ => anyhow::anyhow!("cannot read config file {path}: {err}"),
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
 impl Config {
-    pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read config file {}; pass --config FILE or set PGKEEP_CONFIG",
-                path.display()
-            )
-        })?;
+    pub fn load(path: &Path, source: ConfigSource) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| unreadable(path, source, &e))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map_or(0, |s| text[..s.start].lines().count().max(1));
+            let line = e.span().map_or(1, |s| line_of(&text, s.start));
             anyhow::anyhow!(
                 "config file {} line {line}: {}",
                 path.display(),
@@ -180,7 +208,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pgkeep.toml");
         std::fs::write(&path, text).unwrap();
-        Config::load(&path)
+        Config::load(&path, ConfigSource::Given)
     }
 
     #[test]
@@ -215,6 +243,25 @@ mod tests {
         let err = load("[repository]\npath='/r'\n[cluster.main]\npgdata='/d'\nconection='x'\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("conection"), "{err}");
+        assert!(
+            err.contains("conection") && err.contains("line 5:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unreadable_files_get_advice_that_fits() {
+        let missing = Path::new("/nonexistent/pgkeep.toml");
+        let err = Config::load(missing, ConfigSource::Default)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not exist") && err.contains("--config"),
+            "{err}"
+        );
+        let err = Config::load(missing, ConfigSource::Given)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("check the path given"), "{err}");
     }
 }

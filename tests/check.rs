@@ -21,7 +21,36 @@ fn check_and_init(pg: Pg) {
         "{err}"
     );
 
-    // archive_mode off (needs a restart).
+    // %f instead of %p: named at once, not after waiting for a segment that never comes.
+    main.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        env.archive_command().replace("%p", "%f")
+    ));
+    main.sql("SELECT pg_reload_conf()");
+    let started = std::time::Instant::now();
+    let err = env.pgkeep_err(&["check"]);
+    assert!(
+        err.contains("passes %f to archive-push, which needs the path of the WAL file (%p)"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    // An archive_command that fails: reported as soon as the archiver says so.
+    main.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        env.archive_command()
+            .replace("--config ", "--config /nonexistent")
+    ));
+    main.sql("SELECT pg_reload_conf()");
+    let started = std::time::Instant::now();
+    let err = env.pgkeep_err(&["check"]);
+    assert!(err.contains("archive_command failed for"), "{err}");
+    eprintln!(
+        "failing archive_command reported after {:?}: {err}",
+        started.elapsed()
+    );
+
+    // archive_mode off (needs a restart): set, but not yet in effect.
     main.sql("ALTER SYSTEM RESET archive_command");
     main.sql("ALTER SYSTEM SET archive_mode = off");
     main.stop();
@@ -32,6 +61,12 @@ fn check_and_init(pg: Pg) {
         "{err}"
     );
     main.sql("ALTER SYSTEM RESET archive_mode");
+    main.sql("SELECT pg_reload_conf()");
+    let err = env.pgkeep_err(&["check"]);
+    assert!(
+        err.contains("archive_mode is off (it is set in the config file, but takes effect only when PostgreSQL restarts)"),
+        "{err}"
+    );
     main.stop();
     main.start();
     assert!(env.pgkeep_ok(&["check"]).starts_with("ok:"));

@@ -64,24 +64,33 @@ fn label(date: &str) -> String {
     format!("{}T120000Z", date.replace('-', ""))
 }
 
+/// The policy as of a fixed past `--now`, over made-up backups before it. The one real
+/// backup is taken today, after `--now`: it did not exist at that moment, so it is kept
+/// and fills no rule's slot, whatever the date the test runs on.
 #[test]
 fn policy_on_made_up_dates() {
     let env = Env::new("policy", Pg::new(15));
     let _main = env.primary();
     env.pgkeep_ok(&["init"]);
-    let real = env.backup(); // today: the newest
+    let real = env.backup();
     let base = std::fs::read_to_string(&env.config).unwrap();
-    // Written table: policy -> survivors among the made-up backups (the real one, newest,
-    // always survives).
+    // Written table: policy -> survivors among the made-up backups.
     let table: [(&str, &[&str]); 5] = [
-        ("keep_last = 2", &["2026-11-20"]),
-        ("monthly = 3", &["2026-09-30", "2026-10-31"]),
+        ("keep_last = 2", &["2026-11-19", "2026-11-20"]),
+        ("monthly = 3", &["2026-09-30", "2026-10-31", "2026-11-20"]),
         (
             "recovery_window_days = 3",
             &["2026-11-18", "2026-11-19", "2026-11-20"],
         ),
-        ("weekly = 2\ndaily = 2", &["2026-11-14", "2026-11-20"]),
-        ("keep_last = 1\nyearly = 2", &["2025-11-30", "2026-01-15"]), // 2026-01-15 is pinned
+        (
+            "weekly = 2\ndaily = 2",
+            &["2026-11-14", "2026-11-19", "2026-11-20"],
+        ),
+        // 2026-01-15 is pinned.
+        (
+            "keep_last = 1\nyearly = 2",
+            &["2025-11-30", "2026-01-15", "2026-11-20"],
+        ),
     ];
     for (policy, expected) in table {
         fabricate(&env.repo, &real, &DATES);
@@ -92,6 +101,10 @@ fn policy_on_made_up_dates() {
         let before = labels(&env.repo);
         let dry = env.pgkeep_ok(&["expire", "--dry-run", "--now", NOW]);
         assert!(dry.contains("dry run: nothing was removed"), "{dry}");
+        assert!(
+            dry.contains(&format!("keep    {real}")) && dry.contains("made after --now"),
+            "{policy}: {dry}"
+        );
         assert_eq!(
             labels(&env.repo),
             before,

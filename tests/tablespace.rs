@@ -1,14 +1,34 @@
-//! A tablespace outside the data directory, restored elsewhere with --tablespace-map.
+//! A tablespace outside the data directory, restored elsewhere with --tablespace-map;
+//! and every value pgkeep writes for recovery (tablespace paths, a restore point name,
+//! the paths in `restore_command`) read back by PostgreSQL exactly as it was.
 
 mod common;
 
+use std::path::PathBuf;
+
 use common::{Env, Pg};
 
+/// PostgreSQL escapes these in `tablespace_map` and `postgresql.auto.conf`; a restore
+/// point name may hold any of them.
+const AWKWARD_NAME: &str = "pre\\fix it's";
+
+/// A copy of the pgkeep binary and its config in a directory whose name needs quoting
+/// in the shell, in a config file and in `restore_command`.
+fn awkward_copy(env: &Env) -> (PathBuf, PathBuf) {
+    let dir = env.path("it's a %dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (binary, config) = (dir.join("pgkeep"), dir.join("pgkeep config.toml"));
+    std::fs::copy(&env.pgkeep, &binary).unwrap();
+    std::fs::copy(&env.config, &config).unwrap();
+    common::chown_postgres(&dir);
+    (binary, config)
+}
+
 fn tablespace(pg: Pg) {
-    let env = Env::new(&format!("tablespace{}", pg.major), pg);
+    let mut env = Env::new(&format!("tablespace{}", pg.major), pg);
     let main = env.primary();
     env.pgkeep_ok(&["init"]);
-    let original = env.path("ts-original");
+    let original = env.path("ts dir\\original");
     std::fs::create_dir(&original).unwrap();
     common::chown_postgres(&original);
     main.sql(&format!(
@@ -20,6 +40,11 @@ fn tablespace(pg: Pg) {
     main.sql("CREATE INDEX far_id ON far (id) TABLESPACE ts");
     let oid = main.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
     env.pgkeep_ok(&["backup"]);
+    main.sql(&format!(
+        "SELECT pg_create_restore_point('{}')",
+        AWKWARD_NAME.replace('\'', "''")
+    ));
+    main.sql("INSERT INTO far VALUES (0, 'after the restore point')");
     env.pgkeep_ok(&["check"]);
 
     // The original location is in use: restoring there must be refused, nothing written.
@@ -31,7 +56,10 @@ fn tablespace(pg: Pg) {
     );
     assert!(!pgdata.exists());
 
-    let relocated = env.path("ts-relocated");
+    // Restore through a binary and config whose paths need quoting: restore_command
+    // must still run them.
+    (env.pgkeep, env.config) = awkward_copy(&env);
+    let relocated = env.path("ts new\\place");
     let map = format!("{}={}", original.display(), relocated.display());
     env.pgkeep_ok(&[
         "restore",
@@ -39,6 +67,10 @@ fn tablespace(pg: Pg) {
         pgdata.to_str().unwrap(),
         "--tablespace-map",
         &map,
+        "--target-name",
+        AWKWARD_NAME,
+        "--target-action",
+        "promote",
     ]);
     let link = std::fs::read_link(pgdata.join("pg_tblspc").join(&oid)).unwrap();
     assert_eq!(link, relocated);
@@ -49,7 +81,8 @@ fn tablespace(pg: Pg) {
     server.wait_promoted();
     assert_eq!(
         server.sql("SELECT count(*), sum(id) FROM far"),
-        "50000|1250025000"
+        "50000|1250025000",
+        "recovery must stop at the restore point, before the last insert"
     );
     assert_eq!(
         server.sql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts'"),

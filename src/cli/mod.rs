@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::engine::restore::{self, RestoreOptions};
 use crate::engine::target::{self, Target, TimelineChoice};
 use crate::engine::{Context, archive, backup, check, expire, human_bytes, info, verify};
@@ -72,7 +72,8 @@ enum Command {
         /// Show what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Evaluate the policy as of this time instead of now (with a time zone).
+        /// Evaluate the policy as of this time instead of now (with a time zone); backups
+        /// that ended after it are kept and fill no rule's slot.
         #[arg(long)]
         now: Option<String>,
     },
@@ -291,7 +292,12 @@ fn print_expire(r: &expire::ExpireReport, dry_run: bool) {
 }
 
 fn run(cli: &Cli) -> Result<i32> {
-    let config = Config::load(&cli.config)?;
+    let source = if cli.config == std::path::Path::new(DEFAULT_CONFIG) {
+        ConfigSource::Default
+    } else {
+        ConfigSource::Given
+    };
+    let config = Config::load(&cli.config, source)?;
     let mode = if matches!(cli.command, Command::Init) {
         OpenMode::MaybeNew
     } else {
@@ -301,9 +307,12 @@ fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::Init => println!("{}", check::init(&ctx)?),
         Command::Check => {
-            let problems = check::check(&ctx)?;
-            if !problems.is_empty() {
-                for p in &problems {
+            let report = check::check(&ctx)?;
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+            if !report.problems.is_empty() {
+                for p in &report.problems {
                     eprintln!("problem: {p}");
                 }
                 return Ok(1);

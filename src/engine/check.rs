@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::Context;
-use crate::format::wal::WalFile;
+use super::{Context, shell_quote};
+use crate::format::{guc, wal::WalFile};
 use crate::pg::session::Session;
 use crate::repo::ClusterInfo;
 
@@ -81,9 +81,63 @@ pub fn wait_for_wal(ctx: &Context, name: &str, timeout: Duration) -> Result<bool
     }
 }
 
-/// Checks the whole chain; returns the list of problems found (empty when all is well).
-pub fn check(ctx: &Context) -> Result<Vec<String>> {
-    let mut problems = Vec::new();
+/// What `check` found: problems (each stops archiving or backups, exit 1) and warnings
+/// (worth knowing, nothing fails).
+#[derive(Default)]
+pub struct CheckReport {
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The argument `archive_command` passes to `archive-push`, unquoted.
+fn archive_push_argument(archive_command: &str) -> Option<String> {
+    let rest = archive_command.split_once("archive-push")?.1;
+    let word = rest.split_whitespace().next()?;
+    Some(word.trim_matches(|c| c == '"' || c == '\'').to_string())
+}
+
+/// What is wrong with `archive_command` for this cluster, with the fix.
+fn archive_command_problem(ctx: &Context, archive_command: &str) -> Result<Option<String>> {
+    let expected = format!(
+        "{} archive-push %p",
+        guc::escape_percent(&ctx.self_command()?)
+    );
+    let config = ctx.config.path.to_string_lossy();
+    let names_config = [config.to_string(), shell_quote(&config)].iter().any(|c| {
+        archive_command.contains(c.as_str()) || archive_command.contains(&guc::escape_percent(c))
+    });
+    let names_us = archive_command.contains("archive-push")
+        && names_config
+        && (ctx.config.cluster.len() == 1 || archive_command.contains(ctx.cluster_name));
+    let fix = format!("set archive_command = {} and reload", guc::quote(&expected));
+    if !names_us {
+        return Ok(Some(format!(
+            "archive_command is '{archive_command}'; {fix}"
+        )));
+    }
+    match archive_push_argument(archive_command).as_deref() {
+        Some("%p") => Ok(None),
+        Some(other) => Ok(Some(format!(
+            "archive_command passes {other} to archive-push, which needs the path of the WAL file (%p); {fix}"
+        ))),
+        None => Ok(Some(format!(
+            "archive_command gives archive-push no file; {fix}"
+        ))),
+    }
+}
+
+/// A setting changed in the config file that needs a restart to apply.
+fn pending_restart(session: &mut Session, name: &str) -> Result<bool> {
+    Ok(session.text(&format!(
+        "SELECT pending_restart::text FROM pg_settings WHERE name = '{name}'"
+    ))? == "true")
+}
+
+/// Checks the whole chain: the repository, the server, its archiving settings, and that
+/// a WAL segment actually arrives.
+pub fn check(ctx: &Context) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let problems = &mut report.problems;
     let info = match ctx.repo.info()? {
         Some(i) => i,
         None => {
@@ -91,7 +145,7 @@ pub fn check(ctx: &Context) -> Result<Vec<String>> {
                 "cluster '{}' is not registered; run `pgkeep init`",
                 ctx.cluster_name
             ));
-            return Ok(problems);
+            return Ok(report);
         }
     };
     let mut session = ctx.connect()?;
@@ -105,43 +159,82 @@ pub fn check(ctx: &Context) -> Result<Vec<String>> {
             ctx.cluster_name, info.system_identifier
         ));
     }
-    let wal_level = session.setting("wal_level")?;
-    if wal_level == "minimal" {
-        problems.push(
-            "wal_level is minimal; set wal_level = replica in postgresql.conf and restart".into(),
-        );
+    let restart = |session: &mut Session, name: &str| -> Result<&'static str> {
+        Ok(if pending_restart(session, name)? {
+            " (it is set in the config file, but takes effect only when PostgreSQL restarts)"
+        } else {
+            ""
+        })
+    };
+    if session.setting("wal_level")? == "minimal" {
+        let pending = restart(&mut session, "wal_level")?;
+        problems.push(format!(
+            "wal_level is minimal{pending}; set wal_level = replica in postgresql.conf and restart PostgreSQL"
+        ));
     }
-    let archive_mode = session.setting("archive_mode")?;
-    if archive_mode == "off" {
-        problems.push(
-            "archive_mode is off; set archive_mode = on in postgresql.conf and restart".into(),
-        );
+    if session.setting("archive_mode")? == "off" {
+        let pending = restart(&mut session, "archive_mode")?;
+        problems.push(format!(
+            "archive_mode is off{pending}; set archive_mode = on in postgresql.conf and restart PostgreSQL"
+        ));
     }
     let archive_command = session.setting("archive_command")?;
-    let expected = format!("{} archive-push %p", ctx.self_command()?);
-    let names_us = archive_command.contains("archive-push")
-        && archive_command.contains(&*ctx.config.path.to_string_lossy())
-        && (ctx.config.cluster.len() == 1 || archive_command.contains(ctx.cluster_name));
-    if !names_us {
-        problems.push(format!(
-            "archive_command is '{archive_command}'; set archive_command = '{}' and reload",
-            expected.replace('\'', "''")
-        ));
+    problems.extend(archive_command_problem(ctx, &archive_command)?);
+    if session.setting("data_checksums")? != "on" {
+        report.warnings.push(
+            "the cluster has no data checksums, so backups cannot validate pages: damage on disk \
+             is backed up unnoticed; enable them with pg_checksums --enable (server stopped)"
+                .into(),
+        );
     }
-    if !problems.is_empty() {
-        return Ok(problems);
+    if !report.problems.is_empty() || session.in_recovery()? {
+        return Ok(report);
     }
-    if session.in_recovery()? {
-        return Ok(problems);
-    }
+    let failed_before = archiver_failures(&mut session)?;
     let segment = session.switch_wal()?;
+    report.problems.extend(wait_for_archiving(
+        ctx,
+        &mut session,
+        &segment,
+        failed_before,
+    )?);
+    Ok(report)
+}
+
+/// How often `archive_command` has failed, from `pg_stat_archiver`.
+fn archiver_failures(session: &mut Session) -> Result<u64> {
+    Ok(session
+        .text("SELECT failed_count::text FROM pg_stat_archiver")?
+        .parse()?)
+}
+
+/// Waits until `segment` is in the repository; the problem if it does not get there.
+/// Returns early when the archiver reports a failure, which it does within a second or
+/// so, rather than wait out the timeout.
+fn wait_for_archiving(
+    ctx: &Context,
+    session: &mut Session,
+    segment: &str,
+    failed_before: u64,
+) -> Result<Option<String>> {
     let timeout = Duration::from_secs(ctx.config.backup.archive_timeout);
-    if !wait_for_wal(ctx, &segment, timeout)? {
-        problems.push(format!(
-            "WAL segment {segment} did not reach the repository within {} s after a WAL switch; \
-             look at the PostgreSQL log for archive_command errors",
-            timeout.as_secs()
-        ));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if wait_for_wal(ctx, segment, Duration::from_secs(1))? {
+            return Ok(None);
+        }
+        if archiver_failures(session)? > failed_before {
+            let failed =
+                session.text("SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver")?;
+            return Ok(Some(format!(
+                "archive_command failed for {failed}; the PostgreSQL log has the command's error \
+                 (look for \"archive command failed\"), fix it and run `pgkeep check` again"
+            )));
+        }
     }
-    Ok(problems)
+    Ok(Some(format!(
+        "WAL segment {segment} did not reach the repository within {} s after a WAL switch; \
+         look at the PostgreSQL log for archive_command errors",
+        timeout.as_secs()
+    )))
 }

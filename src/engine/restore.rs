@@ -23,6 +23,7 @@ use super::walscan;
 use super::{Context, parallel_map, stopped};
 use crate::format::history::TimelinePath;
 use crate::format::wal::SegmentSize;
+use crate::format::{guc, tablespace_map};
 use crate::repo::manifest::{FileEntry, Manifest};
 use crate::repo::pack::ChunkIndex;
 use crate::repo::storage::sync_dir;
@@ -57,10 +58,6 @@ const RECOVERY_KEYS: &[&str] = &[
     "recovery_target_timeline",
     "recovery_target_inclusive",
 ];
-
-fn guc_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
 
 fn is_empty_dir(path: &Path) -> Result<bool> {
     match fs::read_dir(path) {
@@ -232,10 +229,13 @@ fn write_recovery_settings(
         "# Recovery settings added by pgkeep restore of backup {}\n",
         manifest.label
     ));
-    let restore_command = format!("{} archive-get %f \"%p\"", ctx.self_command()?);
+    let restore_command = format!(
+        "{} archive-get %f \"%p\"",
+        guc::escape_percent(&ctx.self_command()?)
+    );
     text.push_str(&format!(
         "restore_command = {}\n",
-        guc_quote(&restore_command)
+        guc::quote(&restore_command)
     ));
     let target = match &opts.target {
         Target::End => None,
@@ -246,9 +246,12 @@ fn write_recovery_settings(
         Target::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
     };
     if let Some((key, value)) = target {
-        text.push_str(&format!("{key} = {}\n", guc_quote(&value)));
+        text.push_str(&format!("{key} = {}\n", guc::quote(&value)));
         if let Some(action) = &opts.action {
-            text.push_str(&format!("recovery_target_action = {}\n", guc_quote(action)));
+            text.push_str(&format!(
+                "recovery_target_action = {}\n",
+                guc::quote(action)
+            ));
         }
     }
     let timeline = match opts.timeline {
@@ -258,7 +261,7 @@ fn write_recovery_settings(
     };
     text.push_str(&format!(
         "recovery_target_timeline = {}\n",
-        guc_quote(&timeline)
+        guc::quote(&timeline)
     ));
     kept.extend_from_slice(text.as_bytes());
     fs::write(&path, kept).with_context(|| format!("cannot write {}", path.display()))?;
@@ -376,10 +379,14 @@ pub fn restore(
     })?;
 
     if !locations.is_empty() && !opts.tablespace_map.is_empty() {
-        let map: String = locations
+        let entries: Vec<tablespace_map::Entry> = locations
             .iter()
-            .map(|(oid, loc)| format!("{oid} {loc}\n"))
+            .map(|(&oid, loc)| tablespace_map::Entry {
+                oid,
+                path: loc.clone(),
+            })
             .collect();
+        let map = tablespace_map::render(&entries);
         let path = pgdata.join("tablespace_map");
         fs::write(&path, map)?;
         File::open(&path)?.sync_all()?;
@@ -402,14 +409,4 @@ pub fn restore(
         files: manifest.files.len(),
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guc_values_are_quoted() {
-        assert_eq!(guc_quote("a'b"), "'a''b'");
-    }
 }

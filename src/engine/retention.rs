@@ -3,6 +3,10 @@
 //!
 //! A backup survives if any rule keeps it or it is pinned. With no rule configured
 //! nothing expires, and the newest backup always survives.
+//!
+//! The policy is evaluated as of a time `now` (`expire --now` can move it): backups that
+//! stopped after `now` did not exist yet at that moment, so they fill no rule's slot
+//! and are always kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -68,6 +72,8 @@ pub enum Reason {
     Yearly,
     Pinned,
     NoPolicy,
+    /// Stopped after the time the policy is evaluated at.
+    AfterNow,
 }
 
 impl Reason {
@@ -82,6 +88,7 @@ impl Reason {
             Reason::Yearly => "yearly",
             Reason::Pinned => "pinned",
             Reason::NoPolicy => "no retention rule",
+            Reason::AfterNow => "made after --now",
         }
     }
 }
@@ -102,12 +109,17 @@ type Period = fn(&DateTime<Utc>) -> (i32, u32);
 
 /// Applies `policy` at time `now` to `backups` (any order).
 pub fn plan(policy: &Policy, backups: &[BackupFacts], now: DateTime<Utc>) -> Plan {
-    let mut sorted: Vec<&BackupFacts> = backups.iter().collect();
-    sorted.sort_by_key(|b| std::cmp::Reverse(b.stop_time)); // newest first
+    let mut all: Vec<&BackupFacts> = backups.iter().collect();
+    all.sort_by_key(|b| std::cmp::Reverse(b.stop_time)); // newest first
     let mut keep: BTreeMap<String, BTreeSet<Reason>> = BTreeMap::new();
     let mut mark = |b: &BackupFacts, r: Reason| {
         keep.entry(b.label.clone()).or_default().insert(r);
     };
+    let (later, sorted): (Vec<&BackupFacts>, Vec<&BackupFacts>) =
+        all.iter().partition(|b| b.stop_time > now);
+    for b in &later {
+        mark(b, Reason::AfterNow);
+    }
     if let Some(newest) = sorted.first() {
         mark(newest, Reason::Newest);
     }
@@ -161,7 +173,7 @@ pub fn plan(policy: &Policy, backups: &[BackupFacts], now: DateTime<Utc>) -> Pla
 
     // WAL: from the oldest survivor, or from the newest survivor covering the WAL
     // window's start (but never later than the recovery window's anchor).
-    let survivors: Vec<&BackupFacts> = sorted
+    let survivors: Vec<&BackupFacts> = all
         .iter()
         .copied()
         .filter(|b| keep.contains_key(&b.label))
@@ -335,6 +347,28 @@ mod tests {
         assert_eq!(plan.expire.first().map(String::as_str), Some("2025-03-15"));
         assert_eq!(plan.expire.len(), history().len() - 5);
         assert_eq!(plan.wal_from.as_deref(), Some("2024-06-01"));
+    }
+
+    #[test]
+    fn backups_after_now_are_kept_and_fill_no_slot() {
+        let mut backups = history();
+        backups.push(BackupFacts {
+            label: "later".into(),
+            stop_time: day("2026-11-30"),
+            pinned: false,
+        });
+        let p = Policy {
+            keep_last: Some(2),
+            weekly: 1,
+            ..Default::default()
+        };
+        let plan = plan(&p, &backups, day("2026-11-21"));
+        let kept: Vec<String> = plan.keep.keys().cloned().collect();
+        assert_eq!(kept, labels(&["2026-11-19", "2026-11-20", "later"]));
+        assert_eq!(plan.keep["later"], [Reason::AfterNow].into_iter().collect());
+        assert!(plan.keep["2026-11-20"].contains(&Reason::Newest));
+        assert!(plan.keep["2026-11-20"].contains(&Reason::Weekly));
+        assert_eq!(plan.wal_from.as_deref(), Some("2026-11-19"));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! piece is unit-tested against values PostgreSQL's own tools print.
 
 pub mod control;
+pub mod guc;
 pub mod history;
 pub mod label;
 pub mod lsn;
 pub mod page;
+pub mod tablespace_map;
 pub mod wal;
 pub mod walrecord;

@@ -387,6 +387,27 @@ impl Server {
         }
     }
 
+    /// Waits until the server has archived every WAL file it has finished (no `.ready`
+    /// file left in `pg_wal/archive_status`).
+    pub fn wait_archived(&self) {
+        let status = self.pgdata.join("pg_wal/archive_status");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = std::fs::read_dir(&status)
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().ends_with(".ready")
+                })
+                .count();
+            if ready == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "WAL was not archived");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A client program (psql, pgbench, pg_amcheck...) connected to this server.
     pub fn client(&self, tool: &str) -> Command {
         let mut c = as_postgres(self.pg.tool(tool));

@@ -33,7 +33,7 @@ use super::walk;
 use super::{Context, archive, human_bytes, parallel_map};
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
-use crate::format::{control, label, wal::SegmentSize};
+use crate::format::{control, label, tablespace_map, wal::SegmentSize};
 use crate::pg::session::{BackupStop, Session};
 use crate::repo::manifest::{
     DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry,
@@ -85,23 +85,21 @@ fn check_control_file(ctx: &Context, bytes: &[u8], sysid: u64, checkpoint: Lsn) 
 }
 
 /// The tablespaces a backup contains, from the `tablespace_map` that `pg_backup_stop`
-/// returned (`OID PATH` per line), named from the catalog where it knows them.
+/// returned, named from the catalog where it knows them.
 fn parse_tablespace_map(map: &str, names: &HashMap<u32, String>) -> Result<Vec<TablespaceEntry>> {
-    map.lines()
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            let (oid, location) = line
-                .split_once(' ')
-                .context("malformed tablespace_map line")?;
-            let oid: u32 = oid.parse().context("malformed tablespace_map OID")?;
-            let name = names.get(&oid).cloned().unwrap_or_else(|| oid.to_string());
-            Ok(TablespaceEntry {
-                oid,
-                name,
-                location: location.to_string(),
-            })
+    let entries = tablespace_map::parse(map)
+        .map_err(|e| anyhow!("pg_backup_stop returned a tablespace_map pgkeep cannot read: {e}"))?;
+    Ok(entries
+        .into_iter()
+        .map(|e| TablespaceEntry {
+            oid: e.oid,
+            name: names
+                .get(&e.oid)
+                .cloned()
+                .unwrap_or_else(|| e.oid.to_string()),
+            location: e.path,
         })
-        .collect()
+        .collect())
 }
 
 /// Archives the current timeline's history file if the archive lacks it (a failover
