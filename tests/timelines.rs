@@ -31,8 +31,27 @@ fn restore(env: &Env, dir: &str, args: &[&str]) -> Server {
         "promote",
     ];
     all.extend_from_slice(args);
-    env.pgkeep_ok(&all);
+    let out = env.pgkeep_ok(&all);
+    let archiving = if args.contains(&"--archive") {
+        "on"
+    } else {
+        "off"
+    };
+    assert!(out.contains(&format!("archiving: {archiving}")), "{out}");
     env.restored(&pgdata)
+}
+
+/// The timeline history files in the repository.
+fn histories(env: &Env) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(env.repo.join("main/wal/history"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 fn timelines(pg: Pg) {
@@ -48,8 +67,13 @@ fn timelines(pg: Pg) {
     main.sql("INSERT INTO t VALUES (3, 'tl1 after branch')");
     archive_now(&main);
 
-    // Branch: recover to the LSN and promote; the new timeline archives into the repository.
-    let tl2 = restore(&env, "tl2", &["--target-lsn", &branch_lsn]);
+    // Branch: recover to the LSN and promote; asked to, the new timeline archives into
+    // the repository.
+    let tl2 = restore(
+        &env,
+        "tl2",
+        &["--target-lsn", &branch_lsn, "--archive", "on"],
+    );
     tl2.start();
     tl2.wait_promoted();
     assert_eq!(rows(&tl2), branch_rows);
@@ -85,21 +109,23 @@ fn timelines(pg: Pg) {
         .collect();
     assert_eq!(timelines, vec![1, 2]);
 
-    // A point on timeline 2 (latest), from the backup taken on timeline 1.
-    let mut on_tl2 = restore(&env, "on-tl2", &["--target-lsn", &tl2_lsn]);
-    on_tl2.options = "-c archive_mode=off".into();
+    // A point on timeline 2 (latest), from the backup taken on timeline 1. Restored
+    // copies elsewhere do not archive by default: promoted, they start timeline 3 without
+    // writing its history (or any WAL) into the repository.
+    assert_eq!(histories(&env), ["00000002.history"]);
+    let on_tl2 = restore(&env, "on-tl2", &["--target-lsn", &tl2_lsn]);
     on_tl2.start();
     on_tl2.wait_promoted();
     assert_eq!(rows(&on_tl2), tl2_rows, "recovery along timeline 2");
+    on_tl2.sql("SELECT pg_switch_wal()");
     on_tl2.stop();
 
     // A point on timeline 1 after the branch.
-    let mut on_tl1 = restore(
+    let on_tl1 = restore(
         &env,
         "on-tl1",
         &["--target-time", &tl1_time, "--target-timeline", "1"],
     );
-    on_tl1.options = "-c archive_mode=off".into();
     on_tl1.start();
     on_tl1.wait_promoted();
     assert_eq!(
@@ -108,6 +134,14 @@ fn timelines(pg: Pg) {
         "recovery along timeline 1 past the branch point"
     );
     on_tl1.stop();
+    assert_eq!(
+        histories(&env),
+        ["00000002.history"],
+        "a restored copy archived into the repository"
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&env.pgkeep_ok(&["info", "--json"])).unwrap();
+    assert_eq!(info["wal"].as_array().unwrap().len(), 2, "{info}");
 
     env.pgkeep_ok(&["verify"]);
 }

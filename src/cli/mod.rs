@@ -113,7 +113,9 @@ struct RestoreArgs {
     backup: Option<String>,
     #[command(flatten)]
     target: TargetArgs,
-    /// What the server does at the target: promote, pause or shutdown.
+    /// What the server does at the target: promote (end recovery, open for writes),
+    /// pause (PostgreSQL's default: stay read-only so the data can be checked, then
+    /// `SELECT pg_wal_replay_resume()` ends recovery) or shutdown.
     #[arg(long)]
     target_action: Option<String>,
     /// Timeline to follow: latest, current or a number.
@@ -122,6 +124,11 @@ struct RestoreArgs {
     /// Relocate a tablespace: OLD=NEW (repeatable).
     #[arg(long, value_name = "OLD=NEW")]
     tablespace_map: Vec<String>,
+    /// Whether the restored server archives WAL into the repository. Default: on when
+    /// restoring into the cluster's configured pgdata, off anywhere else, so a test
+    /// copy never writes into production's archive.
+    #[arg(long, value_parser = ["on", "off"])]
+    archive: Option<String>,
 }
 
 fn parse_target(t: &TargetArgs) -> Result<Target> {
@@ -158,6 +165,7 @@ fn restore_options(args: &RestoreArgs) -> Result<RestoreOptions> {
             .parse::<TimelineChoice>()
             .map_err(anyhow::Error::msg)?,
         tablespace_map: map,
+        archive: args.archive.as_deref().map(|a| a == "on"),
     })
 }
 
@@ -226,6 +234,57 @@ fn print_backup_summary(o: &backup::BackupOutcome, secs: f64) {
         eprintln!(
             "warning: {} has invalid page checksums in blocks {:?}",
             f.path, f.bad_blocks
+        );
+    }
+}
+
+/// What was restored, and what the server will do once started.
+fn print_restore_summary(s: &restore::RestoreSummary, opts: &RestoreOptions) {
+    println!(
+        "restored backup {} ({} in {} files) into {} in {:.1} s; start PostgreSQL on it to recover",
+        s.label,
+        human_bytes(s.bytes),
+        s.files,
+        opts.pgdata.display(),
+        s.seconds
+    );
+    let at_target = match (&opts.target, opts.action.as_deref()) {
+        (Target::End, _) => {
+            "recovery replays all archived WAL, then the server opens for writes on a new timeline"
+        }
+        (_, Some("promote")) => {
+            "at the target, recovery ends and the server opens for writes on a new timeline"
+        }
+        (_, Some("shutdown")) => {
+            "at the target, the server shuts down; start it with another target to recover further"
+        }
+        _ => {
+            "at the target, the server pauses read-only (PostgreSQL's default --target-action pause): \
+             check the data, then run `SELECT pg_wal_replay_resume()` to end recovery and open for writes; \
+             a query can wait on a lock held by a transaction still open at the target"
+        }
+    };
+    println!("next: {at_target}");
+    if s.archiving {
+        println!(
+            "archiving: on{}; the restored server archives its WAL into the repository",
+            if s.in_place {
+                " (restored in place of the cluster)"
+            } else {
+                " (--archive on)"
+            }
+        );
+    } else {
+        println!(
+            "archiving: off (archive_mode = off in postgresql.auto.conf), so this copy never writes into the repository; \
+             restore with --archive on for a copy that replaces the cluster"
+        );
+    }
+    if !s.in_place {
+        println!(
+            "note: the copy keeps the original's port and socket settings; if the original runs on this host, \
+             start the copy on another port (pg_ctl -D {} -o '-p PORT' start)",
+            opts.pgdata.display()
         );
     }
 }
@@ -361,14 +420,7 @@ fn run(cli: &Cli) -> Result<i32> {
             let opts = restore_options(args)?;
             let bar = progress::bar("restore");
             let s = restore::restore(&ctx, &opts, &bar)?;
-            println!(
-                "restored backup {} ({} in {} files) into {} in {:.1} s; start PostgreSQL on it to recover",
-                s.label,
-                human_bytes(s.bytes),
-                s.files,
-                opts.pgdata.display(),
-                s.seconds
-            );
+            print_restore_summary(&s, &opts);
         }
         Command::Info { json } => {
             let manifests = ctx.repo.readable_manifests(None)?;

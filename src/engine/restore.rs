@@ -36,6 +36,9 @@ pub struct RestoreOptions {
     pub timeline: TimelineChoice,
     /// Tablespace relocations, old location → new location.
     pub tablespace_map: Vec<(String, String)>,
+    /// Whether the restored server archives WAL (`--archive on|off`); by default only a
+    /// restore into the cluster's own configured `pgdata` does.
+    pub archive: Option<bool>,
 }
 
 pub struct RestoreSummary {
@@ -43,10 +46,15 @@ pub struct RestoreSummary {
     pub bytes: u64,
     pub files: usize,
     pub seconds: f64,
+    /// The directory restored into is the cluster's configured `pgdata`.
+    pub in_place: bool,
+    /// The restored server keeps `archive_mode` as the backup had it.
+    pub archiving: bool,
 }
 
 /// Settings pgkeep owns in `postgresql.auto.conf`; old values are removed so that a
-/// leftover target from an earlier restore cannot conflict.
+/// leftover target from an earlier restore cannot conflict. (`archive_mode` is pgkeep's
+/// only on a line it marked with [`ARCHIVE_OFF_MARK`].)
 const RECOVERY_KEYS: &[&str] = &[
     "restore_command",
     "recovery_target",
@@ -58,6 +66,34 @@ const RECOVERY_KEYS: &[&str] = &[
     "recovery_target_timeline",
     "recovery_target_inclusive",
 ];
+
+/// Ends the `archive_mode = 'off'` line that `--archive off` writes, so a later restore
+/// of a backup of that copy knows the line is pgkeep's and not the DBA's.
+const ARCHIVE_OFF_MARK: &str = "# pgkeep restore --archive off";
+const SETTINGS_HEADER: &str = "# Recovery settings added by pgkeep restore";
+
+/// Whether a line of `postgresql.auto.conf` is one an earlier pgkeep restore wrote.
+fn is_pgkeep_line(line: &str) -> bool {
+    let key = line
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    RECOVERY_KEYS.contains(&key.as_str())
+        || line.starts_with(SETTINGS_HEADER)
+        || (key == "archive_mode" && line.trim_end().ends_with(ARCHIVE_OFF_MARK))
+}
+
+/// Whether two paths name the same directory (either may not exist yet).
+fn same_directory(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        p.canonicalize()
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    resolve(a) == resolve(b)
+}
 
 fn is_empty_dir(path: &Path) -> Result<bool> {
     match fs::read_dir(path) {
@@ -212,23 +248,23 @@ fn write_recovery_settings(
     pgdata: &Path,
     manifest: &Manifest,
     opts: &RestoreOptions,
+    archiving: bool,
 ) -> Result<()> {
     let path = pgdata.join("postgresql.auto.conf");
     // Bytes, not text: every other setting must survive whatever its encoding.
     let existing = fs::read(&path).unwrap_or_default();
     let mut kept: Vec<u8> = Vec::with_capacity(existing.len());
     for line in existing.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let text = String::from_utf8_lossy(line);
-        if !RECOVERY_KEYS.contains(&text.split('=').next().unwrap_or("").trim()) {
+        if !is_pgkeep_line(&String::from_utf8_lossy(line)) {
             kept.extend_from_slice(line);
             kept.push(b'\n');
         }
     }
     let mut text = String::new();
-    text.push_str(&format!(
-        "# Recovery settings added by pgkeep restore of backup {}\n",
-        manifest.label
-    ));
+    text.push_str(&format!("{SETTINGS_HEADER} of backup {}\n", manifest.label));
+    if !archiving {
+        text.push_str(&format!("archive_mode = 'off' {ARCHIVE_OFF_MARK}\n"));
+    }
     let restore_command = format!(
         "{} archive-get %f \"%p\"",
         guc::escape_percent(&ctx.self_command()?)
@@ -284,6 +320,8 @@ pub fn restore(
         bail!("--target-action must be promote, pause or shutdown, not '{action}'");
     }
     let pgdata = std::path::absolute(&opts.pgdata)?;
+    let in_place = same_directory(&pgdata, &ctx.cluster.pgdata);
+    let archiving = opts.archive.unwrap_or(in_place);
     if pgdata.is_file() || !is_empty_dir(&pgdata)? {
         bail!(
             "restore directory {} is not empty; pgkeep restores only into an empty or new directory, so choose another --pgdata or empty it",
@@ -391,7 +429,7 @@ pub fn restore(
         fs::write(&path, map)?;
         File::open(&path)?.sync_all()?;
     }
-    write_recovery_settings(ctx, &pgdata, manifest, opts)?;
+    write_recovery_settings(ctx, &pgdata, manifest, opts, archiving)?;
     for dir in &dirs {
         sync_dir(dir)?;
     }
@@ -408,5 +446,7 @@ pub fn restore(
         bytes: manifest.size,
         files: manifest.files.len(),
         seconds: started.elapsed().as_secs_f64(),
+        in_place,
+        archiving,
     })
 }
