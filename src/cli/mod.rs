@@ -58,7 +58,7 @@ enum Command {
     /// Fetch one archived WAL file (for restore_command = '... archive-get %f "%p"').
     ArchiveGet { name: String, dest: PathBuf },
     /// Restore a backup into a new data directory, set up to recover to a target.
-    Restore(RestoreArgs),
+    Restore(Box<RestoreArgs>),
     /// Show backups, the WAL archive and the recoverable window.
     Info {
         /// Machine-readable output (shape documented in docs/INFO-JSON.md).
