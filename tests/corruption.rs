@@ -7,7 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use common::{ACCOUNTS_FINGERPRINT, Env, Pg};
-use pgkeep::repo::pack::ChunkIndex;
+use pgkeep::repo::index::ChunkIndex;
+use pgkeep::repo::pack::ChunkId;
 use pgkeep::repo::storage::LocalStorage;
 
 fn flip(path: &Path, offset: u64) {
@@ -102,6 +103,20 @@ fn corruption(pg: Pg) {
 
 on_each_version!(corruption);
 
+/// The repository's chunk index and its largest pack.
+fn largest_pack(env: &Env) -> (ChunkIndex, u32) {
+    let index = ChunkIndex::load(&LocalStorage::new(&env.repo), "main/packs").unwrap();
+    let size = |p: u32| {
+        std::fs::metadata(env.repo.join(index.pack_key("main/packs", p)))
+            .unwrap()
+            .len()
+    };
+    let largest = (0..index.packs.len() as u32)
+        .max_by_key(|&p| size(p))
+        .unwrap();
+    (index, largest)
+}
+
 /// A pack file lost from the repository (its index left behind): verify names the
 /// backup that needed it, and the next backup, though incremental, reads that data
 /// again instead of referring to what is gone; it alone restores.
@@ -111,12 +126,8 @@ fn lost_pack(pg: Pg) {
     env.pgkeep_ok(&["init"]);
     main.pgbench_init(1);
     let full = env.backup();
-    let index = ChunkIndex::load(&LocalStorage::new(&env.repo), "main/packs").unwrap();
-    let largest = (0..index.packs.len() as u32)
-        .map(|p| env.repo.join(index.pack_key("main/packs", p)))
-        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
-        .unwrap();
-    std::fs::remove_file(&largest).unwrap();
+    let (index, largest) = largest_pack(&env);
+    std::fs::remove_file(env.repo.join(index.pack_key("main/packs", largest))).unwrap();
     let err = env.pgkeep_err(&["verify"]);
     assert!(
         err.contains("pack itself is missing") && err.contains(&full),
@@ -146,3 +157,143 @@ fn lost_pack(pg: Pg) {
 }
 
 on_each_version!(lost_pack);
+
+/// The manifest of backup `label`.
+fn manifest(env: &Env, label: &str) -> pgkeep::repo::manifest::Manifest {
+    let bytes = std::fs::read(env.repo.join(format!("main/backups/{label}.manifest"))).unwrap();
+    serde_json::from_slice(&pgkeep::repo::object::decode(&bytes).unwrap()).unwrap()
+}
+
+/// Flips a byte in the middle of the stored copy of the middle chunk of `table`'s file
+/// in backup `label`; returns the chunk.
+fn damage_table(env: &Env, main: &common::Server, label: &str, table: &str) -> ChunkId {
+    let file = main.sql(&format!("SELECT pg_relation_filepath('{table}')"));
+    let m = manifest(env, label);
+    let entry = m.files.iter().find(|f| f.path == file).unwrap();
+    let id = entry.chunks[entry.chunks.len() / 2];
+    let index = ChunkIndex::load(&LocalStorage::new(&env.repo), "main/packs").unwrap();
+    let loc = index.chunks[&id];
+    let pack = env.repo.join(index.pack_key("main/packs", loc.pack));
+    flip(&pack, loc.offset + loc.stored_len as u64 / 2);
+    id
+}
+
+/// Stored chunks rot. `verify` finds them and says a full backup heals; the full backup
+/// reuses neither the copy verify recorded nor one that rotted since (it reads back
+/// every copy it reuses) but stores that data again, so it restores exactly. The older
+/// backup stays damaged where the database no longer holds its data.
+fn full_backup_heals(pg: Pg) {
+    let env = Env::new(&format!("heal{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.sql("CREATE TABLE kept AS SELECT g AS id, md5(g::text) AS pad FROM generate_series(1, 200000) g");
+    main.sql("CREATE TABLE dropped AS SELECT g AS id, md5(g::text) AS pad FROM generate_series(1, 100000) g");
+    main.sql("CREATE TABLE later AS SELECT g AS id FROM generate_series(1, 200000) g");
+    main.sql("CHECKPOINT");
+    let old = env.backup();
+    let healable = damage_table(&env, &main, &old, "kept");
+    let lost = damage_table(&env, &main, &old, "dropped");
+    let err = env.pgkeep_err(&["verify"]);
+    assert!(
+        err.contains(&format!("chunk {healable} in pack"))
+            && err.contains(&format!("chunk {lost} in pack")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&old) && err.contains("pgkeep backup --full"),
+        "{err}"
+    );
+
+    // Damage verify has not seen: an incremental would reuse it, a full backup must not.
+    let unseen = damage_table(&env, &main, &old, "later");
+    main.sql("DROP TABLE dropped");
+    main.sql("CHECKPOINT");
+    let out = env.pgkeep_ok(&["backup", "--full"]);
+    assert!(out.contains("healed: stored 2 chunks again"), "{out}");
+    let healed = common::label_of(&out);
+    env.pgkeep_ok(&["check"]);
+    let server = env.restore_and_start(
+        "restored",
+        &[
+            "--backup",
+            &healed,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+    );
+    let contents = "SELECT (SELECT md5(string_agg(id || pad, ',' ORDER BY id)) FROM kept) \
+                    || (SELECT sum(id) FROM later)";
+    assert_eq!(server.sql(contents), main.sql(contents));
+    server.stop();
+    let err = env.pgkeep_err(&["verify"]);
+    let broken: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("(affects: ") && !l.contains("(affects: no backup)"))
+        .collect();
+    assert!(
+        broken
+            .iter()
+            .all(|l| l.contains(&old) && !l.contains(&healed))
+            && !broken.is_empty(),
+        "only the old backup is still damaged: {err}"
+    );
+    for healed_chunk in [healable, unseen] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("chunk {healed_chunk} in pack"))
+                    && l.contains("no backup needs this copy")),
+            "{err}"
+        );
+    }
+}
+
+on_each_version!(full_backup_heals);
+
+/// A pack's index file is lost: the pack is read through the index inside it, `verify`
+/// names it, `expire` keeps the pack (its chunks are referenced) and writes the file
+/// again, and the backup restores.
+fn lost_index_file(pg: Pg) {
+    let env = Env::new(&format!("lostidx{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.pgbench_init(1);
+    let label = env.backup();
+    let expected = main.sql(ACCOUNTS_FINGERPRINT);
+    let (index, largest) = largest_pack(&env);
+    let idx = env
+        .repo
+        .join(index.pack_key("main/packs", largest))
+        .with_extension("idx");
+    std::fs::remove_file(&idx).unwrap();
+
+    let err = env.pgkeep_err(&["verify"]);
+    assert!(
+        err.contains(index.pack_name(largest)) && err.contains("its index file is missing"),
+        "{err}"
+    );
+    env.pgkeep_ok(&["expire"]);
+    assert!(idx.exists(), "expire writes the index file again");
+    assert!(
+        env.repo
+            .join(index.pack_key("main/packs", largest))
+            .exists()
+    );
+    env.pgkeep_ok(&["verify"]);
+    env.pgkeep_ok(&["check"]);
+    let server = env.restore_and_start(
+        "restored",
+        &[
+            "--backup",
+            &label,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(server.sql(ACCOUNTS_FINGERPRINT), expected);
+}
+
+on_each_version!(lost_index_file);

@@ -423,6 +423,8 @@ fn across_a_timeline_switch(pg: Pg) {
         &branch,
         "--target-action",
         "promote",
+        "--archive",
+        "on",
     ]);
     let tl2 = env.restored(&pgdata);
     tl2.start();

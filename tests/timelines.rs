@@ -147,3 +147,87 @@ fn timelines(pg: Pg) {
 }
 
 on_each_version!(timelines);
+
+/// Points `env`'s cluster at `server` (pgdata and connection), keeping the rest.
+fn point_cluster_at(env: &Env, from: &Server, to: &Server) {
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    let config = config
+        .replace(
+            &format!("pgdata = \"{}\"", from.pgdata.display()),
+            &format!("pgdata = \"{}\"", to.pgdata.display()),
+        )
+        .replace(
+            &format!("host={} port={}", from.socket.display(), from.port),
+            &format!("host={} port={}", to.socket.display(), to.port),
+        );
+    std::fs::write(&env.config, config).unwrap();
+}
+
+/// After a point-in-time restore in place to a point before the newest backup, the new
+/// timeline's WAL lies below that backup's LSN: `expire` must keep it, per timeline, and
+/// a restore to the end of WAL must replay it. `verify` names a gap in it.
+fn expire_after_in_place_pitr(pg: Pg) {
+    let env = Env::new(&format!("inplace{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{config}\n[retention]\nkeep_last = 2\nexpire_after_backup = false\n"),
+    )
+    .unwrap();
+    env.backup();
+    main.sql("CREATE TABLE t (id int)");
+    let branch_lsn = main.sql("SELECT pg_current_wal_lsn()");
+    for id in 1..=8 {
+        main.sql(&format!("INSERT INTO t VALUES ({id})"));
+        main.sql("SELECT pg_switch_wal()");
+    }
+    env.backup();
+    main.stop();
+
+    // The cluster is now the one restored to before the inserts, promoted on timeline 2.
+    let pgdata = env.path("after-pitr");
+    let current = env.restored(&pgdata);
+    point_cluster_at(&env, &main, &current);
+    env.pgkeep_ok(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target-lsn",
+        &branch_lsn,
+        "--target-action",
+        "promote",
+    ]);
+    current.start();
+    current.wait_promoted();
+    env.backup();
+    for id in 101..=103 {
+        current.sql(&format!("INSERT INTO t VALUES ({id})"));
+        current.sql("SELECT pg_switch_wal()");
+    }
+    current.wait_archived();
+    env.pgkeep_ok(&["expire"]);
+    env.pgkeep_ok(&["verify"]);
+
+    let restored = env.restore_and_start("latest", &[]);
+    assert_eq!(
+        restored.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "101,102,103",
+        "a restore to the end of WAL lost timeline 2's WAL"
+    );
+    restored.stop();
+
+    // A segment missing on timeline 2, below every timeline-1 backup's start.
+    let seg = pgkeep::format::wal::SegmentSize(16 << 20);
+    let lsn: pgkeep::format::lsn::Lsn = current.sql("SELECT pg_current_wal_lsn()").parse().unwrap();
+    let missing = seg.name(2, seg.segno(lsn) - 2);
+    std::fs::remove_file(env.repo.join("main/wal/00000002").join(&missing)).unwrap();
+    let err = env.pgkeep_err(&["verify"]);
+    assert!(
+        err.contains(&format!("WAL gap on timeline 2: {missing} .. {missing}")),
+        "{err}"
+    );
+}
+
+on_each_version!(expire_after_in_place_pitr);

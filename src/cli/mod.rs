@@ -230,6 +230,20 @@ fn print_backup_summary(o: &backup::BackupOutcome, secs: f64) {
                 format!(", WARNING: {n} blocks failed page checksum validation (see `pgkeep info`)"),
         }
     );
+    if o.stored_again > 0 {
+        let n = o.stored_again;
+        println!(
+            "healed: stored {n} chunk{} again, as the stored cop{} did not match {}checksum (recorded; `pgkeep verify` names any backup still damaged)",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "y" } else { "ies" },
+            if n == 1 { "its " } else { "their " },
+        );
+    }
+    if !m.data_checksums {
+        eprintln!(
+            "warning: the cluster has no data checksums, so no page was validated; enable them with pg_checksums --enable (server stopped)"
+        );
+    }
     for f in m.files.iter().filter(|f| !f.bad_blocks.is_empty()) {
         eprintln!(
             "warning: {} has invalid page checksums in blocks {:?}",
@@ -343,7 +357,9 @@ fn print_expire(r: &expire::ExpireReport, dry_run: bool) {
         );
     }
     if r.gc_deferred {
-        println!("data: a backup is running; unreferenced data is freed by the next expire");
+        println!(
+            "data: a backup is running; unneeded WAL and unreferenced data are removed by the next expire"
+        );
     }
     if dry_run {
         println!("dry run: nothing was removed");
@@ -443,6 +459,12 @@ fn run(cli: &Cli) -> Result<i32> {
             }
             if !r.problems.is_empty() {
                 eprintln!("verify found {} problem(s)", r.problems.len());
+                if r.full_backup_heals {
+                    eprintln!(
+                        "to heal: run `pgkeep backup --full`; it stores again every damaged chunk whose data the database still holds, \
+                         and backups that need other damaged data stay damaged"
+                    );
+                }
                 return Ok(1);
             }
             println!(

@@ -1,12 +1,14 @@
 //! `expire`: applies the retention policy. Three steps, each safe to interrupt:
 //!
 //! 1. remove the manifests of expired backups (they are gone; their data stays);
-//! 2. record the WAL floor, then remove WAL no surviving backup needs, oldest first, so
-//!    what remains is always a contiguous run;
-//! 3. garbage-collect packs, only while holding the data lock exclusively: every backup
-//!    holds it shared from before it reads the chunk index until its manifest is
-//!    published, so no chunk an unfinished backup refers to can be removed. If a backup
-//!    is running, collection waits for the next `expire`.
+//! 2. record the WAL window, then remove WAL no surviving backup needs (per timeline,
+//!    see `walneed`), oldest first;
+//! 3. garbage-collect packs.
+//!
+//! Steps 2 and 3 run only while `expire` holds the data lock exclusively: every backup
+//! holds it shared from before it reads the chunk index until its manifest is published,
+//! so no chunk an unfinished backup refers to, and none of the WAL it waits for, can be
+//! removed. If a backup is running, they wait for the next `expire`.
 //!
 //! Within collection, new packs are stored before the old ones go, and an index before
 //! its pack, so a crash leaves at worst a duplicate or an unindexed pack, both removed
@@ -21,9 +23,12 @@ use chrono::{DateTime, Utc};
 use super::Context;
 use super::backup::PACK_SIZE;
 use super::retention::{self, BackupFacts, Plan};
-use crate::format::wal::{SegmentSize, WalFile};
+use super::target;
+use super::walneed::{self, Need, wal_position};
+use crate::format::wal::SegmentSize;
+use crate::repo::index::{ChunkIndex, ChunkLocation};
 use crate::repo::manifest::Manifest;
-use crate::repo::pack::{ChunkId, ChunkIndex, ChunkLocation, PackWriter, pack_key, pack_size};
+use crate::repo::pack::{ChunkId, MAX_DELTA_DEPTH, PackWriter, pack_key, pack_size};
 
 pub struct ExpireReport {
     pub plan: Plan,
@@ -33,7 +38,7 @@ pub struct ExpireReport {
     /// First segment of the WAL kept without a gap.
     pub wal_kept_from: Option<String>,
     pub gc: Option<GcReport>,
-    /// Collection was skipped because a backup holds the data lock.
+    /// WAL removal and collection were skipped because a backup holds the data lock.
     pub gc_deferred: bool,
 }
 
@@ -43,64 +48,36 @@ pub struct GcReport {
     pub packs_rewritten: usize,
     pub bytes_freed: u64,
     pub temporaries_removed: usize,
+    /// `.idx` files written again from the copy inside their pack.
+    pub indexes_rewritten: usize,
 }
 
 /// Temporary files in the WAL archive younger than this may belong to a running
 /// archive-push.
 const WAL_TEMP_AGE: Duration = Duration::from_secs(3600);
 
-/// Segment number and timeline of an archived WAL file; `None` for history files, which
-/// are kept forever.
-fn wal_position(name: &str, file: &WalFile, seg: SegmentSize) -> Option<(u32, u64)> {
-    match *file {
-        WalFile::Segment {
-            timeline,
-            log,
-            seg: s,
-        }
-        | WalFile::Partial {
-            timeline,
-            log,
-            seg: s,
-        } => Some((timeline, seg.segno_of(log, s))),
-        WalFile::BackupHistory { .. } => match WalFile::parse(name.get(..24)?)? {
-            WalFile::Segment {
-                timeline,
-                log,
-                seg: s,
-            } => Some((timeline, seg.segno_of(log, s))),
-            _ => None,
-        },
-        WalFile::History { .. } => None,
-    }
-}
-
-/// WAL files no surviving backup needs, oldest first, and the floor segment from which
-/// everything is kept.
+/// WAL files no surviving backup needs (see `walneed`), oldest first. Survivors from
+/// the plan's `wal_from` backup on serve point-in-time recovery; older ones keep only
+/// their own WAL.
 fn wal_to_remove(
     ctx: &Context,
     manifests: &[Manifest],
     plan: &Plan,
     seg: SegmentSize,
-) -> Result<(Vec<String>, Option<u64>)> {
+) -> Result<Vec<String>> {
     let Some(from) = plan
         .wal_from
         .as_ref()
         .and_then(|l| manifests.iter().find(|m| &m.label == l))
     else {
-        return Ok((Vec::new(), None));
+        return Ok(Vec::new());
     };
-    let floor = seg.segno(from.start_lsn);
-    let needed: Vec<(u32, u64, u64)> = manifests
+    let paths = target::timeline_paths(&ctx.repo)
+        .context("expire removes WAL only when every timeline's history is readable")?;
+    let needs: Vec<Need> = manifests
         .iter()
         .filter(|m| plan.keep.contains_key(&m.label))
-        .map(|m| {
-            (
-                m.timeline,
-                seg.segno(m.start_lsn),
-                seg.segno_before(m.stop_lsn),
-            )
-        })
+        .map(|m| Need::of(m, seg, m.stop_time >= from.stop_time))
         .collect();
     let mut remove: Vec<(u64, String)> = ctx
         .repo
@@ -108,14 +85,11 @@ fn wal_to_remove(
         .into_iter()
         .filter_map(|(name, file, _)| {
             let (tli, segno) = wal_position(&name, &file, seg)?;
-            let needed_by_backup = needed
-                .iter()
-                .any(|&(t, a, b)| t == tli && (a..=b).contains(&segno));
-            (segno < floor && !needed_by_backup).then_some((segno, name))
+            (!walneed::needed(&needs, &paths, seg, tli, segno)).then_some((segno, name))
         })
         .collect();
     remove.sort();
-    Ok((remove.into_iter().map(|(_, n)| n).collect(), Some(floor)))
+    Ok(remove.into_iter().map(|(_, n)| n).collect())
 }
 
 /// Applies the policy as of `now`; with `dry_run`, only reports.
@@ -142,7 +116,7 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
         })
         .collect();
     let plan = retention::plan(&ctx.config.retention, &backups, now);
-    let (wal_removed, floor) = wal_to_remove(ctx, &manifests, &plan, seg)?;
+    let wal_removed = wal_to_remove(ctx, &manifests, &plan, seg)?;
     let from = plan
         .wal_from
         .as_ref()
@@ -161,19 +135,25 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
     for label in &report.plan.expire {
         ctx.repo.delete_manifest(label)?;
     }
-    if let Some(floor) = floor
+    // A running backup has no manifest yet: the WAL it waits for, and the chunks it
+    // refers to, are removed only while none runs.
+    let Some(_collecting) = ctx.repo.try_lock_data_exclusive()? else {
+        report.gc_deferred = true;
+        report.wal_removed.clear();
+        return Ok(report);
+    };
+    // Recorded first, so verify knows which backups lost their later WAL on purpose.
+    if let Some(from) = from
         && !report.wal_removed.is_empty()
     {
+        let window = ctx.repo.wal_window()?.into_iter().chain([from.stop_time]);
         ctx.repo
-            .set_wal_floor(floor.max(ctx.repo.wal_floor()?.unwrap_or(0)))?;
+            .set_wal_window(window.max().expect("one at least"))?;
     }
     for name in &report.wal_removed {
         ctx.repo.delete_wal(name)?;
     }
-    match ctx.repo.try_lock_data_exclusive()? {
-        Some(_collecting) => report.gc = Some(collect_garbage(ctx)?),
-        None => report.gc_deferred = true,
-    }
+    report.gc = Some(collect_garbage(ctx)?);
     Ok(report)
 }
 
@@ -202,23 +182,37 @@ fn keep_with_bases(index: &ChunkIndex, live: &mut HashSet<ChunkId>, mut id: Chun
     grew
 }
 
+/// Copies of chunks no good copy stands in for, by pack: other copies (deltas whose base
+/// cannot be read now) and recorded corrupt ones. Each may be all that is left of data
+/// a backup refers to.
+fn waiting_copies(index: &ChunkIndex) -> Vec<(u32, ChunkId)> {
+    [&index.other_copies, &index.damaged]
+        .into_iter()
+        .flatten()
+        .filter(|(id, _)| !index.chunks.contains_key(id))
+        .flat_map(|(id, copies)| copies.iter().map(|loc| (loc.pack, *id)))
+        .collect()
+}
+
 /// Decides each pack's fate. Every chunk of a kept pack stays in the index, so whatever
 /// it is read through must stay too: decisions repeat until no base is added.
 ///
-/// A chunk a backup refers to that cannot be read now (its bases are in a pack whose
-/// index is damaged) may become readable once that is mended: every pack holding a
-/// copy of one is kept.
+/// A chunk a backup refers to that has no good copy (its bases are in a pack whose index
+/// is damaged, or every copy is recorded corrupt) may become readable once that is
+/// mended: every pack holding a copy of one is kept. A pack holding other recorded
+/// corrupt copies is rewritten without them.
 fn decide_fates(
     index: &ChunkIndex,
     packs: &[Vec<(ChunkId, ChunkLocation)>],
     sizes: &BTreeMap<String, u64>,
     live: &mut HashSet<ChunkId>,
 ) -> Vec<Fate> {
-    let waiting: Vec<(u32, ChunkId)> = index
-        .other_copies
-        .iter()
-        .filter(|(id, _)| !index.chunks.contains_key(id))
-        .map(|(id, loc)| (loc.pack, *id))
+    let waiting = waiting_copies(index);
+    let damaged: HashSet<u32> = index
+        .damaged
+        .values()
+        .flatten()
+        .map(|loc| loc.pack)
         .collect();
     loop {
         let fates: Vec<Fate> = packs
@@ -231,13 +225,15 @@ fn decide_fates(
                     .fold((0, 0), |(n, bytes), (_, l)| {
                         (n + 1, bytes + l.stored_len as u64)
                     });
+                let pack = pack as u32;
                 let holds_waiting = waiting
                     .iter()
-                    .any(|(p, id)| *p == pack as u32 && live.contains(id));
-                match sizes.get(index.pack_name(pack as u32)) {
+                    .any(|(p, id)| *p == pack && live.contains(id));
+                match sizes.get(index.pack_name(pack)) {
                     _ if holds_waiting => Fate::Keep,
                     _ if live_count == 0 => Fate::Remove,
                     None => Fate::Keep, // gone since the index was read: leave it to verify
+                    Some(_) if damaged.contains(&pack) => Fate::Rewrite,
                     Some(&size) if pack_size(live_count, live_bytes) * 2 < size => Fate::Rewrite,
                     Some(_) => Fate::Keep,
                 }
@@ -261,13 +257,53 @@ fn decide_fates(
     }
 }
 
-/// Removes packs no manifest refers to, and rewrites packs that are mostly unreferenced.
-/// The caller holds the data lock exclusively.
+/// Copies the live chunks of pack `pack` into `writer`, each checked first.
+fn copy_live(
+    ctx: &Context,
+    index: &ChunkIndex,
+    pack: u32,
+    chunks: &[(ChunkId, ChunkLocation)],
+    live: &HashSet<ChunkId>,
+    writer: &mut PackWriter,
+) -> Result<()> {
+    let storage = &*ctx.repo.storage;
+    let prefix = ctx.repo.packs_prefix();
+    let key = index.pack_key(&prefix, pack);
+    for (id, loc) in chunks.iter().filter(|(id, _)| live.contains(id)) {
+        let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
+        index
+            .read_copy(
+                storage,
+                &prefix,
+                id,
+                loc,
+                Some(&payload),
+                MAX_DELTA_DEPTH + 1,
+            )
+            .with_context(|| format!("cannot rewrite pack {key}; run `pgkeep verify`"))?;
+        writer.add(
+            *id,
+            loc.raw_len as usize,
+            loc.compression,
+            loc.delta,
+            &payload,
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes packs no manifest refers to, rewrites packs that are mostly unreferenced or
+/// hold corrupt copies, writes missing `.idx` files again, and drops damage records of
+/// packs that are gone. The caller holds the data lock exclusively.
 fn collect_garbage(ctx: &Context) -> Result<GcReport> {
     let storage = &ctx.repo.storage;
     let prefix = ctx.repo.packs_prefix();
     let manifests = ctx.repo.manifests()?;
     let index = ChunkIndex::load(&**storage, &prefix)?;
+    let mut report = GcReport {
+        indexes_rewritten: index.rewrite_indexes(&**storage, &prefix)?.len(),
+        ..GcReport::default()
+    };
     let mut live: HashSet<ChunkId> = HashSet::new();
     for m in &manifests {
         for id in m.files.iter().flat_map(|f| f.chunks.iter()) {
@@ -284,18 +320,17 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
             ))
         })
         .collect();
-    let mut report = GcReport::default();
     let remove = |name: &str, report: &mut GcReport| -> Result<()> {
         // The index first: a pack must never be indexed but gone.
         storage.delete(&pack_key(&prefix, name, "idx"))?;
         storage.delete(&pack_key(&prefix, name, "pack"))?;
+        storage.delete(&pack_key(&prefix, name, "damaged"))?;
         report.bytes_freed += sizes.get(name).copied().unwrap_or(0);
         Ok(())
     };
     let packs = index.by_pack();
     let fates = decide_fates(&index, &packs, &sizes, &mut live);
-    // Packs whose writer died before indexing them: nothing refers to them.
-    let mut unreferenced: Vec<&str> = index.unindexed.iter().map(String::as_str).collect();
+    let mut unreferenced = Vec::new();
     let mut rewritten = Vec::new();
     let mut writer = PackWriter::new(storage.clone(), prefix.clone(), PACK_SIZE);
     for (pack, chunks) in packs.iter().enumerate() {
@@ -304,20 +339,7 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
             Fate::Keep => {}
             Fate::Remove => unreferenced.push(name),
             Fate::Rewrite => {
-                let key = index.pack_key(&prefix, pack as u32);
-                for (id, loc) in chunks.iter().filter(|(id, _)| live.contains(id)) {
-                    let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
-                    index.read(&**storage, &prefix, id).with_context(|| {
-                        format!("cannot rewrite pack {key}; run `pgkeep verify`")
-                    })?;
-                    writer.add(
-                        *id,
-                        loc.raw_len as usize,
-                        loc.compression,
-                        loc.delta,
-                        &payload,
-                    )?;
-                }
+                copy_live(ctx, &index, pack as u32, chunks, &live, &mut writer)?;
                 rewritten.push(name);
             }
         }
@@ -328,6 +350,11 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
     for name in unreferenced.iter().chain(&rewritten) {
         if !writer.stored.iter().any(|s| s == name) {
             remove(name, &mut report)?;
+        }
+    }
+    for name in index.damage_records.keys() {
+        if !sizes.contains_key(name) {
+            storage.delete(&pack_key(&prefix, name, "damaged"))?;
         }
     }
     report.bytes_freed = report.bytes_freed.saturating_sub(writer.stored_bytes);
@@ -394,7 +421,7 @@ mod tests {
             depth: 1,
             method: crate::repo::pack::DeltaMethod::Xor,
         });
-        index.other_copies.push((waiting, loc));
+        index.other_copies.entry(waiting).or_default().push(loc);
         live.insert(waiting);
         let fates = decide_fates(&index, &index.by_pack(), &sizes, &mut live);
         assert_eq!(fates[2], Fate::Keep);

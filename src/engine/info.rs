@@ -63,6 +63,9 @@ pub struct Window {
     pub to_segment: String,
 }
 
+/// How many segments back from the window's end to look for its last transaction.
+const TRANSACTION_SEARCH_SEGMENTS: u64 = 16;
+
 fn to_time(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or_default()
 }
@@ -122,6 +125,10 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
             &ctx.repo,
             seg,
             &TimelinePath::single(timeline),
+            seg.start_lsn(
+                seg.segno_of(log, s)
+                    .saturating_sub(TRANSACTION_SEARCH_SEGMENTS - 1),
+            ),
             seg.segno_of(log, s),
         )?
     {

@@ -11,6 +11,7 @@ pub mod retention;
 pub mod target;
 pub mod verify;
 mod walk;
+pub mod walneed;
 pub mod walscan;
 
 use std::sync::atomic::{AtomicBool, Ordering};

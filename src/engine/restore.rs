@@ -24,8 +24,8 @@ use super::{Context, parallel_map, stopped};
 use crate::format::history::TimelinePath;
 use crate::format::wal::SegmentSize;
 use crate::format::{guc, tablespace_map};
+use crate::repo::index::ChunkIndex;
 use crate::repo::manifest::{FileEntry, Manifest};
-use crate::repo::pack::ChunkIndex;
 use crate::repo::storage::sync_dir;
 
 pub struct RestoreOptions {
@@ -146,13 +146,22 @@ fn tablespace_locations(
 /// Checks, before anything is written, that the backup and the WAL it needs are there.
 fn preflight(ctx: &Context, manifest: &Manifest, index: &ChunkIndex) -> Result<()> {
     for f in &manifest.files {
-        if let Some(missing) = f.chunks.iter().find(|c| !index.chunks.contains_key(c)) {
+        let Some(lost) = f.chunks.iter().find(|c| !index.chunks.contains_key(c)) else {
+            continue;
+        };
+        if index.damaged.contains_key(lost) {
             bail!(
-                "backup {} is damaged: chunk {missing} of {} is missing from the repository; run `pgkeep verify` and restore another backup",
+                "backup {} is damaged: chunk {lost} of {} is corrupt in the repository (found by verify or a full backup); \
+                 restore another backup, or run `pgkeep verify` if the repository was repaired since",
                 manifest.label,
                 f.path
             );
         }
+        bail!(
+            "backup {} is damaged: chunk {lost} of {} is missing from the repository; run `pgkeep verify` and restore another backup",
+            manifest.label,
+            f.path
+        );
     }
     let seg = SegmentSize(manifest.wal_segment_size);
     for segno in seg.segno(manifest.start_lsn)..=seg.segno_before(manifest.stop_lsn) {
@@ -168,8 +177,9 @@ fn preflight(ctx: &Context, manifest: &Manifest, index: &ChunkIndex) -> Result<(
     Ok(())
 }
 
-/// A target time at or after the last archived transaction is never reached: PostgreSQL
-/// would replay everything and then refuse to start. Say so before touching anything.
+/// A target time is reached only at a transaction that ends after it, once the backup is
+/// consistent; without one PostgreSQL replays everything and then refuses to start. Say
+/// so before touching anything.
 fn check_time_reachable(
     ctx: &Context,
     manifest: &Manifest,
@@ -191,17 +201,27 @@ fn check_time_reachable(
     let Some(end) = walscan::path_end(&archive, seg, &path, seg.segno(manifest.start_lsn)) else {
         return Ok(()); // preflight names the missing segment
     };
-    if let Some(last) = walscan::last_transaction_time(&ctx.repo, seg, &path, end)?
-        && *time >= last
-    {
-        bail!(
-            "target time {} is not before the last archived transaction ({}), so recovery could never reach it; \
-             choose an earlier time, or leave out the target to replay all archived WAL",
-            target::format_time(time),
-            last.format("%Y-%m-%d %H:%M:%S%.6f+00")
-        );
-    }
-    Ok(())
+    let target = target::format_time(time);
+    let archive_first = "the newest WAL is not archived yet: run `pgkeep check` (or `SELECT pg_switch_wal()` on the server), then restore again";
+    walscan::last_transaction_time(&ctx.repo, seg, &path, manifest.stop_lsn, end)?.map_or_else(
+        || {
+            bail!(
+                "no transaction after backup {} became consistent is in the archive, so recovery could never tell it reached {target}; \
+                 {archive_first} (if nothing was committed since the backup, restore it with --target immediate)",
+                manifest.label
+            )
+        },
+        |last| {
+            if *time >= last {
+                bail!(
+                    "target time {target} is not before the last archived transaction ({}), so recovery could never reach it; \
+                     if the server has committed since, {archive_first}; otherwise choose an earlier time, or leave out the target to replay all archived WAL",
+                    last.format("%Y-%m-%d %H:%M:%S%.6f+00")
+                );
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Writes one file from its chunks; all-zero chunks become holes.

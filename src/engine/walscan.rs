@@ -84,26 +84,27 @@ pub fn path_end(
     Some(end)
 }
 
-/// How many segments back from `end` to look for a transaction.
-const TRANSACTION_SEARCH_SEGMENTS: u64 = 16;
-
-/// The time of the last commit or abort in the archived WAL up to segment `end` along
-/// `path`. A recovery target time at or after it is never reached: PostgreSQL stops
-/// before the first transaction later than the target and fails if there is none.
+/// The time of the last commit or abort at or after `after` in the archived WAL along
+/// `path`, looking back from segment `end` (in the newest segment that holds one, the
+/// latest time). A recovery target time at or after it is never reached: PostgreSQL
+/// stops before the first transaction later than the target and fails if there is none.
 pub fn last_transaction_time(
     repo: &ClusterRepo,
     seg: SegmentSize,
     path: &TimelinePath,
+    after: Lsn,
     end: u64,
 ) -> Result<Option<DateTime<Utc>>> {
-    for segno in (end.saturating_sub(TRANSACTION_SEARCH_SEGMENTS - 1)..=end).rev() {
+    for segno in (seg.segno(after)..=end).rev() {
         let Some(bytes) = repo.get_wal(&seg.name(path.timeline_of_segment(seg, segno), segno))?
         else {
             break;
         };
         let mut latest: Option<i64> = None;
         RecordReader::default().feed(segno, &bytes, |rec| {
-            latest = latest.max(walrecord::xact_time(&rec))
+            if rec.lsn >= after {
+                latest = latest.max(walrecord::xact_time(&rec));
+            }
         });
         if let Some(us) = latest {
             return Ok(DateTime::from_timestamp_micros(us));

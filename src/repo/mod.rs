@@ -6,13 +6,16 @@
 //! CLUSTER/cluster.info                 system identifier, version, segment size
 //! CLUSTER/backups/LABEL.manifest       published backups
 //! CLUSTER/packs/XX/HASH.pack|.idx      chunk packs and their indexes
+//! CLUSTER/packs/XX/HASH.damaged        chunks whose copies in that pack are corrupt
 //! CLUSTER/wal/TTTTTTTT/NAME            WAL segments, .partial and .backup files
 //! CLUSTER/wal/history/TTTTTTTT.history timeline history files
 //! CLUSTER/pins/LABEL                   pinned backups
-//! CLUSTER/wal-floor                    segment below which WAL was expired on purpose
+//! CLUSTER/wal-window                   time before which backups keep only their own WAL
+//! CLUSTER/wal-floor                    (older repositories) segment below which likewise
 //! CLUSTER/locks/                       advisory lock files
 //! ```
 
+pub mod index;
 pub mod manifest;
 pub mod object;
 pub mod pack;
@@ -21,6 +24,7 @@ pub mod storage;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use self::manifest::Manifest;
@@ -44,6 +48,14 @@ pub struct ClusterInfo {
     pub system_identifier: u64,
     pub pg_version: u32,
     pub wal_segment_size: u64,
+}
+
+/// `CLUSTER/wal-window`: backups that became consistent before `pitr_from` keep only the
+/// WAL from their start to their stop.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WalWindow {
+    pitr_from: DateTime<Utc>,
 }
 
 /// A repository opened for one cluster.
@@ -268,17 +280,25 @@ impl ClusterRepo {
         self.storage.lock(&self.key("locks/expire"), true, false)
     }
 
-    /// The segment number below which `expire` removed WAL on purpose (the WAL window):
-    /// `verify` does not report gaps below it.
-    pub fn wal_floor(&self) -> Result<Option<u64>> {
-        self.get_json(&self.key("wal-floor"))
+    /// The time before which backups were left only their own WAL by `expire` (the WAL
+    /// window): `verify` does not report the gaps after them.
+    pub fn wal_window(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(self
+            .get_json::<WalWindow>(&self.key("wal-window"))?
+            .map(|w| w.pitr_from))
     }
 
-    pub fn set_wal_floor(&self, segno: u64) -> Result<()> {
+    pub fn set_wal_window(&self, pitr_from: DateTime<Utc>) -> Result<()> {
         self.storage.put(
-            &self.key("wal-floor"),
-            &object::encode(&serde_json::to_vec(&segno)?, 0)?,
+            &self.key("wal-window"),
+            &object::encode(&serde_json::to_vec(&WalWindow { pitr_from })?, 0)?,
         )
+    }
+
+    /// What repositories written before `wal-window` recorded instead: the segment number
+    /// below which `expire` removed WAL on purpose, on every timeline.
+    pub fn wal_floor(&self) -> Result<Option<u64>> {
+        self.get_json(&self.key("wal-floor"))
     }
 
     /// Where an archived WAL file is stored.

@@ -12,12 +12,10 @@
 //! as `NAME.idx` (an enveloped object) so readers need not open every pack. A pack is
 //! written before its `.idx`, and both before any manifest that refers to their chunks.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::object::{self, Compression};
@@ -103,7 +101,7 @@ const ENTRY_LEN_V2: usize = ENTRY_LEN_V1 + 1 + 32;
 /// Index version 3 adds the delta method.
 const ENTRY_LEN_V3: usize = ENTRY_LEN_V2 + 1;
 
-fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
+pub fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(12 + entries.len() * ENTRY_LEN_V3);
     out.extend_from_slice(INDEX_MAGIC);
     out.extend_from_slice(&[3, 0, 0, 0]);
@@ -121,7 +119,7 @@ fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
     out
 }
 
-fn decode_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
+pub fn decode_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
     let entry_len = match bytes.get(4) {
         Some(1) => ENTRY_LEN_V1,
         Some(2) => ENTRY_LEN_V2,
@@ -244,8 +242,7 @@ impl PackWriter {
             .extend_from_slice(&(index.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(PACK_MAGIC);
         let name = blake3::hash(&self.buf).to_hex().to_string();
-        self.storage
-            .put_new(&pack_key(&self.prefix, &name, "pack"), &self.buf)?;
+        self.store_pack(&name)?;
         self.storage.put(
             &pack_key(&self.prefix, &name, "idx"),
             &object::encode(&index, 3)?,
@@ -258,40 +255,39 @@ impl PackWriter {
     }
 }
 
-/// Where a chunk is: which pack (by position in [`ChunkIndex::packs`]) and where in it.
-#[derive(Clone, Copy, Debug)]
-pub struct ChunkLocation {
-    pub pack: u32,
-    pub offset: u64,
-    pub stored_len: u32,
-    pub raw_len: u32,
-    pub compression: Compression,
-    pub delta: Option<Delta>,
+impl PackWriter {
+    /// Stores the pack being filled as `name`. A pack of that name is these very bytes
+    /// (the name is their hash), unless it was damaged: then it is replaced by its true
+    /// content, and its damage record goes.
+    fn store_pack(&self, name: &str) -> Result<()> {
+        let key = pack_key(&self.prefix, name, "pack");
+        if self.storage.put_new(&key, &self.buf)? {
+            return Ok(());
+        }
+        let intact = self
+            .storage
+            .get(&key)?
+            .is_some_and(|stored| blake3::hash(&stored).to_hex().as_str() == name);
+        if !intact {
+            tracing::warn!("pack {key} was damaged; it is written again");
+            self.storage.put(&key, &self.buf)?;
+            self.storage
+                .delete(&pack_key(&self.prefix, name, "damaged"))?;
+        }
+        Ok(())
+    }
 }
 
-/// Every chunk in a repository folder and where it is stored.
-#[derive(Default)]
-pub struct ChunkIndex {
-    pub packs: Vec<String>,
-    /// The copy each readable chunk is read from.
-    pub chunks: HashMap<ChunkId, ChunkLocation>,
-    /// Every other stored copy: second copies of chunks stored twice, and deltas that
-    /// cannot be read (their bases are gone, perhaps in an unreadable pack).
-    pub other_copies: Vec<(ChunkId, ChunkLocation)>,
-    /// Packs whose index cannot be read from either copy, with why: their chunks are
-    /// unknown, and they are never removed automatically.
-    pub unreadable: Vec<(String, String)>,
-    /// Packs without an index file: a writer died between storing the two, so nothing
-    /// refers to them.
-    pub unindexed: Vec<String>,
-}
-
-/// Reads the index stored at the end of a pack of `size` bytes.
-fn footer_index(storage: &dyn Storage, key: &str, size: u64) -> Result<Vec<IndexEntry>> {
+/// Reads the index stored at the end of a pack of `size` bytes through `read(offset,
+/// len)`.
+fn index_at_end(
+    size: u64,
+    read: impl Fn(u64, usize) -> Result<Vec<u8>>,
+) -> Result<Vec<IndexEntry>> {
     if size < 8 {
         bail!("the pack is too short");
     }
-    let tail = storage.get_range(key, size - 8, 8)?;
+    let tail = read(size - 8, 8)?;
     if &tail[4..] != PACK_MAGIC {
         bail!("the pack does not end with its index");
     }
@@ -299,265 +295,49 @@ fn footer_index(storage: &dyn Storage, key: &str, size: u64) -> Result<Vec<Index
     if len + 8 > size {
         bail!("the pack's index length is impossible");
     }
-    decode_index(&storage.get_range(key, size - 8 - len, len as usize)?)
+    decode_index(&read(size - 8 - len, len as usize)?)
 }
 
-impl ChunkIndex {
-    /// Reads every pack index under `prefix`. A damaged `.idx` is replaced by the copy
-    /// inside its pack; a pack with neither readable is set aside in `unreadable`, so
-    /// one bad object never blocks backups or restores that do not need it.
-    pub fn load(storage: &dyn Storage, prefix: &str) -> Result<ChunkIndex> {
-        let mut packs: BTreeMap<String, (Option<u64>, bool)> = BTreeMap::new();
-        for object in storage.list(prefix)? {
-            let file = object.key.rsplit('/').next().unwrap_or("");
-            let Some((name, ext)) = file.split_once('.') else {
-                continue;
-            };
-            if name.len() != 64
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            {
-                tracing::warn!("ignoring {} in the repository: not a pack", object.key);
-                continue;
-            }
-            let slot = packs.entry(name.to_string()).or_default();
-            match ext {
-                "pack" => slot.0 = Some(object.size),
-                "idx" => slot.1 = true,
-                _ => tracing::warn!("ignoring {} in the repository: not a pack", object.key),
-            }
-        }
-        let mut index = ChunkIndex::default();
-        // Deltas are placed once every whole chunk is known.
-        let mut deltas: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
-        for (name, (stored_size, has_idx)) in packs {
-            if !has_idx {
-                index.unindexed.push(name);
-                continue;
-            }
-            let idx_key = pack_key(prefix, &name, "idx");
-            let from_idx = storage
-                .get(&idx_key)?
-                .context("vanished while reading")
-                .and_then(|bytes| object::decode(&bytes))
-                .and_then(|plain| decode_index(&plain));
-            let entries = match (from_idx, stored_size) {
-                (Ok(_), None) => {
-                    let why = "its index is there but the pack itself is missing".to_string();
-                    index.unreadable.push((name, why));
-                    continue;
-                }
-                (Ok(entries), Some(_)) => entries,
-                (Err(idx_err), Some(size)) => {
-                    match footer_index(storage, &pack_key(prefix, &name, "pack"), size) {
-                        Ok(entries) => {
-                            tracing::warn!(
-                                "pack index {idx_key} is unreadable ({idx_err:#}); using the copy inside the pack"
-                            );
-                            entries
-                        }
-                        Err(e) => {
-                            index.unreadable.push((
-                                name,
-                                format!("{idx_err:#}; the copy inside the pack: {e:#}"),
-                            ));
-                            continue;
-                        }
-                    }
-                }
-                (Err(idx_err), None) => {
-                    index.unreadable.push((name, format!("{idx_err:#}")));
-                    continue;
-                }
-            };
-            let pack = index.packs.len() as u32;
-            index.packs.push(name);
-            for e in entries {
-                let loc = ChunkLocation {
-                    pack,
-                    offset: e.offset,
-                    stored_len: e.stored_len,
-                    raw_len: e.raw_len,
-                    compression: e.compression,
-                    delta: e.delta,
-                };
-                if loc.delta.is_some() {
-                    deltas.entry(e.id).or_default().push(loc);
-                } else if let Entry::Vacant(v) = index.chunks.entry(e.id) {
-                    v.insert(loc);
-                } else {
-                    index.other_copies.push((e.id, loc));
-                }
-            }
-        }
-        index.place_deltas(deltas);
-        for (name, why) in &index.unreadable {
-            tracing::warn!(
-                "pack {name} has no readable index ({why}); its chunks are treated as missing"
-            );
-        }
-        Ok(index)
-    }
-
-    /// Chooses the copy each delta is read from: the one with the shortest chain of
-    /// bases as they are now (a chunk may be stored more than once, by concurrent
-    /// backups or a collection interrupted between copying a pack and removing it, and
-    /// copies of a base may differ), recording that true depth. A chunk also stored
-    /// whole is read whole. A delta whose bases are gone (a lost pack) or whose chain
-    /// is too long cannot be read: it stays out of `chunks`, so it is not deduplicated
-    /// against, and a backup that refers to it finds it missing.
-    fn place_deltas(&mut self, mut pending: HashMap<ChunkId, Vec<ChunkLocation>>) {
-        pending.retain(|id, copies| {
-            let whole = self.chunks.contains_key(id);
-            if whole {
-                self.other_copies.extend(copies.drain(..).map(|c| (*id, c)));
-            }
-            !whole
-        });
-        for depth in 1..=MAX_DELTA_DEPTH {
-            // Bases placed in this round wait for the next: depths then grow one a round.
-            let ready: Vec<(ChunkId, usize)> = pending
-                .iter()
-                .filter_map(|(id, copies)| {
-                    let readable = |c: &ChunkLocation| {
-                        c.delta.is_some_and(|d| self.chunks.contains_key(&d.base))
-                    };
-                    Some((*id, copies.iter().position(readable)?))
-                })
-                .collect();
-            if ready.is_empty() {
-                break;
-            }
-            for (id, at) in ready {
-                let mut copies = pending.remove(&id).expect("pending");
-                let mut chosen = copies.swap_remove(at);
-                chosen.delta = chosen.delta.map(|d| Delta { depth, ..d });
-                self.chunks.insert(id, chosen);
-                self.other_copies
-                    .extend(copies.into_iter().map(|c| (id, c)));
-            }
-        }
-        if !pending.is_empty() {
-            tracing::info!(
-                "{} stored deltas have no base left and are ignored",
-                pending.len()
-            );
-        }
-        for (id, copies) in pending {
-            self.other_copies
-                .extend(copies.into_iter().map(|c| (id, c)));
-        }
-    }
-
-    pub fn pack_key(&self, prefix: &str, pack: u32) -> String {
-        pack_key(prefix, &self.packs[pack as usize], "pack")
-    }
-
-    /// Reads, decompresses and checks one chunk (and, for a delta, its bases).
-    pub fn read(&self, storage: &dyn Storage, prefix: &str, id: &ChunkId) -> Result<Vec<u8>> {
-        let plain = self.read_unchecked(storage, prefix, id, MAX_DELTA_DEPTH + 1)?;
-        if ChunkId::of(&plain) != *id {
-            let key = self
-                .chunks
-                .get(id)
-                .map_or(String::new(), |loc| self.pack_key(prefix, loc.pack));
-            bail!("chunk {id} in pack {key} is corrupt: its content does not match its checksum");
-        }
-        Ok(plain)
-    }
-
-    /// The plaintext of `id` as a base for a new delta, without the hash check. A delta
-    /// records the difference from exactly what the stored bytes decode to, and every
-    /// read decodes them the same way, so a damaged base still yields the right chunk.
-    pub fn read_base(&self, storage: &dyn Storage, prefix: &str, id: &ChunkId) -> Result<Vec<u8>> {
-        self.read_unchecked(storage, prefix, id, MAX_DELTA_DEPTH + 1)
-    }
-
-    /// A chunk's plaintext without the final hash check: a base need not be hashed on
-    /// its own, since a wrong base cannot yield a chunk that matches its id.
-    fn read_unchecked(
-        &self,
-        storage: &dyn Storage,
-        prefix: &str,
-        id: &ChunkId,
-        depth_left: u8,
-    ) -> Result<Vec<u8>> {
-        let loc = self
-            .chunks
-            .get(id)
-            .with_context(|| format!("chunk {id} is missing from the repository"))?;
-        let key = self.pack_key(prefix, loc.pack);
-        let corrupt = || {
-            anyhow::anyhow!(
-                "chunk {id} in pack {key} is corrupt: its content does not match its checksum"
-            )
-        };
-        let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
-        let base = match loc.delta {
-            None => None,
-            Some(_) if depth_left == 0 => {
-                bail!("chunk {id} sits on a delta chain that is too long or loops")
-            }
-            Some(d) => Some(
-                self.read_unchecked(storage, prefix, &d.base, depth_left - 1)
-                    .with_context(|| format!("cannot read the base of chunk {id}"))?,
-            ),
-        };
-        let plain = decode_payload(loc, &payload, base.as_deref()).map_err(|_| corrupt())?;
-        if plain.len() != loc.raw_len as usize {
-            return Err(corrupt());
-        }
-        Ok(plain)
-    }
-
-    /// The chunks of each pack, by pack number.
-    pub fn by_pack(&self) -> Vec<Vec<(ChunkId, ChunkLocation)>> {
-        let mut out = vec![Vec::new(); self.packs.len()];
-        for (id, loc) in &self.chunks {
-            out[loc.pack as usize].push((*id, *loc));
-        }
-        out
-    }
-
-    /// The name (content hash) of a pack.
-    pub fn pack_name(&self, pack: u32) -> &str {
-        &self.packs[pack as usize]
-    }
+/// The index stored at the end of the pack at `key`, of `size` bytes.
+pub fn footer_index(storage: &dyn Storage, key: &str, size: u64) -> Result<Vec<IndexEntry>> {
+    index_at_end(size, |offset, len| storage.get_range(key, offset, len))
 }
 
-/// Decompresses a chunk's stored bytes and checks them against its id. A delta needs the
-/// plaintext of its base.
-pub fn decode_chunk(
-    id: &ChunkId,
-    loc: &ChunkLocation,
-    payload: &[u8],
-    base: Option<&[u8]>,
-) -> Result<Vec<u8>> {
-    if loc.delta.is_some() && base.is_none() {
-        bail!("chunk {id} is a delta and needs its base to be read");
-    }
-    match decode_payload(loc, payload, base) {
-        Ok(p) if p.len() == loc.raw_len as usize && ChunkId::of(&p) == *id => Ok(p),
-        _ => bail!("chunk {id} is corrupt: its content does not match its checksum"),
-    }
+/// The index stored at the end of a whole pack.
+pub fn index_in(pack: &[u8]) -> Result<Vec<IndexEntry>> {
+    index_at_end(pack.len() as u64, |offset, len| {
+        Ok(pack[offset as usize..offset as usize + len].to_vec())
+    })
 }
 
-/// A chunk's plaintext from its payload (and its base's plaintext, for a delta).
-fn decode_payload(loc: &ChunkLocation, payload: &[u8], base: Option<&[u8]>) -> Result<Vec<u8>> {
-    let raw_len = loc.raw_len as usize;
-    Ok(match (loc.delta, base) {
-        (None, _) => object::decompress(loc.compression, payload, raw_len)?,
+/// How a chunk's stored bytes decode: its compression, plaintext length and delta.
+#[derive(Clone, Copy, Debug)]
+pub struct Encoding {
+    pub compression: Compression,
+    pub raw_len: u32,
+    pub delta: Option<Delta>,
+}
+
+/// A chunk's plaintext from its payload (and its base's plaintext, for a delta), of
+/// exactly the length the index gives; not checked against its id.
+pub fn decode_payload(e: Encoding, payload: &[u8], base: Option<&[u8]>) -> Result<Vec<u8>> {
+    let raw_len = e.raw_len as usize;
+    let plain = match (e.delta, base) {
+        (None, _) => object::decompress(e.compression, payload, raw_len)?,
         (Some(d), Some(base)) if d.method == DeltaMethod::Dictionary => {
             zstd::bulk::Decompressor::with_dictionary(base)?.decompress(payload, raw_len)?
         }
         (Some(_), Some(base)) => {
-            let mut plain = object::decompress(loc.compression, payload, raw_len)?;
+            let mut plain = object::decompress(e.compression, payload, raw_len)?;
             xor_into(&mut plain, base);
             plain
         }
         (Some(_), None) => bail!("a delta needs its base"),
-    })
+    };
+    if plain.len() != raw_len {
+        bail!("decodes to {} bytes instead of {raw_len}", plain.len());
+    }
+    Ok(plain)
 }
 
 /// `target ^= base` over their common length.
@@ -572,176 +352,4 @@ pub fn encode_delta(data: &[u8], base: &[u8], level: i32) -> Result<(Compression
     let mut diff = data.to_vec();
     xor_into(&mut diff, base);
     object::compress(&diff, level.max(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::repo::storage::LocalStorage;
-
-    #[test]
-    fn chunks_round_trip_through_packs_and_corruption_is_caught() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let mut writer = PackWriter::new(storage.clone(), "c/packs".into(), 1000);
-        let chunks: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 300 + i as usize]).collect();
-        for c in &chunks {
-            let (comp, payload) = object::compress(c, 3).unwrap();
-            writer
-                .add(ChunkId::of(c), c.len(), comp, None, &payload)
-                .unwrap();
-        }
-        writer.flush().unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
-        assert_eq!(index.chunks.len(), 10);
-        // A delta of the first chunk reads back through its base.
-        let mut changed = chunks[0].clone();
-        changed[7] ^= 0xFF;
-        let base_plain = index
-            .read(&*storage, "c/packs", &ChunkId::of(&chunks[0]))
-            .unwrap();
-        changed.push(9); // longer than its base
-        let (compression, payload) = encode_delta(&changed, &base_plain, 3).unwrap();
-        assert!(
-            payload.len() < 40,
-            "a one-byte change costs a few bytes: {}",
-            payload.len()
-        );
-        let delta = Delta {
-            base: ChunkId::of(&chunks[0]),
-            depth: 1,
-            method: DeltaMethod::Xor,
-        };
-        writer
-            .add(
-                ChunkId::of(&changed),
-                changed.len(),
-                compression,
-                Some(delta),
-                &payload,
-            )
-            .unwrap();
-        writer.flush().unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
-        assert_eq!(
-            index
-                .read(&*storage, "c/packs", &ChunkId::of(&changed))
-                .unwrap(),
-            changed
-        );
-        // Deltas from before XOR deltas (zstd dictionaries) still read back.
-        let mut older = chunks[1].clone();
-        older[3] ^= 0x0F;
-        let dict_payload = zstd::bulk::Compressor::with_dictionary(3, &chunks[1])
-            .unwrap()
-            .compress(&older)
-            .unwrap();
-        let dict_delta = Delta {
-            base: ChunkId::of(&chunks[1]),
-            depth: 1,
-            method: DeltaMethod::Dictionary,
-        };
-        writer
-            .add(
-                ChunkId::of(&older),
-                older.len(),
-                Compression::Zstd,
-                Some(dict_delta),
-                &dict_payload,
-            )
-            .unwrap();
-        writer.flush().unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
-        assert_eq!(
-            index
-                .read(&*storage, "c/packs", &ChunkId::of(&older))
-                .unwrap(),
-            older
-        );
-        // A damaged .idx: the copy inside the pack serves.
-        let idx_path = dir.path().join(pack_key("c/packs", &index.packs[0], "idx"));
-        let mut idx = std::fs::read(&idx_path).unwrap();
-        idx[20] ^= 1;
-        std::fs::write(&idx_path, idx).unwrap();
-        std::fs::write(dir.path().join("c/packs/zz.idx"), b"stray").unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
-        assert_eq!(index.chunks.len(), 12);
-        assert!(index.unreadable.is_empty());
-        for c in &chunks {
-            assert_eq!(
-                &index.read(&*storage, "c/packs", &ChunkId::of(c)).unwrap(),
-                c
-            );
-        }
-        // Flip a byte inside the first chunk's payload.
-        let id = ChunkId::of(&chunks[0]);
-        let loc = index.chunks[&id];
-        let key = index.pack_key("c/packs", loc.pack);
-        let path = dir.path().join(&key);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[loc.offset as usize] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
-        let err = index
-            .read(&*storage, "c/packs", &id)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("is corrupt"), "{err}");
-    }
-
-    /// Stores `data` as an XOR delta of `base` in a pack of its own.
-    fn store_delta(writer: &mut PackWriter, data: &[u8], base: &[u8]) {
-        let (compression, payload) = encode_delta(data, base, 3).unwrap();
-        let delta = Delta {
-            base: ChunkId::of(base),
-            depth: 1,
-            method: DeltaMethod::Xor,
-        };
-        writer
-            .add(
-                ChunkId::of(data),
-                data.len(),
-                compression,
-                Some(delta),
-                &payload,
-            )
-            .unwrap();
-        writer.flush().unwrap();
-    }
-
-    /// Stores `data` whole in a pack of its own.
-    fn store_whole(writer: &mut PackWriter, data: &[u8]) {
-        let (compression, payload) = object::compress(data, 3).unwrap();
-        writer
-            .add(ChunkId::of(data), data.len(), compression, None, &payload)
-            .unwrap();
-        writer.flush().unwrap();
-    }
-
-    #[test]
-    fn a_chunk_stored_twice_reads_from_the_copy_whose_bases_remain() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let mut writer = PackWriter::new(storage.clone(), "c/packs".into(), 1 << 20);
-        let (gone, kept) = (vec![1u8; 4096], vec![2u8; 4096]);
-        let mut chunk = kept.clone();
-        chunk[100] = 7;
-        // Two concurrent backups stored `chunk` against different bases; collection
-        // then removed one base (it never was stored here).
-        store_delta(&mut writer, &chunk, &gone);
-        store_whole(&mut writer, &kept);
-        store_delta(&mut writer, &chunk, &kept);
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
-        let id = ChunkId::of(&chunk);
-        assert_eq!(index.read(&*storage, "c/packs", &id).unwrap(), chunk);
-        // Stored whole as well: read whole, whatever the order of the packs.
-        store_whole(&mut writer, &chunk);
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
-        assert_eq!(index.chunks[&id].delta, None);
-        // Only through a missing base: the chunk is unknown, so it is stored again.
-        let mut lost = gone.clone();
-        lost[5] = 9;
-        store_delta(&mut writer, &lost, &gone);
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
-        assert!(!index.chunks.contains_key(&ChunkId::of(&lost)));
-    }
 }

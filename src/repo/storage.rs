@@ -17,7 +17,7 @@ pub trait Storage: Send + Sync {
     /// written) if one is. Durable when it returns `Ok(true)`.
     fn put_new(&self, key: &str, data: &[u8]) -> Result<bool>;
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
-    /// `len` bytes from `offset`; an error if the object is shorter.
+    /// `len` bytes from `offset`; [`TooShort`] if the object is shorter.
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// All objects under `prefix` (a folder), recursively, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
@@ -33,6 +33,14 @@ pub trait Storage: Send + Sync {
     /// than `min_age`; returns how many.
     fn remove_stale_temporaries(&self, prefix: &str, min_age: std::time::Duration)
     -> Result<usize>;
+}
+
+/// The error of [`Storage::get_range`] for an object shorter than the range asked for:
+/// damage (a truncated object), not a failure to read.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} is shorter than the repository index says")]
+pub struct TooShort {
+    pub key: String,
 }
 
 /// A held lock; released when dropped.
@@ -186,10 +194,9 @@ impl Storage for LocalStorage {
         file.seek(SeekFrom::Start(offset))?;
         let mut buf = vec![0; len];
         file.read_exact(&mut buf).map_err(|e| match e.kind() {
-            ErrorKind::UnexpectedEof => anyhow::anyhow!(
-                "{} is shorter than the repository index says",
-                path.display()
-            ),
+            ErrorKind::UnexpectedEof => anyhow::Error::new(TooShort {
+                key: key.to_string(),
+            }),
             _ => anyhow::Error::new(e).context(format!("cannot read {}", path.display())),
         })?;
         Ok(buf)

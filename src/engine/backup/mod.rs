@@ -14,9 +14,8 @@ mod reader;
 mod summary;
 mod walchanges;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -35,10 +34,11 @@ use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::{control, label, tablespace_map, wal::SegmentSize};
 use crate::pg::session::{BackupStop, Session};
+use crate::repo::index::{ChunkIndex, write_damage_record};
 use crate::repo::manifest::{
     DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry,
 };
-use crate::repo::pack::{ChunkIndex, PackWriter};
+use crate::repo::pack::{ChunkId, PackWriter};
 
 /// Files are cut into chunks of this size: small enough that an incremental backup
 /// stores little for a scattered change, large enough to compress well.
@@ -189,6 +189,24 @@ pub struct BackupOutcome {
     pub unread: u64,
     /// Bytes of chunks the repository did not have (before compression).
     pub new: u64,
+    /// Chunks stored again because their stored copy was corrupt.
+    pub stored_again: usize,
+}
+
+/// Adds the copies a full backup found corrupt to their packs' damage records, once the
+/// good copies it stored instead are durable.
+fn record_corrupt(ctx: &Context, index: &ChunkIndex, corrupt: &[(String, ChunkId)]) -> Result<()> {
+    let mut by_pack: BTreeMap<&str, BTreeSet<ChunkId>> = BTreeMap::new();
+    for (pack, id) in corrupt {
+        by_pack
+            .entry(pack)
+            .or_insert_with(|| index.damage_records.get(pack).cloned().unwrap_or_default())
+            .insert(*id);
+    }
+    for (pack, ids) in by_pack {
+        write_damage_record(&*ctx.repo.storage, &ctx.repo.packs_prefix(), pack, &ids)?;
+    }
+    Ok(())
 }
 
 /// Takes a backup and returns its published manifest. Incremental when the repository
@@ -233,6 +251,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
     // backup finds in the index and refers to.
     let _data_lock = ctx.repo.lock_data_shared()?;
     let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
+    index.rewrite_indexes(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
     let label = new_label(ctx)?;
     let start_time = epoch_to_time(session.now()?);
     let start_lsn = session.backup_start(&label)?;
@@ -281,14 +300,14 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
 
     // From here every path joins the pack writer before returning.
     let (blob_tx, blob_rx) = bounded::<Blob>(64);
-    let sink = ChunkSink {
-        known: Mutex::new(index.chunks.keys().copied().collect()),
-        tx: blob_tx,
-        level: ctx.config.repository.compress_level,
-        earlier: index,
-        storage: ctx.repo.storage.clone(),
-        prefix: ctx.repo.packs_prefix(),
-    };
+    let sink = ChunkSink::new(
+        index,
+        blob_tx,
+        ctx.config.repository.compress_level,
+        ctx.repo.storage.clone(),
+        ctx.repo.packs_prefix(),
+        full,
+    );
     let mut writer = PackWriter::new(ctx.repo.storage.clone(), ctx.repo.packs_prefix(), PACK_SIZE);
     let writer_thread = std::thread::spawn(move || -> Result<PackWriter> {
         for blob in blob_rx {
@@ -357,12 +376,21 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             control,
         })
     })();
-    drop(sink);
+    let ChunkSink {
+        earlier,
+        corrupt,
+        stored_again,
+        tx,
+        ..
+    } = sink;
+    drop(tx); // the writer finishes once the channel is closed
     let writer = writer_thread
         .join()
         .map_err(|_| anyhow!("the pack writer panicked"))?;
     // A writer failure explains a worker's "pack writer stopped", so report it first.
     let writer = writer?;
+    let corrupt = corrupt.into_inner().unwrap();
+    record_corrupt(ctx, &earlier, &corrupt)?;
     let Copied {
         mut entries,
         stop,
@@ -434,5 +462,6 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         read: Stats::get(&stats.read),
         unread: Stats::get(&stats.unread),
         new: Stats::get(&stats.stored),
+        stored_again: stored_again.into_inner(),
     })
 }

@@ -1,11 +1,11 @@
 //! Reading one file into chunks: page checks, reuse of data proven unchanged, hashing,
 //! compression, and handing new chunks to the pack writer.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result, anyhow};
@@ -19,9 +19,10 @@ use crate::engine::stopped;
 use crate::engine::walk::SourceFile;
 use crate::format::lsn::Lsn;
 use crate::format::page::{self, BLOCKS_PER_SEGMENT, PAGE_SIZE};
+use crate::repo::index::{ChunkIndex, CorruptCopy};
 use crate::repo::manifest::FileEntry;
 use crate::repo::object::{self, Compression};
-use crate::repo::pack::{ChunkId, ChunkIndex, Delta, DeltaMethod, MAX_DELTA_DEPTH, encode_delta};
+use crate::repo::pack::{ChunkId, Delta, DeltaMethod, MAX_DELTA_DEPTH, encode_delta};
 use crate::repo::storage::Storage;
 
 /// A compressed chunk on its way to the pack writer.
@@ -33,24 +34,107 @@ pub struct Blob {
     pub payload: Vec<u8>,
 }
 
+/// What a backup knows of a chunk it meets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// The repository has a copy (not yet read back).
+    Stored,
+    /// The repository's copy was read back in this run and is right.
+    Proven,
+    /// This backup stores it.
+    New,
+}
+
 /// Where chunks go: skips chunks the repository (or this backup) already has, and
 /// stores a changed chunk as a delta of the parent's chunk at the same place.
+///
+/// A full backup trusts no stored copy it has not read back in this run: a copy that
+/// rotted is recorded as corrupt and the chunk stored again, so a full backup heals
+/// every damaged chunk whose data the database still holds.
 pub struct ChunkSink {
-    pub known: Mutex<HashSet<ChunkId>>,
+    pub known: Mutex<HashMap<ChunkId, Known>>,
     pub tx: Sender<Blob>,
     pub level: i32,
     /// Chunks of earlier backups: the bases deltas are taken against.
     pub earlier: ChunkIndex,
     pub storage: Arc<dyn Storage>,
     pub prefix: String,
+    /// Read back every stored copy this backup refers to (a full backup).
+    pub check_stored: bool,
+    /// Copies found corrupt while read back: (pack name, chunk).
+    pub corrupt: Mutex<Vec<(String, ChunkId)>>,
+    /// Chunks stored again because every stored copy was corrupt.
+    pub stored_again: AtomicUsize,
 }
 
 impl ChunkSink {
+    pub fn new(
+        earlier: ChunkIndex,
+        tx: Sender<Blob>,
+        level: i32,
+        storage: Arc<dyn Storage>,
+        prefix: String,
+        check_stored: bool,
+    ) -> ChunkSink {
+        ChunkSink {
+            known: Mutex::new(
+                earlier
+                    .chunks
+                    .keys()
+                    .map(|id| (*id, Known::Stored))
+                    .collect(),
+            ),
+            tx,
+            level,
+            earlier,
+            storage,
+            prefix,
+            check_stored,
+            corrupt: Mutex::new(Vec::new()),
+            stored_again: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether this call must store `id`: neither this backup nor the repository has it,
+    /// or (with `check_stored`) the stored copy does not read back right.
+    fn must_store(&self, id: ChunkId) -> bool {
+        let state = self.known.lock().unwrap().get(&id).copied();
+        match state {
+            Some(Known::New | Known::Proven) => return false,
+            Some(Known::Stored) if !self.check_stored => return false,
+            _ => {}
+        }
+        let good = state.is_some() && self.read_back(&id);
+        let mut known = self.known.lock().unwrap();
+        if good {
+            known.insert(id, Known::Proven);
+            return false;
+        }
+        // Another worker may have stored it meanwhile.
+        let first = known.insert(id, Known::New) != Some(Known::New);
+        if first && (state.is_some() || self.earlier.damaged.contains_key(&id)) {
+            self.stored_again.fetch_add(1, Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// Reads the stored copy of `id`; a corrupt copy is remembered for its record.
+    fn read_back(&self, id: &ChunkId) -> bool {
+        let Err(e) = self.earlier.read(&*self.storage, &self.prefix, id) else {
+            return true;
+        };
+        tracing::warn!("{e:#}; storing it again");
+        if let Some(c) = e.chain().find_map(|c| c.downcast_ref::<CorruptCopy>()) {
+            self.corrupt.lock().unwrap().push((c.pack.clone(), c.id));
+        }
+        false
+    }
+
     /// Stores a chunk unless the repository has it; `base` is the parent's chunk at the
     /// same place, if any. Returns the id and whether the chunk was new.
     pub fn store(&self, data: &[u8], base: Option<ChunkId>) -> Result<(ChunkId, bool)> {
         let id = ChunkId::of(data);
-        let new = self.known.lock().unwrap().insert(id);
+        let new = self.must_store(id);
         if new {
             let (compression, delta, payload) = match self.delta_of(data, base) {
                 // Small: what changed was little.

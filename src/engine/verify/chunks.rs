@@ -1,0 +1,226 @@
+//! The chunk part of `verify`: every stored copy of every chunk is decoded and checked,
+//! corrupt copies are recorded beside their pack (so backups store that data again and
+//! collection drops the copies), and each problem names the backups it breaks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use anyhow::Result;
+
+use super::Problem;
+use crate::engine::Context;
+use crate::repo::index::{ChunkIndex, ChunkLocation, CorruptCopy, write_damage_record};
+use crate::repo::manifest::Manifest;
+use crate::repo::pack::{ChunkId, MAX_DELTA_DEPTH};
+
+/// Which backups (and which file) use each chunk, to name what a bad chunk breaks.
+type Users = BTreeMap<ChunkId, (BTreeSet<String>, String)>;
+
+fn chunk_users(manifests: &[Manifest]) -> Users {
+    let mut users = Users::new();
+    for m in manifests {
+        for f in &m.files {
+            for c in &f.chunks {
+                let entry = users
+                    .entry(*c)
+                    .or_insert_with(|| (BTreeSet::new(), f.path.clone()));
+                entry.0.insert(m.label.clone());
+            }
+        }
+    }
+    users
+}
+
+/// What one pack holds, as read now.
+#[derive(Default)]
+struct PackCheck {
+    /// Copies that decode to their chunk.
+    good: Vec<ChunkId>,
+    /// Copies whose own bytes are damaged.
+    corrupt: Vec<ChunkId>,
+    /// Copies that cannot be read for another reason (a base, the pack itself), why.
+    unreadable: Vec<(ChunkId, String)>,
+    /// A problem with the pack as a whole.
+    problem: Option<String>,
+    /// Whether every copy could be judged (the pack was read).
+    judged: bool,
+}
+
+/// Decodes every copy in one pack from its bytes, read once.
+fn check_pack(
+    ctx: &Context,
+    index: &ChunkIndex,
+    pack: u32,
+    copies: &[(ChunkId, ChunkLocation)],
+) -> PackCheck {
+    let prefix = ctx.repo.packs_prefix();
+    let key = index.pack_key(&prefix, pack);
+    let name = index.pack_name(pack);
+    let mut check = PackCheck::default();
+    let bytes = match ctx.repo.storage.get(&key) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            let why = format!("pack {key} is missing");
+            check.unreadable = copies.iter().map(|(id, _)| (*id, why.clone())).collect();
+            return check;
+        }
+        Err(e) => {
+            check.problem = Some(format!("pack {key} is unreadable: {e:#}"));
+            return check;
+        }
+    };
+    check.judged = true;
+    for (id, loc) in copies {
+        let payload = bytes.get(loc.offset as usize..(loc.offset + loc.stored_len as u64) as usize);
+        let Some(payload) = payload else {
+            check.corrupt.push(*id);
+            continue;
+        };
+        let read = index.read_copy(
+            &*ctx.repo.storage,
+            &prefix,
+            id,
+            loc,
+            Some(payload),
+            MAX_DELTA_DEPTH + 1,
+        );
+        match read {
+            Ok(_) => check.good.push(*id),
+            Err(e)
+                if e.downcast_ref::<CorruptCopy>()
+                    .is_some_and(|c| c.id == *id && c.pack == name) =>
+            {
+                check.corrupt.push(*id)
+            }
+            Err(e) => check.unreadable.push((*id, format!("{e:#}"))),
+        }
+    }
+    if check.corrupt.is_empty() && blake3::hash(&bytes).to_hex().as_str() != name {
+        check.problem = Some(format!(
+            "pack {key} is corrupt outside its chunk data (its chunks are intact)"
+        ));
+    }
+    check
+}
+
+/// Checks every pack on `jobs` threads.
+fn check_packs(ctx: &Context, index: &ChunkIndex) -> Vec<PackCheck> {
+    let packs = index.all_copies_by_pack();
+    let jobs = ctx.config.jobs();
+    let mut checks: Vec<(usize, PackCheck)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|worker| {
+                let packs = &packs;
+                scope.spawn(move || {
+                    (worker..packs.len())
+                        .step_by(jobs)
+                        .map(|p| (p, check_pack(ctx, index, p as u32, &packs[p])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("verify worker panicked"))
+            .collect()
+    });
+    checks.sort_by_key(|(p, _)| *p);
+    checks.into_iter().map(|(_, c)| c).collect()
+}
+
+/// Replaces each judged pack's damage record with what this run found.
+fn record_damage(ctx: &Context, index: &ChunkIndex, checks: &[PackCheck]) -> Result<()> {
+    let prefix = ctx.repo.packs_prefix();
+    for (pack, check) in checks.iter().enumerate().filter(|(_, c)| c.judged) {
+        let name = index.pack_name(pack as u32);
+        let found: BTreeSet<ChunkId> = check.corrupt.iter().copied().collect();
+        let recorded = index.damage_records.get(name).cloned().unwrap_or_default();
+        if found != recorded {
+            write_damage_record(&*ctx.repo.storage, &prefix, name, &found)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks every chunk copy and reports; returns how many chunks were checked and
+/// whether any backup lost data the database may still hold (so a full backup heals).
+pub fn check_chunks(
+    ctx: &Context,
+    index: &ChunkIndex,
+    manifests: &[Manifest],
+    problems: &mut Vec<Problem>,
+) -> Result<(usize, bool)> {
+    let users = chunk_users(manifests);
+    let checks = check_packs(ctx, index);
+    record_damage(ctx, index, &checks)?;
+    let prefix = ctx.repo.packs_prefix();
+    let good: HashSet<ChunkId> = checks.iter().flat_map(|c| c.good.iter().copied()).collect();
+    let mut corrupt: HashMap<ChunkId, Vec<String>> = HashMap::new();
+    let mut unreadable: HashMap<ChunkId, String> = HashMap::new();
+    for (pack, check) in checks.iter().enumerate() {
+        problems.extend(check.problem.iter().map(|what| Problem {
+            what: what.clone(),
+            breaks: Vec::new(),
+        }));
+        for id in &check.corrupt {
+            corrupt
+                .entry(*id)
+                .or_default()
+                .push(index.pack_key(&prefix, pack as u32));
+        }
+        for (id, why) in &check.unreadable {
+            unreadable.entry(*id).or_insert_with(|| why.clone());
+        }
+    }
+    let mut lost_data = false;
+    for (id, keys) in &corrupt {
+        let referenced = users.get(id).filter(|_| !good.contains(id));
+        for key in keys {
+            let what = format!(
+                "chunk {id} in pack {key} is corrupt: its content does not match its checksum"
+            );
+            problems.push(match referenced {
+                Some((labels, path)) => {
+                    lost_data = true;
+                    Problem {
+                        what: format!("{what} (data of {path})"),
+                        breaks: labels.iter().cloned().collect(),
+                    }
+                }
+                None => Problem {
+                    what: format!(
+                        "{what}; no backup needs this copy (a good copy is stored, or none refers to it): `pgkeep expire` removes it"
+                    ),
+                    breaks: Vec::new(),
+                },
+            });
+        }
+    }
+    for (id, (labels, path)) in &users {
+        if good.contains(id) || corrupt.contains_key(id) {
+            continue;
+        }
+        lost_data = true;
+        let what = match unreadable.get(id) {
+            Some(why) => format!("chunk {id} of {path} cannot be read: {why}"),
+            None => format!("chunk {id} of {path} is referenced but missing from the repository"),
+        };
+        problems.push(Problem {
+            what,
+            breaks: labels.iter().cloned().collect(),
+        });
+    }
+    for (pack, why) in &index.index_from_pack {
+        let chunks = &checks[*pack as usize].good;
+        if chunks.iter().any(|id| users.contains_key(id)) {
+            problems.push(Problem {
+                what: format!(
+                    "pack {}: {why}; its chunks are read through the copy of the index inside it, \
+                     and the next backup or `pgkeep expire` writes the file again",
+                    index.pack_key(&prefix, *pack)
+                ),
+                breaks: Vec::new(),
+            });
+        }
+    }
+    Ok((good.len(), lost_data))
+}

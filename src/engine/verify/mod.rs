@@ -1,0 +1,166 @@
+//! `verify`: re-reads everything in the repository and checks it against its checksums
+//! (`chunks`), then checks that WAL continues without a gap from every backup. Each
+//! problem names the backups it breaks. It writes only damage records.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Result;
+
+mod chunks;
+
+use super::walneed::{self, Need, wal_position};
+use super::walscan::archived_segments;
+use super::{Context, target};
+use crate::format::history::TimelinePath;
+use crate::format::wal::{SegmentSize, WalFile};
+use crate::repo::index::ChunkIndex;
+
+pub struct Problem {
+    pub what: String,
+    /// Labels of the backups this problem makes unrestorable or limits.
+    pub breaks: Vec<String>,
+}
+
+pub struct VerifyReport {
+    pub problems: Vec<Problem>,
+    pub backups: usize,
+    pub chunks: usize,
+    pub wal_files: usize,
+    /// Backups lost chunks the database may still hold: a full backup stores them again.
+    pub full_backup_heals: bool,
+}
+
+pub fn verify(ctx: &Context) -> Result<VerifyReport> {
+    let info = ctx.repo.require_info()?;
+    // Collection waits meanwhile: a pack it removes mid-check would read as missing.
+    let _data_lock = ctx.repo.lock_data_shared()?;
+    let seg = SegmentSize(info.wal_segment_size);
+    let mut problems = Vec::new();
+    let mut manifests = Vec::new();
+    for label in ctx.repo.backup_labels()? {
+        match ctx.repo.load_manifest(&label) {
+            Ok(m) => manifests.push(m),
+            Err(e) => problems.push(Problem {
+                what: format!("{e:#}"),
+                breaks: vec![label],
+            }),
+        }
+    }
+    let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix());
+    let (chunks, full_backup_heals) = match index {
+        Ok(index) => {
+            for (name, why) in &index.unreadable {
+                problems.push(Problem {
+                    what: format!("pack {name} has no readable index ({why}); its chunks are lost"),
+                    breaks: Vec::new(),
+                });
+            }
+            chunks::check_chunks(ctx, &index, &manifests, &mut problems)?
+        }
+        Err(e) => {
+            problems.push(Problem {
+                what: format!("{e:#}"),
+                breaks: manifests.iter().map(|m| m.label.clone()).collect(),
+            });
+            (0, false)
+        }
+    };
+
+    // A damaged history file is named below, as a WAL file that does not decode.
+    let (paths, _damaged) = target::readable_timeline_paths(&ctx.repo)?;
+    let window = walneed::Window {
+        pitr_from: ctx.repo.wal_window()?,
+        floor: ctx.repo.wal_floor()?,
+    };
+    let needs: Vec<Need> = manifests
+        .iter()
+        .map(|m| Need::of(m, seg, window.pitr(m, seg)))
+        .collect();
+
+    // Every archived WAL file decodes and matches its checksum.
+    let files = ctx.repo.wal_files()?;
+    for (name, file, _) in &files {
+        if let Err(e) = ctx.repo.get_wal(name) {
+            problems.push(Problem {
+                what: format!("{e:#}"),
+                breaks: affected(&needs, &paths, seg, name, file),
+            });
+        }
+    }
+
+    // Continuity: each backup's own WAL, then gaps on the timelines it recovers along.
+    let archive = archived_segments(ctx, seg)?;
+    for n in &needs {
+        let segments = archive.get(&n.timeline);
+        for segno in n.start..=n.stop {
+            if !segments.is_some_and(|s| s.contains_key(&segno)) {
+                problems.push(Problem {
+                    what: format!(
+                        "WAL segment {} is missing from the archive",
+                        seg.name(n.timeline, segno)
+                    ),
+                    breaks: vec![n.label.clone()],
+                });
+            }
+        }
+    }
+    /// The timelines recovery cannot follow past a gap, and the backups it limits.
+    #[derive(Default)]
+    struct Limits {
+        along: BTreeSet<u32>,
+        breaks: Vec<String>,
+    }
+    let mut gaps: BTreeMap<(u32, u64, u64), Limits> = BTreeMap::new();
+    for n in &needs {
+        for g in n.gaps(&paths, seg, &archive) {
+            let limits = gaps.entry((g.timeline, g.first, g.last)).or_default();
+            limits.along.insert(g.path);
+            if !limits.breaks.contains(&n.label) {
+                limits.breaks.push(n.label.clone());
+            }
+        }
+    }
+    for ((timeline, first, last), Limits { along, breaks }) in gaps {
+        let along: Vec<String> = along.iter().map(u32::to_string).collect();
+        problems.push(Problem {
+            what: format!(
+                "WAL gap on timeline {timeline}: {} .. {} are missing, so recovery along timeline {} cannot pass {}",
+                seg.name(timeline, first),
+                seg.name(timeline, last),
+                along.join(", "),
+                seg.start_lsn(first)
+            ),
+            breaks,
+        });
+    }
+    Ok(VerifyReport {
+        problems,
+        backups: manifests.len(),
+        chunks,
+        wal_files: files.len(),
+        full_backup_heals,
+    })
+}
+
+/// Backups whose recovery reads this WAL file (for a history file: those recoverable
+/// along its timeline).
+fn affected(
+    needs: &[Need],
+    paths: &BTreeMap<u32, TimelinePath>,
+    seg: SegmentSize,
+    name: &str,
+    file: &WalFile,
+) -> Vec<String> {
+    let reads = |n: &Need| match *file {
+        WalFile::History { timeline } => paths
+            .get(&timeline)
+            .is_some_and(|p| p.timeline != n.timeline && n.on_path(p)),
+        _ => wal_position(name, file, seg)
+            .is_some_and(|(tli, segno)| n.reads(paths, seg, tli, segno)),
+    };
+    needs
+        .iter()
+        .filter(|n| reads(n))
+        .map(|n| n.label.clone())
+        .collect()
+}
