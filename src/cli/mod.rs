@@ -189,6 +189,15 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let is_archive_get = matches!(cli.command, Command::ArchiveGet { .. });
+    if is_archive_get {
+        // A panic exits 101, which PostgreSQL takes for "not archived": recovery would end
+        // early and promote a database missing data. Any failure must stop recovery.
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            std::process::exit(EXIT_STOP_RECOVERY);
+        }));
+    }
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {

@@ -96,9 +96,15 @@ pub fn last_transaction_time(
     end: u64,
 ) -> Result<Option<DateTime<Utc>>> {
     for segno in (seg.segno(after)..=end).rev() {
-        let Some(bytes) = repo.get_wal(&seg.name(path.timeline_of_segment(seg, segno), segno))?
-        else {
-            break;
+        let name = seg.name(path.timeline_of_segment(seg, segno), segno);
+        // A damaged segment ends the search as a missing one does (verify names it).
+        let bytes = match repo.get_wal(&name) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                break;
+            }
         };
         let mut latest: Option<i64> = None;
         RecordReader::default().feed(segno, &bytes, |rec| {

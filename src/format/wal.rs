@@ -71,6 +71,12 @@ impl WalFile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentSize(pub u64);
 
+/// Whether `size` is a WAL segment size PostgreSQL allows: a power of two from 1 MiB to
+/// 1 GiB. Every other value would make segment arithmetic meaningless (or divide by 0).
+pub fn valid_segment_size(size: u64) -> bool {
+    size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)
+}
+
 impl SegmentSize {
     fn per_log(self) -> u64 {
         0x1_0000_0000 / self.0

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pack::ChunkId;
 use crate::format::lsn::Lsn;
+use crate::format::wal::valid_segment_size;
 
 /// Version of the manifest layout; readers accept every version up to this one.
 /// 2 added `parent`.
@@ -110,8 +111,17 @@ impl Manifest {
         {
             check_path(p)?;
         }
-        if self.chunk_size == 0 {
-            return Err("manifest has a chunk size of 0".into());
+        if self.chunk_size == 0 || self.chunk_size > super::pack::MAX_CHUNK_LEN as u64 {
+            return Err(format!(
+                "manifest has an impossible chunk size of {}",
+                self.chunk_size
+            ));
+        }
+        if !valid_segment_size(self.wal_segment_size) {
+            return Err(format!(
+                "manifest has WAL segment size {}, not a power of two from 1 MiB to 1 GiB",
+                self.wal_segment_size
+            ));
         }
         for f in &self.files {
             if f.chunks.len() as u64 != f.size.div_ceil(self.chunk_size) {

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use self::manifest::Manifest;
 use self::storage::{ObjectMeta, Storage};
-use crate::format::wal::WalFile;
+use crate::format::wal::{WalFile, valid_segment_size};
 
 /// Repository format version written by this pgkeep.
 pub const FORMAT_VERSION: u32 = 1;
@@ -138,7 +138,17 @@ impl ClusterRepo {
     }
 
     pub fn info(&self) -> Result<Option<ClusterInfo>> {
-        self.get_json(&self.key("cluster.info"))
+        let info: Option<ClusterInfo> = self.get_json(&self.key("cluster.info"))?;
+        if let Some(i) = &info
+            && !valid_segment_size(i.wal_segment_size)
+        {
+            bail!(
+                "repository object {}/cluster.info is malformed: WAL segment size {} is not a power of two from 1 MiB to 1 GiB",
+                self.name,
+                i.wal_segment_size
+            );
+        }
+        Ok(info)
     }
 
     /// The registered cluster, or an error telling the user to run `init`.
@@ -242,6 +252,23 @@ impl ClusterRepo {
         } else {
             self.storage.delete(&self.pin_key(label))
         }
+    }
+
+    /// Pins whose object is damaged, with why (a pin counts by its presence; a damaged
+    /// one still pins, and `pgkeep pin` writes it again).
+    pub fn damaged_pins(&self) -> Result<Vec<(String, anyhow::Error)>> {
+        let mut out = Vec::new();
+        for label in self.pinned()? {
+            let decoded = self
+                .storage
+                .get(&self.pin_key(&label))
+                .and_then(|o| o.context("it vanished while being read"))
+                .and_then(|bytes| object::decode(&bytes));
+            if let Err(e) = decoded {
+                out.push((label, e));
+            }
+        }
+        Ok(out)
     }
 
     pub fn pinned(&self) -> Result<std::collections::BTreeSet<String>> {

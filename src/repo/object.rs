@@ -83,6 +83,28 @@ fn compress_with(plaintext: &[u8], level: i32, workers: u32) -> Result<(Compress
     Ok((Compression::None, plaintext.to_vec()))
 }
 
+/// The most plaintext one object or chunk may claim: a WAL segment is at most 1 GiB, and
+/// the manifest of a very large cluster a few hundred MB.
+pub const MAX_PLAIN_LEN: usize = 4 << 30;
+
+/// Checks that `payload` is exactly one zstd frame that says it holds `plain_len` bytes,
+/// before anything is allocated for it: damaged bytes must never size an allocation.
+pub fn check_zstd_frame(payload: &[u8], plain_len: usize) -> Result<()> {
+    if plain_len > MAX_PLAIN_LEN {
+        bail!("it claims {plain_len} bytes of content, more than any object holds");
+    }
+    let declared = zstd::zstd_safe::get_frame_content_size(payload);
+    if !matches!(declared, Ok(Some(n)) if n == plain_len as u64) {
+        bail!("its compressed data does not say it holds the {plain_len} bytes recorded for it");
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(payload) {
+        Ok(n) if n == payload.len() => Ok(()),
+        _ => bail!("its compressed data does not end where it should"),
+    }
+}
+
+/// Decompresses `payload` into exactly `plain_len` bytes; damage is an error, never a
+/// large allocation or a panic.
 pub fn decompress(compression: Compression, payload: &[u8], plain_len: usize) -> Result<Vec<u8>> {
     thread_local! {
         /// Reused: a new context per chunk costs more than decompressing a small delta.
@@ -90,8 +112,13 @@ pub fn decompress(compression: Compression, payload: &[u8], plain_len: usize) ->
             const { RefCell::new(None) };
     }
     Ok(match compression {
-        Compression::None => payload.to_vec(),
+        Compression::None if payload.len() == plain_len => payload.to_vec(),
+        Compression::None => bail!(
+            "it holds {} bytes instead of the {plain_len} recorded for it",
+            payload.len()
+        ),
         Compression::Zstd => DECOMPRESSOR.with(|cell| -> Result<Vec<u8>> {
+            check_zstd_frame(payload, plain_len)?;
             let mut slot = cell.borrow_mut();
             let decompressor = match &mut *slot {
                 Some(d) => d,
@@ -130,7 +157,8 @@ pub fn decode(object: &[u8]) -> Result<Vec<u8>> {
         other => bail!("object uses unknown compression {other}"),
     };
     let trailer = &object[object.len() - TRAILER_LEN..];
-    let plain_len = u64::from_le_bytes(trailer[..8].try_into().unwrap()) as usize;
+    let plain_len =
+        usize::try_from(u64::from_le_bytes(trailer[..8].try_into().unwrap())).unwrap_or(usize::MAX);
     let payload = &object[HEADER_LEN..object.len() - TRAILER_LEN];
     let plaintext = match decompress(compression, payload, plain_len) {
         Ok(p) => p,
@@ -156,6 +184,28 @@ mod tests {
             bad[i] ^= 0x40;
             assert!(decode(&bad).is_err(), "flip at {i} not detected");
         }
+    }
+
+    #[test]
+    fn damage_is_an_error_not_an_allocation() {
+        let plain: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        for level in [0, 1] {
+            let obj = encode(&plain, level).unwrap();
+            let mut appended = obj.clone();
+            appended.extend_from_slice(&[0x5A; 16]);
+            assert!(decode(&appended).is_err());
+            for cut in [1, 7, 40, 41, obj.len() / 2, obj.len() - 48] {
+                assert!(decode(&obj[..obj.len() - cut]).is_err(), "cut {cut}");
+            }
+        }
+        let big = encode_parallel(&plain, 1, 2).unwrap();
+        assert_eq!(
+            decode(&big).unwrap(),
+            plain,
+            "the multi-threaded frame records its size"
+        );
     }
 
     #[test]

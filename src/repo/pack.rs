@@ -81,6 +81,10 @@ pub enum DeltaMethod {
 /// Longest chain of deltas a chunk may sit on.
 pub const MAX_DELTA_DEPTH: u8 = 4;
 
+/// The largest chunk an index may describe (chunks are 256 KiB today): a damaged index
+/// must not make a reader allocate gigabytes.
+pub const MAX_CHUNK_LEN: u32 = 64 << 20;
+
 /// Where one chunk sits inside a pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -149,11 +153,18 @@ pub fn decode_index(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
                 }),
                 Some(depth) => bail!("pack index has a delta chain of impossible depth {depth}"),
             };
+            let (stored_len, raw_len) = (
+                u32::from_le_bytes(e[40..44].try_into().unwrap()),
+                u32::from_le_bytes(e[44..48].try_into().unwrap()),
+            );
+            if raw_len > MAX_CHUNK_LEN || stored_len > MAX_CHUNK_LEN + (1 << 20) {
+                bail!("pack index has a chunk of impossible size {raw_len} ({stored_len} stored)");
+            }
             Ok(IndexEntry {
                 id: ChunkId(e[..32].try_into().unwrap()),
                 offset: u64::from_le_bytes(e[32..40].try_into().unwrap()),
-                stored_len: u32::from_le_bytes(e[40..44].try_into().unwrap()),
-                raw_len: u32::from_le_bytes(e[44..48].try_into().unwrap()),
+                stored_len,
+                raw_len,
                 compression: match e[48] {
                     0 => Compression::None,
                     1 => Compression::Zstd,
@@ -325,6 +336,7 @@ pub fn decode_payload(e: Encoding, payload: &[u8], base: Option<&[u8]>) -> Resul
     let plain = match (e.delta, base) {
         (None, _) => object::decompress(e.compression, payload, raw_len)?,
         (Some(d), Some(base)) if d.method == DeltaMethod::Dictionary => {
+            object::check_zstd_frame(payload, raw_len)?;
             zstd::bulk::Decompressor::with_dictionary(base)?.decompress(payload, raw_len)?
         }
         (Some(_), Some(base)) => {

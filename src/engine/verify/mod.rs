@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 mod chunks;
 
@@ -31,11 +31,16 @@ pub struct VerifyReport {
 }
 
 pub fn verify(ctx: &Context) -> Result<VerifyReport> {
-    let info = ctx.repo.require_info()?;
     // Collection waits meanwhile: a pack it removes mid-check would read as missing.
     let _data_lock = ctx.repo.lock_data_shared()?;
-    let seg = SegmentSize(info.wal_segment_size);
     let mut problems = Vec::new();
+    let info = ctx.repo.info().unwrap_or_else(|e| {
+        problems.push(Problem {
+            what: format!("{e:#}"),
+            breaks: Vec::new(),
+        });
+        None
+    });
     let mut manifests = Vec::new();
     for label in ctx.repo.backup_labels()? {
         match ctx.repo.load_manifest(&label) {
@@ -45,6 +50,23 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
                 breaks: vec![label],
             }),
         }
+    }
+    let Some(seg) = info
+        .map(|i| i.wal_segment_size)
+        .or(manifests.first().map(|m| m.wal_segment_size))
+        .map(SegmentSize)
+    else {
+        ctx.repo.require_info()?;
+        bail!(
+            "repository cluster '{}' cannot be verified: its cluster.info and every manifest are unreadable",
+            ctx.cluster_name
+        );
+    };
+    for (label, e) in ctx.repo.damaged_pins()? {
+        problems.push(Problem {
+            what: format!("the pin of backup {label} is damaged ({e:#}); it still pins: run `pgkeep pin {label}` to write it again"),
+            breaks: Vec::new(),
+        });
     }
     let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix());
     let (chunks, full_backup_heals) = match index {
@@ -69,8 +91,8 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
     // A damaged history file is named below, as a WAL file that does not decode.
     let (paths, _damaged) = target::readable_timeline_paths(&ctx.repo)?;
     let window = walneed::Window {
-        pitr_from: ctx.repo.wal_window()?,
-        floor: ctx.repo.wal_floor()?,
+        pitr_from: or_problem(ctx.repo.wal_window(), &mut problems),
+        floor: or_problem(ctx.repo.wal_floor(), &mut problems),
     };
     let needs: Vec<Need> = manifests
         .iter()
@@ -139,6 +161,17 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
         chunks,
         wal_files: files.len(),
         full_backup_heals,
+    })
+}
+
+/// The value of a small record `expire` writes, or none if it is damaged (a problem).
+fn or_problem<T>(record: Result<Option<T>>, problems: &mut Vec<Problem>) -> Option<T> {
+    record.unwrap_or_else(|e| {
+        problems.push(Problem {
+            what: format!("{e:#}; the next `pgkeep expire` that removes WAL writes it again"),
+            breaks: Vec::new(),
+        });
+        None
     })
 }
 
