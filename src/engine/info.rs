@@ -5,8 +5,11 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::Context;
+use std::collections::BTreeMap;
+
+use super::walneed::{self, Need};
 use super::walscan::{self, archived_segments, contiguous_end, gaps};
+use super::{Context, target};
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
@@ -18,9 +21,18 @@ pub struct InfoReport {
     /// A string: 64-bit identifiers do not survive JSON number parsing everywhere.
     pub system_identifier: String,
     pub pg_version: u32,
+    pub status: Status,
     pub backups: Vec<BackupInfo>,
     pub wal: Vec<TimelineInfo>,
     pub recoverable: Option<Window>,
+}
+
+/// The repository in one line: ok, or what needs attention.
+#[derive(Serialize)]
+pub struct Status {
+    pub ok: bool,
+    /// One sentence each, with what to do.
+    pub attention: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -39,6 +51,8 @@ pub struct BackupInfo {
     pub stored_size: u64,
     pub files: usize,
     pub bad_blocks: usize,
+    /// Whether the cluster had page checksums, so the backup validated its pages.
+    pub data_checksums: bool,
 }
 
 #[derive(Serialize)]
@@ -134,10 +148,15 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
     {
         w.to_time = last;
     }
+    let attention = attention(ctx, manifests, seg, &archive, recoverable.is_some())?;
     Ok(InfoReport {
         cluster: ctx.cluster_name.to_string(),
         system_identifier: info.system_identifier.to_string(),
         pg_version: info.pg_version,
+        status: Status {
+            ok: attention.is_empty(),
+            attention,
+        },
         backups: manifests
             .iter()
             .map(|m| BackupInfo {
@@ -153,6 +172,7 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
                 stored_size: m.stored_size,
                 files: m.files.len(),
                 bad_blocks: m.bad_block_count(),
+                data_checksums: m.data_checksums,
             })
             .collect(),
         wal,
@@ -160,15 +180,75 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
     })
 }
 
+/// What needs the DBA's attention, one sentence each.
+fn attention(
+    ctx: &Context,
+    manifests: &[Manifest],
+    seg: SegmentSize,
+    archive: &BTreeMap<u32, walscan::Segments>,
+    recoverable: bool,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let Some(newest) = manifests.iter().max_by_key(|m| m.stop_time) else {
+        out.push("no backup yet: run `pgkeep backup`".into());
+        return Ok(out);
+    };
+    if !recoverable {
+        out.push(
+            "no backup can be restored yet: the WAL from its start to its stop is not all archived; run `pgkeep check`"
+                .into(),
+        );
+    }
+    if !newest.data_checksums {
+        out.push(
+            "the cluster has no data checksums, so backups cannot validate pages; enable them with pg_checksums --enable (server stopped)"
+                .into(),
+        );
+    }
+    for m in manifests.iter().filter(|m| m.bad_block_count() > 0) {
+        out.push(format!(
+            "backup {} holds {} blocks that failed page checksum validation; check the cluster with pg_amcheck",
+            m.label,
+            m.bad_block_count()
+        ));
+    }
+    let (paths, _) = target::readable_timeline_paths(&ctx.repo)?;
+    let window = walneed::Window {
+        pitr_from: ctx.repo.wal_window().unwrap_or(None),
+        floor: ctx.repo.wal_floor().unwrap_or(None),
+    };
+    let needs: Vec<Need> = manifests
+        .iter()
+        .map(|m| Need::of(m, seg, window.pitr(m, seg)))
+        .collect();
+    for limit in walneed::limits(&needs, &paths, seg, archive) {
+        out.push(format!(
+            "{} (limits backups {}); run `pgkeep verify`",
+            limit.describe(seg),
+            limit.backups.join(", ")
+        ));
+    }
+    Ok(out)
+}
+
 /// The report as text for a terminal.
 pub fn render(r: &InfoReport) -> String {
     use super::human_bytes;
     let mut out = format!(
-        "cluster {} (system {}, PostgreSQL {})\n\nbackups:\n",
+        "cluster {} (system {}, PostgreSQL {})\n",
         r.cluster,
         r.system_identifier,
         r.pg_version / 10000
     );
+    if r.status.ok {
+        out.push_str("status: ok\n");
+    } else {
+        out.push_str("status: ATTENTION\n");
+        for a in &r.status.attention {
+            out.push_str(&format!("  - {a}\n"));
+        }
+    }
+    out.push_str("\nbackups (times UTC):\n");
     if r.backups.is_empty() {
         out.push_str("  none\n");
     }
@@ -189,6 +269,8 @@ pub fn render(r: &InfoReport) -> String {
                 + if b.pinned { "  PINNED" } else { "" },
             if b.bad_blocks > 0 {
                 format!("  {} BAD BLOCKS", b.bad_blocks)
+            } else if !b.data_checksums {
+                "  no page checksums".to_string()
             } else {
                 String::new()
             }
@@ -213,7 +295,7 @@ pub fn render(r: &InfoReport) -> String {
     }
     match &r.recoverable {
         Some(w) => out.push_str(&format!(
-            "\nrecoverable: {} .. {} (UTC)\n",
+            "\nrecoverable: {} UTC .. {} UTC\n",
             w.from_time.format("%Y-%m-%d %H:%M:%S"),
             w.to_time.format("%Y-%m-%d %H:%M:%S")
         )),

@@ -17,7 +17,9 @@ pub mod walscan;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Result, bail};
 
 use crate::config::{ClusterConfig, Config};
 use crate::pg::conninfo::{self, ConnParams};
@@ -35,6 +37,7 @@ pub struct Context<'a> {
 impl<'a> Context<'a> {
     pub fn new(config: &'a Config, cluster: Option<&str>, mode: OpenMode) -> Result<Context<'a>> {
         let (cluster_name, cluster) = config.select_cluster(cluster)?;
+        refuse_root(cluster, &config.repository.path)?;
         let storage = Arc::new(LocalStorage::new(&config.repository.path));
         let repo = repo::open(storage, cluster_name, mode)?;
         Ok(Context {
@@ -64,6 +67,33 @@ impl<'a> Context<'a> {
             shell_quote(self.cluster_name)
         ))
     }
+}
+
+/// Refuses to run as root when the cluster or the repository belongs to another user:
+/// what root writes (locks, objects, restored files) that user could not use later, and
+/// PostgreSQL never runs as root.
+fn refuse_root(cluster: &ClusterConfig, repository: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    for (what, path) in [
+        ("data directory", &cluster.pgdata),
+        ("repository", &repository.to_path_buf()),
+    ] {
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.uid() != 0
+        {
+            let owner = crate::repo::storage::user_name(meta.uid());
+            bail!(
+                "pgkeep is running as root, but the {what} {} belongs to {owner}; run it as that user \
+                 (`sudo -u {owner} pgkeep ...`), so that everything it writes stays usable by {owner}",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs `work` over `items` (in the order given) on `jobs` threads. The first failure

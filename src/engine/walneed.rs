@@ -8,7 +8,7 @@
 //! the newest archived segment. A timeline whose history file is missing could descend
 //! from any backup, so its WAL is kept from the oldest such backup's start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
@@ -146,6 +146,55 @@ impl Need {
         }
         out
     }
+}
+
+/// A gap recovery cannot cross: the timelines it blocks and the backups it limits.
+pub struct Limit {
+    pub timeline: u32,
+    pub first: u64,
+    pub last: u64,
+    along: BTreeSet<u32>,
+    pub backups: Vec<String>,
+}
+
+impl Limit {
+    pub fn describe(&self, seg: SegmentSize) -> String {
+        let along: Vec<String> = self.along.iter().map(u32::to_string).collect();
+        format!(
+            "WAL gap on timeline {}: {} .. {} are missing, so recovery along timeline {} cannot pass {}",
+            self.timeline,
+            seg.name(self.timeline, self.first),
+            seg.name(self.timeline, self.last),
+            along.join(", "),
+            seg.start_lsn(self.first)
+        )
+    }
+}
+
+/// Every gap after the backups' own WAL that limits recovery, once each.
+pub fn limits(
+    needs: &[Need],
+    paths: &BTreeMap<u32, TimelinePath>,
+    seg: SegmentSize,
+    archive: &BTreeMap<u32, Segments>,
+) -> Vec<Limit> {
+    let mut out: BTreeMap<(u32, u64, u64), Limit> = BTreeMap::new();
+    for n in needs {
+        for g in n.gaps(paths, seg, archive) {
+            let limit = out.entry((g.timeline, g.first, g.last)).or_insert(Limit {
+                timeline: g.timeline,
+                first: g.first,
+                last: g.last,
+                along: BTreeSet::new(),
+                backups: Vec::new(),
+            });
+            limit.along.insert(g.path);
+            if !limit.backups.contains(&n.label) {
+                limit.backups.push(n.label.clone());
+            }
+        }
+    }
+    out.into_values().collect()
 }
 
 /// Where the WAL window starts: backups that became consistent before it keep only their

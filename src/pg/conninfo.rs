@@ -349,6 +349,17 @@ fn service_params(
     )
 }
 
+/// The host name a `.pgpass` line must match, as libpq's `passwordFromFile` has it: an
+/// empty host, or the default socket directory, is `localhost`; any other socket
+/// directory is matched as the path it is.
+fn pgpass_host(host: &str) -> &str {
+    if host.is_empty() || host == default_socket_dir() {
+        "localhost"
+    } else {
+        host
+    }
+}
+
 /// Looks up the password in a `.pgpass`-format file, ignoring it (as libpq does) if
 /// group or others can read it.
 fn password_from_file(file: &Path, params: &ConnParams) -> Result<Option<String>> {
@@ -365,12 +376,7 @@ fn password_from_file(file: &Path, params: &ConnParams) -> Result<Option<String>
     }
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read password file {}", file.display()))?;
-    let host = params.hosts.first().cloned().unwrap_or_default();
-    let host_names: Vec<&str> = if host.starts_with('/') && host == default_socket_dir() {
-        vec!["localhost", &host]
-    } else {
-        vec![&host]
-    };
+    let host = pgpass_host(params.hosts.first().map_or("", String::as_str));
     let port = params.ports.first().copied().unwrap_or(5432).to_string();
     for line in text.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
@@ -381,7 +387,7 @@ fn password_from_file(file: &Path, params: &ConnParams) -> Result<Option<String>
             continue;
         }
         let matches = |field: &str, value: &str| field == "*" || field == value;
-        if host_names.iter().any(|h| matches(&fields[0], h))
+        if matches(&fields[0], host)
             && matches(&fields[1], &port)
             && matches(&fields[2], &params.dbname)
             && matches(&fields[3], &params.user)

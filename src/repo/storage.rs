@@ -95,10 +95,25 @@ impl LocalStorage {
         Ok(self.root.join(key))
     }
 
+    /// The error for a write that failed in `path`: permission problems name the fix.
+    fn write_error(&self, e: std::io::Error, what: &str, path: &Path) -> anyhow::Error {
+        if e.kind() != ErrorKind::PermissionDenied {
+            return anyhow::Error::new(e).context(format!("cannot {what} {}", path.display()));
+        }
+        let user = user_name(unsafe { libc::geteuid() });
+        anyhow::anyhow!(
+            "cannot write to the repository {}: {user} may not write in {}; the repository directory must belong \
+             to the user pgkeep runs as: `install -d -o {user} -m 700 {}` (or chown -R it)",
+            self.root.display(),
+            path.parent().unwrap_or(path).display(),
+            self.root.display()
+        )
+    }
+
     /// Writes `data` to a fresh temporary file beside `target` and fsyncs it.
     fn write_temp(&self, target: &Path, data: &[u8]) -> Result<PathBuf> {
         let dir = target.parent().expect("keys have a parent");
-        create_dir_durably(dir)?;
+        create_dir_durably(dir).map_err(|e| self.write_error(e, "create directory", dir))?;
         let name = format!(
             "{TEMP_PREFIX}{}.{}.{}",
             target.file_name().unwrap().to_string_lossy(),
@@ -110,11 +125,11 @@ impl LocalStorage {
             .write(true)
             .create_new(true)
             .open(&temp)
-            .with_context(|| format!("cannot create {}", temp.display()))?;
+            .map_err(|e| self.write_error(e, "create", &temp))?;
         let written = file.write_all(data).and_then(|_| file.sync_all());
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
-            return Err(e).with_context(|| format!("cannot write {}", temp.display()));
+            return Err(self.write_error(e, "write", target));
         }
         Ok(temp)
     }
@@ -122,19 +137,43 @@ impl LocalStorage {
 
 /// Creates a directory and any missing parents, fsyncing each parent after adding an
 /// entry to it, so a new directory survives a crash (PostgreSQL's `fsync_parent_path`).
-fn create_dir_durably(dir: &Path) -> Result<()> {
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let parent = dir
-        .parent()
-        .with_context(|| format!("{} has no parent", dir.display()))?;
+    let Some(parent) = dir.parent() else {
+        return Err(ErrorKind::NotFound.into());
+    };
     create_dir_durably(parent)?;
     match fs::create_dir(dir) {
-        Ok(()) => sync_dir(parent),
+        Ok(()) => File::open(parent).and_then(|d| d.sync_all()),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot create directory {}", dir.display())),
+        Err(e) => Err(e),
     }
+}
+
+/// The name of the OS user `uid` (the number if it has none).
+pub fn user_name(uid: u32) -> String {
+    let mut buf = vec![0u8; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into the buffers we own and sets `found` to `pwd` or null.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return uid.to_string();
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated.
+    unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// fsyncs a directory so that a rename or link inside it survives a crash.
@@ -259,14 +298,15 @@ impl Storage for LocalStorage {
     fn lock(&self, key: &str, exclusive: bool, wait: bool) -> Result<Option<LockGuard>> {
         use std::os::fd::AsRawFd;
         let path = self.path(key)?;
-        fs::create_dir_all(path.parent().unwrap())?;
+        let dir = path.parent().unwrap();
+        create_dir_durably(dir).map_err(|e| self.write_error(e, "create directory", dir))?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+            .map_err(|e| self.write_error(e, "open lock file", &path))?;
         let mode = if exclusive {
             libc::LOCK_EX
         } else {

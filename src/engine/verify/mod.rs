@@ -2,7 +2,7 @@
 //! (`chunks`), then checks that WAL continues without a gap from every backup. Each
 //! problem names the backups it breaks. It writes only damage records.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 
@@ -126,33 +126,10 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
             }
         }
     }
-    /// The timelines recovery cannot follow past a gap, and the backups it limits.
-    #[derive(Default)]
-    struct Limits {
-        along: BTreeSet<u32>,
-        breaks: Vec<String>,
-    }
-    let mut gaps: BTreeMap<(u32, u64, u64), Limits> = BTreeMap::new();
-    for n in &needs {
-        for g in n.gaps(&paths, seg, &archive) {
-            let limits = gaps.entry((g.timeline, g.first, g.last)).or_default();
-            limits.along.insert(g.path);
-            if !limits.breaks.contains(&n.label) {
-                limits.breaks.push(n.label.clone());
-            }
-        }
-    }
-    for ((timeline, first, last), Limits { along, breaks }) in gaps {
-        let along: Vec<String> = along.iter().map(u32::to_string).collect();
+    for limit in walneed::limits(&needs, &paths, seg, &archive) {
         problems.push(Problem {
-            what: format!(
-                "WAL gap on timeline {timeline}: {} .. {} are missing, so recovery along timeline {} cannot pass {}",
-                seg.name(timeline, first),
-                seg.name(timeline, last),
-                along.join(", "),
-                seg.start_lsn(first)
-            ),
-            breaks,
+            what: limit.describe(seg),
+            breaks: limit.backups,
         });
     }
     Ok(VerifyReport {
