@@ -381,7 +381,7 @@ pub fn restore(
             &AtomicBool::new(false),
         )?;
         sync_file(&temp)?;
-        fs::rename(&temp, plan.pgdata.join(&entry.path))?;
+        fs::rename(&temp, plan.pgdata.join(entry.fs_path()))?;
         sync_dir(&plan.pgdata.join("global"))?;
     }
     progress.finish_and_clear();
@@ -466,7 +466,7 @@ fn create_directories(plan: &Plan) -> Result<Vec<PathBuf>> {
     fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700))?;
     let mut dirs: Vec<PathBuf> = vec![pgdata.clone()];
     for d in &plan.manifest.directories {
-        let dest = pgdata.join(&d.path);
+        let dest = pgdata.join(d.fs_path());
         let oid = d
             .path
             .strip_prefix("pg_tblspc/")
@@ -497,7 +497,7 @@ fn write_files(
 ) -> Result<()> {
     files.sort_by_key(|f| std::cmp::Reverse(f.size));
     parallel_map(files, ctx.config.jobs(), |entry, stop| {
-        let dest = plan.pgdata.join(&entry.path);
+        let dest = plan.pgdata.join(entry.fs_path());
         restore_file(ctx, &plan.index, entry, &dest, progress, stop)
     })?;
     Ok(())

@@ -37,8 +37,11 @@ const SKIP_TOP_FILES: &[&str] = &[
 ];
 
 pub struct SourceFile {
-    /// Path in the manifest (tablespaces under `pg_tblspc/OID/`).
+    /// Path in the manifest (tablespaces under `pg_tblspc/OID/`), as text; a name that is
+    /// not UTF-8 shows here with replacement characters and is kept exactly in `raw`.
     pub rel: String,
+    /// The path's bytes, when they are not UTF-8.
+    pub raw: Option<Vec<u8>>,
     pub abs: PathBuf,
     pub size: u64,
     pub mode: u32,
@@ -59,7 +62,44 @@ pub struct Relation {
 
 pub struct SourceDir {
     pub rel: String,
+    /// The path's bytes, when they are not UTF-8.
+    pub raw: Option<Vec<u8>>,
     pub mode: u32,
+}
+
+/// A path below the data directory: as text, and its exact bytes where they differ.
+#[derive(Clone, Default)]
+struct RelPath {
+    text: String,
+    bytes: Vec<u8>,
+    utf8: bool,
+}
+
+impl RelPath {
+    fn root() -> RelPath {
+        RelPath {
+            utf8: true,
+            ..Default::default()
+        }
+    }
+
+    fn child(&self, name: &std::ffi::OsStr) -> RelPath {
+        use std::os::unix::ffi::OsStrExt;
+        let mut child = self.clone();
+        if !child.bytes.is_empty() {
+            child.text.push('/');
+            child.bytes.push(b'/');
+        }
+        child.text.push_str(&name.to_string_lossy());
+        child.bytes.extend_from_slice(name.as_bytes());
+        child.utf8 &= name.to_str().is_some();
+        child
+    }
+
+    /// The bytes, if the text does not carry them exactly.
+    fn raw(&self) -> Option<Vec<u8>> {
+        (!self.utf8).then(|| self.bytes.clone())
+    }
 }
 
 /// Parses a relation file name (`16384`, `16384.2`, `16384_fsm`, `16384_vm.1`) into
@@ -107,11 +147,14 @@ pub fn walk(pgdata: &Path, tablespace_dir: &str) -> Result<Walk> {
         dirs: Vec::new(),
         files: Vec::new(),
     };
-    walk_dir(pgdata, "", tablespace_dir, &mut out)?;
+    walk_dir(pgdata, &RelPath::root(), tablespace_dir, &mut out)?;
     Ok(out)
 }
 
-fn walk_dir(abs: &Path, rel: &str, tablespace_dir: &str, out: &mut Walk) -> Result<()> {
+/// Walks one directory. Names that are not UTF-8 are copied like any other file (the
+/// rules below concern PostgreSQL's own names, which are ASCII).
+fn walk_dir(abs: &Path, here: &RelPath, tablespace_dir: &str, out: &mut Walk) -> Result<()> {
+    let rel = here.text.as_str();
     let entries = match fs::read_dir(abs) {
         Ok(e) => e,
         // A directory dropped while we walk (DROP DATABASE) is simply gone.
@@ -120,19 +163,14 @@ fn walk_dir(abs: &Path, rel: &str, tablespace_dir: &str, out: &mut Walk) -> Resu
             return Err(e).with_context(|| format!("cannot read directory {}", abs.display()));
         }
     };
-    let mut names: Vec<String> = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        match entry.file_name().into_string() {
-            Ok(n) => names.push(n),
-            Err(n) => tracing::warn!(
-                "skipping {} in {}: name is not UTF-8",
-                n.to_string_lossy(),
-                abs.display()
-            ),
-        }
-    }
-    names.sort();
+    let mut entries: Vec<std::ffi::OsString> = entries
+        .map(|e| Ok(e?.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    entries.sort();
+    let names: Vec<String> = entries
+        .iter()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
     let database_dir = is_database_dir(rel);
     let tablespace_root = rel
         .strip_prefix("pg_tblspc/")
@@ -146,13 +184,9 @@ fn walk_dir(abs: &Path, rel: &str, tablespace_dir: &str, out: &mut Walk) -> Resu
     } else {
         HashSet::new()
     };
-    for name in &names {
-        let child_rel = if rel.is_empty() {
-            name.clone()
-        } else {
-            format!("{rel}/{name}")
-        };
-        let child_abs = abs.join(name);
+    for (name, os_name) in names.iter().zip(&entries) {
+        let child = here.child(os_name);
+        let child_abs = abs.join(os_name);
         if rel.is_empty() && SKIP_TOP_FILES.contains(&name.as_str()) {
             continue;
         }
@@ -172,19 +206,21 @@ fn walk_dir(abs: &Path, rel: &str, tablespace_dir: &str, out: &mut Walk) -> Resu
         };
         if meta.is_dir() {
             out.dirs.push(SourceDir {
-                rel: child_rel.clone(),
+                rel: child.text.clone(),
+                raw: child.raw(),
                 mode: meta.permissions().mode() & 0o7777,
             });
             if rel.is_empty() && EMPTY_DIRS.contains(&name.as_str()) {
                 if name == "pg_wal" {
                     out.dirs.push(SourceDir {
                         rel: "pg_wal/archive_status".into(),
+                        raw: None,
                         mode: 0o700,
                     });
                 }
                 continue;
             }
-            walk_dir(&child_abs, &child_rel, tablespace_dir, out)?;
+            walk_dir(&child_abs, &child, tablespace_dir, out)?;
         } else if meta.is_file() {
             let relation = if database_dir {
                 relation_name(name)
@@ -201,7 +237,8 @@ fn walk_dir(abs: &Path, rel: &str, tablespace_dir: &str, out: &mut Walk) -> Resu
                 continue;
             }
             out.files.push(SourceFile {
-                rel: child_rel,
+                raw: child.raw(),
+                rel: child.text,
                 abs: child_abs,
                 size: meta.len(),
                 mode: meta.permissions().mode() & 0o7777,
@@ -279,5 +316,18 @@ mod tests {
         );
         assert!(!dirs.contains(&"base/pgsql_tmp"));
         assert_eq!(w.files[1].relation.as_ref().map(|r| r.segment), Some(0));
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_kept_as_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let odd = std::ffi::OsStr::from_bytes(b"d\xff");
+        fs::create_dir(dir.path().join(odd)).unwrap();
+        fs::write(dir.path().join(odd).join("f"), b"x").unwrap();
+        let w = walk(dir.path(), "PG_15_1").unwrap();
+        assert_eq!(w.dirs[0].raw.as_deref(), Some(&b"d\xff"[..]));
+        assert_eq!(w.files[0].raw.as_deref(), Some(&b"d\xff/f"[..]));
+        assert_eq!(w.files[0].rel, "d\u{FFFD}/f");
     }
 }

@@ -9,8 +9,8 @@ use crate::format::lsn::Lsn;
 use crate::format::wal::valid_segment_size;
 
 /// Version of the manifest layout; readers accept every version up to this one.
-/// 2 added `parent`.
-pub const MANIFEST_VERSION: u32 = 2;
+/// 2 added `parent`; 3 added `path_bytes`.
+pub const MANIFEST_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +60,10 @@ pub struct TablespaceEntry {
 pub struct DirectoryEntry {
     /// Relative to the data directory; tablespace contents sit under `pg_tblspc/OID/`.
     pub path: String,
+    /// (v3) The path's bytes in hex when they are not UTF-8 (`path` then shows them
+    /// with replacement characters): restored byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<String>,
     pub mode: u32,
 }
 
@@ -67,6 +71,9 @@ pub struct DirectoryEntry {
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
     pub path: String,
+    /// (v3) As for [`DirectoryEntry::path_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<String>,
     pub size: u64,
     pub mode: u32,
     /// Seconds since the epoch.
@@ -79,17 +86,60 @@ pub struct FileEntry {
 
 /// Checks that a manifest path stays inside the data directory.
 pub fn check_path(path: &str) -> Result<(), String> {
+    check_path_bytes(path.as_bytes())
+        .map_err(|()| format!("manifest path '{path}' is not a plain relative path"))
+}
+
+fn check_path_bytes(path: &[u8]) -> Result<(), ()> {
     let bad = path.is_empty()
-        || path.starts_with('/')
+        || path.starts_with(b"/")
+        || path.contains(&0)
         || path
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..");
-    if bad {
-        Err(format!(
-            "manifest path '{path}' is not a plain relative path"
-        ))
-    } else {
-        Ok(())
+            .split(|&b| b == b'/')
+            .any(|p| p.is_empty() || p == b"." || p == b"..");
+    if bad { Err(()) } else { Ok(()) }
+}
+
+/// The path of an entry in the file system: its bytes where the manifest records them.
+fn fs_path(path: &str, path_bytes: Option<&str>) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    match path_bytes.and_then(|hex| hex::decode(hex).ok()) {
+        Some(bytes) => std::ffi::OsStr::from_bytes(&bytes).into(),
+        None => path.into(),
+    }
+}
+
+/// Checks an entry's path and, if there, its bytes.
+fn check_entry(path: &str, path_bytes: Option<&str>) -> Result<(), String> {
+    check_path(path)?;
+    if let Some(hex) = path_bytes {
+        let bad = || format!("manifest path bytes of '{path}' are not a plain relative path");
+        let bytes = hex::decode(hex).map_err(|_| bad())?;
+        check_path_bytes(&bytes).map_err(|()| bad())?;
+    }
+    Ok(())
+}
+
+/// The bytes of a path that is not UTF-8, as a manifest records them.
+pub fn path_bytes(raw: Option<&[u8]>) -> Option<String> {
+    raw.map(hex::encode)
+}
+
+impl DirectoryEntry {
+    pub fn fs_path(&self) -> std::path::PathBuf {
+        fs_path(&self.path, self.path_bytes.as_deref())
+    }
+}
+
+impl FileEntry {
+    pub fn fs_path(&self) -> std::path::PathBuf {
+        fs_path(&self.path, self.path_bytes.as_deref())
+    }
+
+    /// Identifies the file among a backup's files: its text path is not enough when names
+    /// are not UTF-8 (two can show the same).
+    pub fn key(&self) -> (&str, Option<&str>) {
+        (&self.path, self.path_bytes.as_deref())
     }
 }
 
@@ -103,13 +153,13 @@ impl Manifest {
                 self.version
             ));
         }
-        for p in self
+        for (path, bytes) in self
             .files
             .iter()
-            .map(|f| &f.path)
-            .chain(self.directories.iter().map(|d| &d.path))
+            .map(|f| (&f.path, &f.path_bytes))
+            .chain(self.directories.iter().map(|d| (&d.path, &d.path_bytes)))
         {
-            check_path(p)?;
+            check_entry(path, bytes.as_deref())?;
         }
         if self.chunk_size == 0 || self.chunk_size > super::pack::MAX_CHUNK_LEN as u64 {
             return Err(format!(
@@ -148,6 +198,10 @@ mod tests {
         assert!(check_path("base/1/1234").is_ok());
         for bad in ["../etc/passwd", "/etc/passwd", "base/../../x", "a//b", ""] {
             assert!(check_path(bad).is_err(), "{bad}");
+        }
+        assert!(check_entry("x\u{FFFD}", Some("78ff")).is_ok());
+        for bad in ["2e2e2f78", "2f6574632f706173737764", "780078", "zz"] {
+            assert!(check_entry("x", Some(bad)).is_err(), "{bad}");
         }
     }
 }

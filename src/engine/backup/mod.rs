@@ -36,7 +36,7 @@ use crate::format::{control, label, tablespace_map, wal::SegmentSize};
 use crate::pg::session::{BackupStop, Session};
 use crate::repo::index::{ChunkIndex, write_damage_record};
 use crate::repo::manifest::{
-    DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry,
+    DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry, path_bytes,
 };
 use crate::repo::pack::{ChunkId, PackWriter};
 
@@ -421,7 +421,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         }
     }
 
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    entries.sort_by(|a, b| a.key().cmp(&b.key()));
     let manifest = Manifest {
         version: MANIFEST_VERSION,
         label,
@@ -445,6 +445,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             .dirs
             .into_iter()
             .map(|d| DirectoryEntry {
+                path_bytes: path_bytes(d.raw.as_deref()),
                 path: d.rel,
                 mode: d.mode,
             })

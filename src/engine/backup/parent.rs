@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use crate::engine::walk::SourceFile;
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
-use crate::repo::manifest::{FileEntry, Manifest};
+use crate::repo::manifest::{FileEntry, Manifest, path_bytes};
 use crate::repo::pack::ChunkId;
 
 pub struct Parent {
@@ -22,7 +22,8 @@ pub struct Parent {
     /// Parent start, seconds since the epoch.
     start_time: i64,
     chunk_size: u64,
-    files: HashMap<String, FileEntry>,
+    /// By path, and by path bytes where names are not UTF-8.
+    files: HashMap<(String, Option<String>), FileEntry>,
 }
 
 impl Parent {
@@ -54,13 +55,15 @@ impl Parent {
             files: parent
                 .files
                 .into_iter()
-                .map(|f| (f.path.clone(), f))
+                .map(|f| ((f.path.clone(), f.path_bytes.clone()), f))
                 .collect(),
         })
     }
 
-    pub fn file(&self, path: &str) -> Option<&FileEntry> {
-        self.files.get(path)
+    /// The parent's entry for the file at the same place.
+    pub fn file(&self, src: &SourceFile) -> Option<&FileEntry> {
+        self.files
+            .get(&(src.rel.clone(), path_bytes(src.raw.as_deref())))
     }
 
     /// The parent's entry if the file cannot have changed since: same size and mtime, and
@@ -70,7 +73,7 @@ impl Parent {
         if src.rel == "global/pg_control" {
             return None;
         }
-        let entry = self.files.get(&src.rel)?;
+        let entry = self.file(src)?;
         (entry.size == src.size && entry.mtime == src.mtime && entry.mtime < self.start_time - 1)
             .then_some(entry)
     }

@@ -20,7 +20,7 @@ use crate::engine::walk::SourceFile;
 use crate::format::lsn::Lsn;
 use crate::format::page::{self, BLOCKS_PER_SEGMENT, PAGE_SIZE};
 use crate::repo::index::{ChunkIndex, CorruptCopy};
-use crate::repo::manifest::FileEntry;
+use crate::repo::manifest::{FileEntry, path_bytes};
 use crate::repo::object::{self, Compression};
 use crate::repo::pack::{ChunkId, Delta, DeltaMethod, MAX_DELTA_DEPTH, encode_delta};
 use crate::repo::storage::Storage;
@@ -203,6 +203,7 @@ impl ChunkSink {
             .collect::<Result<_>>()?;
         Ok(FileEntry {
             path: path.into(),
+            path_bytes: None,
             size: data.len() as u64,
             mode,
             mtime,
@@ -293,7 +294,7 @@ impl FileReader<'_> {
     /// Backs up one file; `None` if it vanished (dropped relation) before it was opened.
     /// Polls `stop` between chunks.
     pub fn backup_file(&self, src: &SourceFile, stop: &AtomicBool) -> Result<Option<FileEntry>> {
-        let parent_file = self.parent.and_then(|p| p.file(&src.rel));
+        let parent_file = self.parent.and_then(|p| p.file(src));
         let unchanged = self.parent.and_then(|p| p.unchanged_file(src));
         if let Some(entry) = unchanged.filter(|e| e.chunks.iter().all(|c| self.sink.has(c))) {
             self.stats.unread.fetch_add(entry.size, Ordering::Relaxed);
@@ -360,6 +361,7 @@ impl FileReader<'_> {
         }
         Ok(Some(FileEntry {
             path: src.rel.clone(),
+            path_bytes: path_bytes(src.raw.as_deref()),
             size: offset,
             mode: src.mode,
             mtime: src.mtime,
