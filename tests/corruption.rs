@@ -178,6 +178,68 @@ fn damage_table(env: &Env, main: &common::Server, label: &str, table: &str) -> C
     id
 }
 
+/// Rows in the middle chunk of `table`'s file (the one `damage_table` damages).
+fn middle_chunk_rows(main: &common::Server, table: &str) -> String {
+    let blocks: u64 = main
+        .sql(&format!("SELECT pg_relation_size('{table}') / 8192"))
+        .parse()
+        .unwrap();
+    let per_chunk = pgkeep::engine::backup::CHUNK_SIZE as u64 / 8192;
+    let first = blocks.div_ceil(per_chunk) / 2 * per_chunk;
+    format!(
+        "(ctid::text::point)[0] BETWEEN {first} AND {}",
+        first + per_chunk - 1
+    )
+}
+
+/// A chunk rots (so that it still decodes, to wrong bytes), then its rows change before
+/// an incremental: the incremental stores the changed chunk whole rather than as a delta
+/// of the rotten copy (which would decode only
+/// through that copy, and so break once a good copy or none replaced it). Once verify has
+/// recorded the damage and collection has run, the incremental still restores.
+fn incremental_after_rot(pg: Pg) {
+    let env = Env::new(&format!("rot{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    // Random bytes: stored as zstd's raw literals, where a flipped bit decodes without an
+    // error to wrong bytes (only the chunk's hash can tell).
+    main.sql(
+        "CREATE TABLE t AS SELECT g AS id, decode(md5(random()::text) || md5(random()::text) \
+         || md5(random()::text) || md5(random()::text), 'hex') AS pad FROM generate_series(1, 100000) g",
+    );
+    main.sql("CHECKPOINT");
+    let full = env.backup();
+    damage_table(&env, &main, &full, "t");
+    let rows = middle_chunk_rows(&main, "t");
+    main.sql(&format!("UPDATE t SET pad = 'changed'::bytea WHERE {rows}"));
+    main.sql("CHECKPOINT");
+    let incremental = env.backup();
+    let contents = "SELECT md5(string_agg(id || encode(pad, 'hex'), ',' ORDER BY id)) FROM t";
+    let expected = main.sql(contents);
+    env.pgkeep_ok(&["check"]);
+    let err = env.pgkeep_err(&["verify"]);
+    assert!(
+        err.contains(&full) && !err.contains(&incremental),
+        "only the full backup holds the rotten chunk: {err}"
+    );
+    env.pgkeep_ok(&["backup", "--full"]);
+    env.pgkeep_ok(&["expire"]);
+    let server = env.restore_and_start(
+        "restored",
+        &[
+            "--backup",
+            &incremental,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(server.sql(contents), expected);
+}
+
+on_each_version!(incremental_after_rot);
+
 /// Stored chunks rot. `verify` finds them and says a full backup heals; the full backup
 /// reuses neither the copy verify recorded nor one that rotted since (it reads back
 /// every copy it reuses) but stores that data again, so it restores exactly. The older

@@ -24,23 +24,42 @@ fn labels(repo: &Path) -> Vec<String> {
     out
 }
 
+/// The manifest of backup `label`, as JSON.
+fn manifest_json(repo: &Path, label: &str) -> serde_json::Value {
+    let path = repo.join(format!("main/backups/{label}.manifest"));
+    serde_json::from_slice(&object::decode(&std::fs::read(path).unwrap()).unwrap()).unwrap()
+}
+
+/// Stores `m` as the manifest of backup `label`.
+fn write_manifest(repo: &Path, label: &str, m: &serde_json::Value) {
+    let dir = repo.join("main/backups");
+    let bytes = object::encode(&serde_json::to_vec(m).unwrap(), 1).unwrap();
+    std::fs::write(dir.join(format!("{label}.manifest")), bytes).unwrap();
+    common::chown_postgres(&dir);
+}
+
+/// Copy `m` dated `date`, stopped at noon.
+fn dated(m: &serde_json::Value, date: &str) -> serde_json::Value {
+    let mut m = m.clone();
+    m["start_time"] = format!("{date}T11:59:00Z").into();
+    m["stop_time"] = format!("{date}T12:00:00Z").into();
+    m
+}
+
+/// Moves a real backup's times to `date`, so no test depends on the day it runs.
+fn retime(repo: &Path, label: &str, date: &str) {
+    write_manifest(repo, label, &dated(&manifest_json(repo, label), date));
+}
+
 /// Copies of a real manifest at made-up dates: label `YYYYMMDDT120000Z`, stopped at noon.
 fn fabricate(repo: &Path, real: &str, dates: &[&str]) {
-    let dir = repo.join("main/backups");
-    let json: serde_json::Value = serde_json::from_slice(
-        &object::decode(&std::fs::read(dir.join(format!("{real}.manifest"))).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let json = manifest_json(repo, real);
     for date in dates {
-        let mut m = json.clone();
         let label = format!("{}T120000Z", date.replace('-', ""));
+        let mut m = dated(&json, date);
         m["label"] = label.clone().into();
-        m["start_time"] = format!("{date}T11:59:00Z").into();
-        m["stop_time"] = format!("{date}T12:00:00Z").into();
-        let bytes = object::encode(&serde_json::to_vec(&m).unwrap(), 1).unwrap();
-        std::fs::write(dir.join(format!("{label}.manifest")), bytes).unwrap();
+        write_manifest(repo, &label, &m);
     }
-    common::chown_postgres(&dir);
 }
 
 fn set_retention(env: &Env, base: &str, retention: &str) {
@@ -64,15 +83,16 @@ fn label(date: &str) -> String {
     format!("{}T120000Z", date.replace('-', ""))
 }
 
-/// The policy as of a fixed past `--now`, over made-up backups before it. The one real
-/// backup is taken today, after `--now`: it did not exist at that moment, so it is kept
-/// and fills no rule's slot, whatever the date the test runs on.
+/// The policy as of a fixed `--now`, over made-up backups before it. The one real
+/// backup is dated after `--now`: it did not exist at that moment, so it is kept and
+/// fills no rule's slot.
 #[test]
 fn policy_on_made_up_dates() {
     let env = Env::new("policy", Pg::new(15));
     let _main = env.primary();
     env.pgkeep_ok(&["init"]);
     let real = env.backup();
+    retime(&env.repo, &real, "2026-11-22");
     let base = std::fs::read_to_string(&env.config).unwrap();
     // Written table: policy -> survivors among the made-up backups.
     let table: [(&str, &[&str]); 5] = [

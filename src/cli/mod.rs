@@ -342,8 +342,10 @@ fn print_expire(r: &expire::ExpireReport, dry_run: bool) {
         ),
         _ => println!("WAL: nothing to remove"),
     }
-    if let (Some(from), Some(seg)) = (&r.plan.wal_from, &r.wal_kept_from) {
-        println!("point-in-time recovery stays possible from backup {from} on (WAL from {seg})");
+    if let Some(from) = &r.plan.wal_from {
+        println!(
+            "point-in-time recovery stays possible from backup {from} on, along every timeline it and the later backups lie on"
+        );
         let older: Vec<&str> = backups
             .iter()
             .filter(|b| r.plan.keep.contains_key(&b.label))
@@ -367,7 +369,7 @@ fn print_expire(r: &expire::ExpireReport, dry_run: bool) {
     }
     if r.gc_deferred {
         println!(
-            "data: a backup is running; unneeded WAL and unreferenced data are removed by the next expire"
+            "data: a backup, restore or verify is running; unneeded WAL and unreferenced data are removed by the next expire"
         );
     }
     if dry_run {

@@ -11,8 +11,9 @@
 //! removed. If a backup is running, they wait for the next `expire`.
 //!
 //! Within collection, new packs are stored before the old ones go, and an index before
-//! its pack, so a crash leaves at worst a duplicate or an unindexed pack, both removed
-//! by the next collection.
+//! its pack, so a crash leaves at worst a duplicate (removed by the next collection) or
+//! a pack without its index file (read through the index inside it, and its file
+//! written again).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -35,10 +36,9 @@ pub struct ExpireReport {
     pub backups: Vec<BackupFacts>,
     /// WAL files removed (or, in a dry run, to be removed), oldest first.
     pub wal_removed: Vec<String>,
-    /// First segment of the WAL kept without a gap.
-    pub wal_kept_from: Option<String>,
     pub gc: Option<GcReport>,
-    /// WAL removal and collection were skipped because a backup holds the data lock.
+    /// WAL removal and collection were skipped because a backup, restore or verify holds
+    /// the data lock.
     pub gc_deferred: bool,
 }
 
@@ -72,8 +72,12 @@ fn wal_to_remove(
     else {
         return Ok(Vec::new());
     };
-    let paths = target::timeline_paths(&ctx.repo)
-        .context("expire removes WAL only when every timeline's history is readable")?;
+    // A timeline whose history cannot be read counts as one of unknown descent, whose WAL
+    // is kept from the oldest point-in-time backup's start.
+    let (paths, damaged) = target::readable_timeline_paths(&ctx.repo)?;
+    for e in damaged {
+        tracing::warn!("{e:#}; keeping that timeline's WAL; run `pgkeep verify`");
+    }
     let needs: Vec<Need> = manifests
         .iter()
         .filter(|m| plan.keep.contains_key(&m.label))
@@ -98,6 +102,12 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
         .repo
         .try_lock_expire()?
         .context("another `pgkeep expire` is running for this cluster; let it finish")?;
+    // Taken before the manifests are read: a backup published between planning and
+    // removal would be missing from the plan, and its WAL could go.
+    let collecting = match dry_run {
+        true => None,
+        false => ctx.repo.try_lock_data_exclusive()?,
+    };
     let info = ctx.repo.require_info()?;
     let seg = SegmentSize(info.wal_segment_size);
     // A manifest that cannot be read might be one the policy keeps, or hold data others
@@ -116,13 +126,15 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
         })
         .collect();
     let plan = retention::plan(&ctx.config.retention, &backups, now);
-    let wal_removed = wal_to_remove(ctx, &manifests, &plan, seg)?;
+    let wal_removed = match dry_run || collecting.is_some() {
+        true => wal_to_remove(ctx, &manifests, &plan, seg)?,
+        false => Vec::new(),
+    };
     let from = plan
         .wal_from
         .as_ref()
         .and_then(|l| manifests.iter().find(|m| &m.label == l));
     let mut report = ExpireReport {
-        wal_kept_from: from.map(|m| seg.name(m.timeline, seg.segno(m.start_lsn))),
         plan,
         backups,
         wal_removed,
@@ -136,19 +148,22 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
         ctx.repo.delete_manifest(label)?;
     }
     // A running backup has no manifest yet: the WAL it waits for, and the chunks it
-    // refers to, are removed only while none runs.
-    let Some(_collecting) = ctx.repo.try_lock_data_exclusive()? else {
+    // refers to, are removed only while none runs (the lock taken above says so).
+    if collecting.is_none() {
         report.gc_deferred = true;
-        report.wal_removed.clear();
         return Ok(report);
-    };
+    }
     // Recorded first, so verify knows which backups lost their later WAL on purpose.
     if let Some(from) = from
         && !report.wal_removed.is_empty()
     {
-        let window = ctx.repo.wal_window()?.into_iter().chain([from.stop_time]);
-        ctx.repo
-            .set_wal_window(window.max().expect("one at least"))?;
+        // A damaged record is written again; the window never moves back.
+        let recorded = ctx.repo.wal_window().unwrap_or_else(|e| {
+            tracing::warn!("{e:#}; writing it again");
+            None
+        });
+        let window = recorded.into_iter().chain([from.stop_time]).max();
+        ctx.repo.set_wal_window(window.expect("one at least"))?;
     }
     for name in &report.wal_removed {
         ctx.repo.delete_wal(name)?;
@@ -354,6 +369,13 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
     }
     for name in index.damage_records.keys() {
         if !sizes.contains_key(name) {
+            storage.delete(&pack_key(&prefix, name, "damaged"))?;
+        }
+    }
+    // Index files left by a pack that is gone: once nothing needs their chunks.
+    for (name, ids) in &index.packs_missing {
+        if !ids.iter().any(|id| live.contains(id)) {
+            storage.delete(&pack_key(&prefix, name, "idx"))?;
             storage.delete(&pack_key(&prefix, name, "damaged"))?;
         }
     }

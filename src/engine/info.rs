@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use std::collections::BTreeMap;
 
-use super::walneed::{self, Need};
+use super::walneed;
 use super::walscan::{self, archived_segments, contiguous_end, gaps};
 use super::{Context, target};
 use crate::format::history::TimelinePath;
@@ -213,14 +213,7 @@ fn attention(
         ));
     }
     let (paths, _) = target::readable_timeline_paths(&ctx.repo)?;
-    let window = walneed::Window {
-        pitr_from: ctx.repo.wal_window().unwrap_or(None),
-        floor: ctx.repo.wal_floor().unwrap_or(None),
-    };
-    let needs: Vec<Need> = manifests
-        .iter()
-        .map(|m| Need::of(m, seg, window.pitr(m, seg)))
-        .collect();
+    let needs = walneed::Window::read(&ctx.repo).0.needs(manifests, seg);
     for limit in walneed::limits(&needs, &paths, seg, archive) {
         out.push(format!(
             "{} (limits backups {}); run `pgkeep verify`",

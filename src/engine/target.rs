@@ -93,7 +93,6 @@ pub fn xid_after(snapshot: &str, xid: u64) -> bool {
     let Ok(xmax) = xmax.parse::<u64>() else {
         return false;
     };
-    // A 32-bit xid is taken to be in the epoch of the snapshot, as PostgreSQL does.
     // A 32-bit xid is placed in the epoch that puts it nearest xmax, either side.
     let full = if xid >> 32 == 0 {
         let candidate = (xmax & !0xFFFF_FFFF) | xid;

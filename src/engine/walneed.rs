@@ -16,6 +16,7 @@ use super::walscan::Segments;
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
+use crate::repo::ClusterRepo;
 use crate::repo::manifest::Manifest;
 
 /// What one backup needs of the archive.
@@ -161,7 +162,8 @@ impl Limit {
     pub fn describe(&self, seg: SegmentSize) -> String {
         let along: Vec<String> = self.along.iter().map(u32::to_string).collect();
         format!(
-            "WAL gap on timeline {}: {} .. {} are missing, so recovery along timeline {} cannot pass {}",
+            "WAL gap on timeline {}: {} .. {} are missing, so recovery along timeline {} cannot pass {}; \
+             put the segments back from a copy if one exists (archive-push them), else the backups before the gap restore only up to it",
             self.timeline,
             seg.name(self.timeline, self.first),
             seg.name(self.timeline, self.last),
@@ -199,17 +201,43 @@ pub fn limits(
 
 /// Where the WAL window starts: backups that became consistent before it keep only their
 /// own WAL, later ones serve point-in-time recovery. From what `expire` recorded: the
-/// time (`wal-window`) or, in repositories written before it, a segment floor.
+/// time (`wal-window`) or, in repositories written before it, a segment floor (ignored
+/// once a time is recorded: one floor for all timelines is what lost WAL).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Window {
-    pub pitr_from: Option<DateTime<Utc>>,
-    pub floor: Option<u64>,
+    pitr_from: Option<DateTime<Utc>>,
+    floor: Option<u64>,
 }
 
 impl Window {
+    /// The recorded window; a damaged record counts as none and is returned to report.
+    pub fn read(repo: &ClusterRepo) -> (Window, Vec<anyhow::Error>) {
+        let mut damaged = Vec::new();
+        let pitr_from = repo.wal_window().unwrap_or_else(|e| {
+            damaged.push(e);
+            None
+        });
+        let floor = match pitr_from {
+            Some(_) => None,
+            None => repo.wal_floor().unwrap_or_else(|e| {
+                damaged.push(e);
+                None
+            }),
+        };
+        (Window { pitr_from, floor }, damaged)
+    }
+
     pub fn pitr(&self, m: &Manifest, seg: SegmentSize) -> bool {
         self.pitr_from.is_none_or(|t| m.stop_time >= t)
             && self.floor.is_none_or(|f| seg.segno(m.start_lsn) >= f)
+    }
+
+    /// What each backup needs under this window.
+    pub fn needs(&self, manifests: &[Manifest], seg: SegmentSize) -> Vec<Need> {
+        manifests
+            .iter()
+            .map(|m| Need::of(m, seg, self.pitr(m, seg)))
+            .collect()
     }
 }
 

@@ -78,6 +78,8 @@ pub struct ChunkIndex {
     pub index_from_pack: Vec<(u32, String)>,
     /// Recorded corrupt copies by pack name, including records whose pack is gone.
     pub damage_records: BTreeMap<String, BTreeSet<ChunkId>>,
+    /// Index files whose pack is gone, with the chunks they name (all missing now).
+    pub packs_missing: Vec<(String, Vec<ChunkId>)>,
 }
 
 /// `NAME.damaged`: the chunks whose copies in pack `NAME` do not decode.
@@ -127,6 +129,8 @@ fn list_packs(storage: &dyn Storage, prefix: &str) -> Result<BTreeMap<String, Li
 enum PackIndex {
     FromIdx(Vec<IndexEntry>),
     FromPack(Vec<IndexEntry>, String),
+    /// The `.idx` is readable, the pack itself gone.
+    PackMissing(Vec<IndexEntry>),
     Unreadable(String),
 }
 
@@ -139,11 +143,11 @@ fn read_pack_index(storage: &dyn Storage, prefix: &str, name: &str, l: &Listed) 
             .and_then(|plain| decode_index(&plain))
     });
     let Some(size) = l.pack_size else {
-        return PackIndex::Unreadable(match from_idx {
-            Some(Ok(_)) => "its index is there but the pack itself is missing".into(),
-            Some(Err(e)) => format!("{e:#}"),
-            None => "it is gone".into(),
-        });
+        return match from_idx {
+            Some(Ok(entries)) => PackIndex::PackMissing(entries),
+            Some(Err(e)) => PackIndex::Unreadable(format!("{e:#}")),
+            None => PackIndex::Unreadable("it is gone".into()),
+        };
     };
     let why = match from_idx {
         Some(Ok(entries)) => return PackIndex::FromIdx(entries),
@@ -191,6 +195,12 @@ impl ChunkIndex {
                     tracing::warn!("pack {name}: {why}; using the copy of its index inside it");
                     index.index_from_pack.push((index.packs.len() as u32, why));
                     entries
+                }
+                PackIndex::PackMissing(entries) => {
+                    tracing::warn!("pack {name} is missing; its index file is still there");
+                    let ids = entries.into_iter().map(|e| e.id).collect();
+                    index.packs_missing.push((name.clone(), ids));
+                    continue;
                 }
                 PackIndex::Unreadable(why) => {
                     tracing::warn!(
@@ -376,13 +386,6 @@ impl ChunkIndex {
             Ok(plain) if matches(&plain) => Ok(plain),
             _ => Err(corrupt().into()),
         }
-    }
-
-    /// The plaintext of `id` as a base for a new delta, without the hash check. A delta
-    /// records the difference from exactly what the stored bytes decode to, and every
-    /// read decodes them the same way, so a damaged base still yields the right chunk.
-    pub fn read_base(&self, storage: &dyn Storage, prefix: &str, id: &ChunkId) -> Result<Vec<u8>> {
-        self.read_unchecked(storage, prefix, id, MAX_DELTA_DEPTH + 1)
     }
 
     /// A chunk's plaintext through its chosen copies, without the final hash check: a
@@ -581,7 +584,6 @@ mod tests {
         assert!(err.contains("is corrupt"), "{err}");
     }
 
-    /// Stores `data` as an XOR delta of `base` in a pack of its own.
     /// Stores `data` as an XOR delta of `base` in a pack of its own; returns the size of
     /// the delta's payload.
     fn store_delta(writer: &mut PackWriter, data: &[u8], base: &[u8]) -> usize {

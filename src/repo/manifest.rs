@@ -8,7 +8,8 @@ use super::pack::ChunkId;
 use crate::format::lsn::Lsn;
 use crate::format::wal::valid_segment_size;
 
-/// Version of the manifest layout; readers accept every version up to this one.
+/// Version of the manifest layout; readers accept every version up to this one, and
+/// writers write the oldest that holds the manifest ([`Manifest::needed_version`]).
 /// 2 added `parent`; 3 added `path_bytes`.
 pub const MANIFEST_VERSION: u32 = 3;
 
@@ -182,6 +183,14 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The oldest manifest version that holds this manifest, so older readers can still
+    /// read it unless it uses what only a newer version has.
+    pub fn needed_version(&self) -> u32 {
+        let raw_paths = self.files.iter().any(|f| f.path_bytes.is_some())
+            || self.directories.iter().any(|d| d.path_bytes.is_some());
+        if raw_paths { 3 } else { 2 }
     }
 
     pub fn bad_block_count(&self) -> usize {

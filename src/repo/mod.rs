@@ -315,11 +315,13 @@ impl ClusterRepo {
             .map(|w| w.pitr_from))
     }
 
+    /// Records the window; the segment floor older repositories kept goes with it.
     pub fn set_wal_window(&self, pitr_from: DateTime<Utc>) -> Result<()> {
         self.storage.put(
             &self.key("wal-window"),
             &object::encode(&serde_json::to_vec(&WalWindow { pitr_from })?, 0)?,
-        )
+        )?;
+        self.storage.delete(&self.key("wal-floor"))
     }
 
     /// What repositories written before `wal-window` recorded instead: the segment number

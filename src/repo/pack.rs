@@ -264,9 +264,7 @@ impl PackWriter {
         self.entries.clear();
         Ok(())
     }
-}
 
-impl PackWriter {
     /// Stores the pack being filled as `name`. A pack of that name is these very bytes
     /// (the name is their hash), unless it was damaged: then it is replaced by its true
     /// content, and its damage record goes.

@@ -125,7 +125,7 @@ impl LocalStorage {
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(|e| self.write_error(e, "create", &temp))?;
+            .map_err(|e| self.write_error(e, "write", target))?;
         let written = file.write_all(data).and_then(|_| file.sync_all());
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);

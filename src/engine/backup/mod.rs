@@ -422,7 +422,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
     }
 
     entries.sort_by(|a, b| a.key().cmp(&b.key()));
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         version: MANIFEST_VERSION,
         label,
         parent: parent.map(|p| p.label),
@@ -452,6 +452,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             .collect(),
         files: entries,
     };
+    manifest.version = manifest.needed_version();
     ctx.repo.publish_manifest(&manifest)?;
     tracing::info!(
         "backup {} published after {:.1} s",

@@ -171,7 +171,9 @@ impl ChunkSink {
     }
 
     /// `data` as a delta of `base`, unless there is none, the chain would grow too long,
-    /// or the base cannot be read (then the chunk is stored whole).
+    /// or the base cannot be read (then the chunk is stored whole). The base is read with
+    /// every check: a delta of a base copy that rotted would decode only through that very
+    /// copy, and so break once a good copy of the base replaces it.
     fn delta_of(
         &self,
         data: &[u8],
@@ -184,7 +186,7 @@ impl ChunkSink {
         }
         let base_plain = self
             .earlier
-            .read_base(&*self.storage, &self.prefix, &base)
+            .read(&*self.storage, &self.prefix, &base)
             .ok()?;
         let (compression, payload) = encode_delta(data, &base_plain, self.level).ok()?;
         let delta = Delta {

@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use anyhow::Result;
-
 use super::Problem;
 use crate::engine::Context;
 use crate::repo::index::{ChunkIndex, ChunkLocation, CorruptCopy, write_damage_record};
@@ -127,18 +125,29 @@ fn check_packs(ctx: &Context, index: &ChunkIndex) -> Vec<PackCheck> {
     checks.into_iter().map(|(_, c)| c).collect()
 }
 
-/// Replaces each judged pack's damage record with what this run found.
-fn record_damage(ctx: &Context, index: &ChunkIndex, checks: &[PackCheck]) -> Result<()> {
+/// Replaces each judged pack's damage record with what this run found. A record that
+/// cannot be written (a read-only repository) is a problem of its own, not the end of
+/// the report.
+fn record_damage(ctx: &Context, index: &ChunkIndex, checks: &[PackCheck]) -> Vec<Problem> {
     let prefix = ctx.repo.packs_prefix();
+    let mut problems = Vec::new();
     for (pack, check) in checks.iter().enumerate().filter(|(_, c)| c.judged) {
         let name = index.pack_name(pack as u32);
         let found: BTreeSet<ChunkId> = check.corrupt.iter().copied().collect();
         let recorded = index.damage_records.get(name).cloned().unwrap_or_default();
-        if found != recorded {
-            write_damage_record(&*ctx.repo.storage, &prefix, name, &found)?;
+        if found == recorded {
+            continue;
+        }
+        if let Err(e) = write_damage_record(&*ctx.repo.storage, &prefix, name, &found) {
+            problems.push(Problem {
+                what: format!(
+                    "cannot record the corrupt chunk copies of pack {name} ({e:#}), so backups may still reuse them; run verify where it can write to the repository"
+                ),
+                breaks: Vec::new(),
+            });
         }
     }
-    Ok(())
+    problems
 }
 
 /// Checks every chunk copy and reports; returns how many chunks were checked and
@@ -148,10 +157,10 @@ pub fn check_chunks(
     index: &ChunkIndex,
     manifests: &[Manifest],
     problems: &mut Vec<Problem>,
-) -> Result<(usize, bool)> {
+) -> (usize, bool) {
     let users = chunk_users(manifests);
     let checks = check_packs(ctx, index);
-    record_damage(ctx, index, &checks)?;
+    problems.extend(record_damage(ctx, index, &checks));
     let prefix = ctx.repo.packs_prefix();
     let good: HashSet<ChunkId> = checks.iter().flat_map(|c| c.good.iter().copied()).collect();
     let mut corrupt: HashMap<ChunkId, Vec<String>> = HashMap::new();
@@ -209,6 +218,16 @@ pub fn check_chunks(
             breaks: labels.iter().cloned().collect(),
         });
     }
+    for (name, ids) in &index.packs_missing {
+        if ids.iter().any(|id| users.contains_key(id)) {
+            problems.push(Problem {
+                what: format!(
+                    "pack {name}: its index is there but the pack itself is missing, so its chunks are lost: put back a good copy of the pack if you have one"
+                ),
+                breaks: Vec::new(),
+            });
+        }
+    }
     for (pack, why) in &index.index_from_pack {
         let chunks = &checks[*pack as usize].good;
         if chunks.iter().any(|id| users.contains_key(id)) {
@@ -222,5 +241,5 @@ pub fn check_chunks(
             });
         }
     }
-    Ok((good.len(), lost_data))
+    (good.len(), lost_data)
 }

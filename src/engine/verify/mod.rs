@@ -73,11 +73,13 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
         Ok(index) => {
             for (name, why) in &index.unreadable {
                 problems.push(Problem {
-                    what: format!("pack {name} has no readable index ({why}); its chunks are lost"),
+                    what: format!(
+                        "pack {name} has no readable index ({why}); its chunks count as missing: put back a good copy of the pack if you have one"
+                    ),
                     breaks: Vec::new(),
                 });
             }
-            chunks::check_chunks(ctx, &index, &manifests, &mut problems)?
+            chunks::check_chunks(ctx, &index, &manifests, &mut problems)
         }
         Err(e) => {
             problems.push(Problem {
@@ -90,14 +92,14 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
 
     // A damaged history file is named below, as a WAL file that does not decode.
     let (paths, _damaged) = target::readable_timeline_paths(&ctx.repo)?;
-    let window = walneed::Window {
-        pitr_from: or_problem(ctx.repo.wal_window(), &mut problems),
-        floor: or_problem(ctx.repo.wal_floor(), &mut problems),
-    };
-    let needs: Vec<Need> = manifests
-        .iter()
-        .map(|m| Need::of(m, seg, window.pitr(m, seg)))
-        .collect();
+    let (window, damaged) = walneed::Window::read(&ctx.repo);
+    for e in damaged {
+        problems.push(Problem {
+            what: format!("{e:#}; the next `pgkeep expire` that removes WAL writes it again"),
+            breaks: Vec::new(),
+        });
+    }
+    let needs = window.needs(&manifests, seg);
 
     // Every archived WAL file decodes and matches its checksum.
     let files = ctx.repo.wal_files()?;
@@ -141,19 +143,9 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
     })
 }
 
-/// The value of a small record `expire` writes, or none if it is damaged (a problem).
-fn or_problem<T>(record: Result<Option<T>>, problems: &mut Vec<Problem>) -> Option<T> {
-    record.unwrap_or_else(|e| {
-        problems.push(Problem {
-            what: format!("{e:#}; the next `pgkeep expire` that removes WAL writes it again"),
-            breaks: Vec::new(),
-        });
-        None
-    })
-}
-
-/// Backups whose recovery reads this WAL file (for a history file: those recoverable
-/// along its timeline).
+/// Backups whose recovery reads this WAL file. A history file is asked for by every
+/// recovery to its timeline or a later one (`latest` looks for each newer one in turn),
+/// and one that fails stops recovery: it breaks every backup on that timeline or earlier.
 fn affected(
     needs: &[Need],
     paths: &BTreeMap<u32, TimelinePath>,
@@ -162,9 +154,7 @@ fn affected(
     file: &WalFile,
 ) -> Vec<String> {
     let reads = |n: &Need| match *file {
-        WalFile::History { timeline } => paths
-            .get(&timeline)
-            .is_some_and(|p| p.timeline != n.timeline && n.on_path(p)),
+        WalFile::History { timeline } => n.timeline <= timeline,
         _ => wal_position(name, file, seg)
             .is_some_and(|(tli, segno)| n.reads(paths, seg, tli, segno)),
     };
