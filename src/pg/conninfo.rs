@@ -134,6 +134,8 @@ fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
 }
 
 /// Debian's (and most packagers') default socket directory, else PostgreSQL's own default.
+/// libpq has this compiled in (`DEFAULT_PGSOCKET_DIR`); pgkeep takes the packagers' one
+/// where it exists, which is what the system's libpq uses on Debian and Red Hat.
 fn default_socket_dir() -> String {
     if Path::new("/var/run/postgresql").is_dir() {
         "/var/run/postgresql"
