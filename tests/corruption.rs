@@ -154,6 +154,27 @@ fn lost_pack(pg: Pg) {
         ],
     );
     assert_eq!(server.sql(ACCOUNTS_FINGERPRINT), expected);
+
+    // Once a full backup has stored every chunk again and the old backups are gone, the
+    // index file of the lost pack goes too and the repository verifies clean.
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{config}\n[retention]\nkeep_last = 1\n"),
+    )
+    .unwrap();
+    let orphan = env
+        .repo
+        .join(index.pack_key("main/packs", largest))
+        .with_extension("idx");
+    assert!(orphan.exists());
+    env.pgkeep_ok(&["backup", "--full"]);
+    env.pgkeep_ok(&["expire"]);
+    env.pgkeep_ok(&["verify"]);
+    assert!(
+        !orphan.exists(),
+        "the index of the lost pack is kept for ever"
+    );
 }
 
 on_each_version!(lost_pack);

@@ -103,11 +103,11 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
         .try_lock_expire()?
         .context("another `pgkeep expire` is running for this cluster; let it finish")?;
     // Taken before the manifests are read: a backup published between planning and
-    // removal would be missing from the plan, and its WAL could go.
-    let collecting = match dry_run {
-        true => None,
-        false => ctx.repo.try_lock_data_exclusive()?,
-    };
+    // removal would be missing from the plan, and its WAL could go. A dry run lets go at
+    // once: it only asks whether removal could run now.
+    let collecting = ctx.repo.try_lock_data_exclusive()?;
+    let deferred = collecting.is_none();
+    let _collecting = collecting.filter(|_| !dry_run);
     let info = ctx.repo.require_info()?;
     let seg = SegmentSize(info.wal_segment_size);
     // A manifest that cannot be read might be one the policy keeps, or hold data others
@@ -126,9 +126,9 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
         })
         .collect();
     let plan = retention::plan(&ctx.config.retention, &backups, now);
-    let wal_removed = match dry_run || collecting.is_some() {
-        true => wal_to_remove(ctx, &manifests, &plan, seg)?,
-        false => Vec::new(),
+    let wal_removed = match deferred {
+        false => wal_to_remove(ctx, &manifests, &plan, seg)?,
+        true => Vec::new(),
     };
     let from = plan
         .wal_from
@@ -139,7 +139,7 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
         backups,
         wal_removed,
         gc: None,
-        gc_deferred: false,
+        gc_deferred: deferred,
     };
     if dry_run {
         return Ok(report);
@@ -149,15 +149,18 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
     }
     // A running backup has no manifest yet: the WAL it waits for, and the chunks it
     // refers to, are removed only while none runs (the lock taken above says so).
-    if collecting.is_none() {
-        report.gc_deferred = true;
+    if deferred {
         return Ok(report);
     }
     // Recorded first, so verify knows which backups lost their later WAL on purpose.
+    // A repository with only the old segment floor gets its window now, so the floor
+    // (one for every timeline) stops counting.
+    let old_floor = matches!(ctx.repo.wal_floor(), Ok(Some(_)) | Err(_));
     if let Some(from) = from
-        && !report.wal_removed.is_empty()
+        && (!report.wal_removed.is_empty() || old_floor)
     {
-        // A damaged record is written again; the window never moves back.
+        // An intact record never moves back. A damaged one is written again from this
+        // plan: it may start earlier than the lost one, which only keeps more WAL.
         let recorded = ctx.repo.wal_window().unwrap_or_else(|e| {
             tracing::warn!("{e:#}; writing it again");
             None
@@ -372,9 +375,13 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
             storage.delete(&pack_key(&prefix, name, "damaged"))?;
         }
     }
-    // Index files left by a pack that is gone: once nothing needs their chunks.
+    // Index files left by a pack that is gone: once every chunk they name that a backup
+    // still needs has a copy elsewhere (or none is needed).
     for (name, ids) in &index.packs_missing {
-        if !ids.iter().any(|id| live.contains(id)) {
+        if !ids
+            .iter()
+            .any(|id| live.contains(id) && index.copies(id).next().is_none())
+        {
             storage.delete(&pack_key(&prefix, name, "idx"))?;
             storage.delete(&pack_key(&prefix, name, "damaged"))?;
         }

@@ -250,12 +250,13 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 }
 
 /// Writes one file from its chunks (all-zero chunks become holes), its writeback started
-/// but not waited for.
+/// but not waited for unless `fsync` (where a later syncfs would not report errors).
 fn restore_file(
     ctx: &Context,
     index: &ChunkIndex,
     entry: &FileEntry,
     dest: &Path,
+    fsync: bool,
     progress: &ProgressBar,
     stop: &AtomicBool,
 ) -> Result<()> {
@@ -265,7 +266,7 @@ fn restore_file(
         .open(dest)
         .with_context(|| format!("cannot create {}", dest.display()))?;
     let prefix = ctx.repo.packs_prefix();
-    let mut written = 0;
+    let (mut written, mut flushed_to) = (0, 0);
     for id in &entry.chunks {
         if stop.load(Ordering::Relaxed) {
             return Err(stopped());
@@ -280,15 +281,20 @@ fn restore_file(
                 .with_context(|| format!("cannot write {}", dest.display()))?;
         }
         written += data.len() as u64;
-        if written % WRITEBACK_EVERY == 0 {
-            start_writeback(&file, written - WRITEBACK_EVERY, WRITEBACK_EVERY);
+        if written - flushed_to >= WRITEBACK_EVERY {
+            start_writeback(&file, flushed_to, written - flushed_to);
+            flushed_to = written;
         }
         progress.inc(data.len() as u64);
     }
-    start_writeback(&file, written - written % WRITEBACK_EVERY, 0);
+    start_writeback(&file, flushed_to, 0);
     file.set_len(entry.size)?;
     file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
     file.set_modified(UNIX_EPOCH + Duration::from_secs(entry.mtime.max(0) as u64))?;
+    if fsync {
+        file.sync_all()
+            .with_context(|| format!("cannot fsync {}", dest.display()))?;
+    }
     Ok(())
 }
 
@@ -392,15 +398,10 @@ pub fn restore(
         .iter()
         .partition(|f| f.path == "global/pg_control");
     progress.set_length(plan.manifest.size);
-    write_files(ctx, &plan, &files, progress)?;
-    if syncfs_reports_errors() {
+    let use_syncfs = syncfs_reports_errors();
+    write_files(ctx, &plan, &files, !use_syncfs, progress)?;
+    if use_syncfs {
         filesystems.sync()?;
-    } else {
-        let paths: Vec<PathBuf> = files
-            .iter()
-            .map(|f| plan.pgdata.join(f.fs_path()))
-            .collect();
-        parallel_map(paths, ctx.config.jobs(), |path, _| sync_file(&path))?;
     }
     if !plan.locations.is_empty() && !opts.tablespace_map.is_empty() {
         write_tablespace_map(&plan)?;
@@ -417,10 +418,10 @@ pub fn restore(
             &plan.index,
             entry,
             &temp,
+            true,
             progress,
             &AtomicBool::new(false),
         )?;
-        sync_file(&temp)?;
         fs::rename(&temp, plan.pgdata.join(entry.fs_path()))?;
         sync_dir(&plan.pgdata.join("global"))?;
     }
@@ -528,18 +529,19 @@ fn create_directories(plan: &Plan) -> Result<Vec<PathBuf>> {
 }
 
 /// Writes the files in parallel, largest first; [`Filesystems::sync`] makes them
-/// durable.
+/// durable, or an fsync of each where that would not report errors.
 fn write_files(
     ctx: &Context,
     plan: &Plan,
     files: &[&FileEntry],
+    fsync: bool,
     progress: &ProgressBar,
 ) -> Result<()> {
     let mut files = files.to_vec();
     files.sort_by_key(|f| std::cmp::Reverse(f.size));
     parallel_map(files, ctx.config.jobs(), |entry, stop| {
         let dest = plan.pgdata.join(entry.fs_path());
-        restore_file(ctx, &plan.index, entry, &dest, progress, stop)
+        restore_file(ctx, &plan.index, entry, &dest, fsync, progress, stop)
     })?;
     Ok(())
 }

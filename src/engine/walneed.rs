@@ -213,16 +213,20 @@ impl Window {
     /// The recorded window; a damaged record counts as none and is returned to report.
     pub fn read(repo: &ClusterRepo) -> (Window, Vec<anyhow::Error>) {
         let mut damaged = Vec::new();
-        let pitr_from = repo.wal_window().unwrap_or_else(|e| {
-            damaged.push(e);
-            None
-        });
-        let floor = match pitr_from {
-            Some(_) => None,
-            None => repo.wal_floor().unwrap_or_else(|e| {
+        // A damaged window keeps all WAL: the old floor must not stand in for it.
+        let (pitr_from, window_damaged) = match repo.wal_window() {
+            Ok(t) => (t, false),
+            Err(e) => {
+                damaged.push(e);
+                (None, true)
+            }
+        };
+        let floor = match pitr_from.is_none() && !window_damaged {
+            true => repo.wal_floor().unwrap_or_else(|e| {
                 damaged.push(e);
                 None
             }),
+            false => None,
         };
         (Window { pitr_from, floor }, damaged)
     }

@@ -300,12 +300,18 @@ impl Storage for LocalStorage {
         let path = self.path(key)?;
         let dir = path.parent().unwrap();
         create_dir_durably(dir).map_err(|e| self.write_error(e, "create directory", dir))?;
+        // A shared lock needs no write access, so a reader of a read-only repository
+        // can still take one on a lock file that exists.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
+            .or_else(|e| match exclusive {
+                false => File::open(&path).map_err(|_| e),
+                true => Err(e),
+            })
             .map_err(|e| self.write_error(e, "open lock file", &path))?;
         let mode = if exclusive {
             libc::LOCK_EX

@@ -124,10 +124,15 @@ impl ChunkSink {
             return true;
         };
         tracing::warn!("{e:#}; storing it again");
+        self.remember_corrupt(&e);
+        false
+    }
+
+    /// Remembers the corrupt copy a read failed on, for its damage record.
+    fn remember_corrupt(&self, e: &anyhow::Error) {
         if let Some(c) = e.chain().find_map(|c| c.downcast_ref::<CorruptCopy>()) {
             self.corrupt.lock().unwrap().push((c.pack.clone(), c.id));
         }
-        false
     }
 
     /// Stores a chunk unless the repository has it; `base` is the parent's chunk at the
@@ -184,10 +189,14 @@ impl ChunkSink {
         if depth > MAX_DELTA_DEPTH || self.level == 0 {
             return None;
         }
-        let base_plain = self
-            .earlier
-            .read(&*self.storage, &self.prefix, &base)
-            .ok()?;
+        let base_plain = match self.earlier.read(&*self.storage, &self.prefix, &base) {
+            Ok(plain) => plain,
+            Err(e) => {
+                tracing::warn!("{e:#}; storing the chunk whole instead of as a delta");
+                self.remember_corrupt(&e);
+                return None;
+            }
+        };
         let (compression, payload) = encode_delta(data, &base_plain, self.level).ok()?;
         let delta = Delta {
             base,

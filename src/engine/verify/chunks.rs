@@ -139,9 +139,13 @@ fn record_damage(ctx: &Context, index: &ChunkIndex, checks: &[PackCheck]) -> Vec
             continue;
         }
         if let Err(e) = write_damage_record(&*ctx.repo.storage, &prefix, name, &found) {
+            let consequence = match found.is_empty() {
+                true => "so its copies, found good now, are still read only as a last resort",
+                false => "so backups may still reuse them",
+            };
             problems.push(Problem {
                 what: format!(
-                    "cannot record the corrupt chunk copies of pack {name} ({e:#}), so backups may still reuse them; run verify where it can write to the repository"
+                    "cannot record the corrupt chunk copies of pack {name} ({e:#}), {consequence}; run verify where it can write to the repository"
                 ),
                 breaks: Vec::new(),
             });
@@ -219,7 +223,10 @@ pub fn check_chunks(
         });
     }
     for (name, ids) in &index.packs_missing {
-        if ids.iter().any(|id| users.contains_key(id)) {
+        if ids
+            .iter()
+            .any(|id| users.contains_key(id) && !good.contains(id))
+        {
             problems.push(Problem {
                 what: format!(
                     "pack {name}: its index is there but the pack itself is missing, so its chunks are lost: put back a good copy of the pack if you have one"
