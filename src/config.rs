@@ -14,7 +14,7 @@ pub struct Config {
     #[serde(default)]
     pub backup: BackupConfig,
     #[serde(default)]
-    pub retention: crate::engine::retention::Policy,
+    pub retention: Retention,
     #[serde(default)]
     pub cluster: BTreeMap<String, ClusterConfig>,
     /// Absolute path of the file this came from, for `archive_command` and
@@ -263,5 +263,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("check the path given"), "{err}");
+    }
+}
+
+/// `[retention]` in the config. Every part is optional; parts combine as a union.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep the newest N backups.
+    pub keep_last: Option<usize>,
+    /// Any moment in the last D days stays restorable.
+    pub recovery_window_days: Option<u32>,
+    /// Keep the newest backup of each of the N most recent days (weeks, months, years)
+    /// that have a backup. Days are UTC; weeks are ISO weeks.
+    #[serde(default)]
+    pub daily: usize,
+    #[serde(default)]
+    pub weekly: usize,
+    #[serde(default)]
+    pub monthly: usize,
+    #[serde(default)]
+    pub yearly: usize,
+    /// Keep WAL for point-in-time recovery only over the last D days; older surviving
+    /// backups stay restorable to their own consistency point. Never shorter than the
+    /// recovery window.
+    pub wal_window_days: Option<u32>,
+    /// Run `expire` after every successful backup (default: yes).
+    #[serde(default = "yes")]
+    pub expire_after_backup: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Retention {
+    pub fn has_rules(&self) -> bool {
+        self.keep_last.is_some()
+            || self.recovery_window_days.is_some()
+            || self.daily + self.weekly + self.monthly + self.yearly > 0
     }
 }

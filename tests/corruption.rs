@@ -205,7 +205,7 @@ fn middle_chunk_rows(main: &common::Server, table: &str) -> String {
         .sql(&format!("SELECT pg_relation_size('{table}') / 8192"))
         .parse()
         .unwrap();
-    let per_chunk = pgkeep::engine::backup::CHUNK_SIZE as u64 / 8192;
+    let per_chunk = pgkeep::engine::physical::backup::CHUNK_SIZE as u64 / 8192;
     let first = blocks.div_ceil(per_chunk) / 2 * per_chunk;
     format!(
         "(ctid::text::point)[0] BETWEEN {first} AND {}",

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Env, Pg, Server, as_postgres, label_of};
-use pgkeep::engine::backup::CHUNK_SIZE as CHUNK;
+use pgkeep::engine::physical::backup::CHUNK_SIZE as CHUNK;
 use pgkeep::format::lsn::Lsn;
 
 fn accounts(s: &Server) -> String {

@@ -8,9 +8,12 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigSource};
-use crate::engine::restore::{self, RestoreOptions};
-use crate::engine::target::{self, Target, TimelineChoice};
-use crate::engine::{Context, archive, backup, check, expire, human_bytes, info, verify};
+use crate::engine::physical::backup;
+use crate::engine::physical::restore::{self, RestoreOptions};
+use crate::engine::physical::target::{self, Target, TimelineChoice};
+use crate::engine::retention::expire;
+use crate::engine::wal::archive;
+use crate::engine::{Context, human_bytes, info, setup, verify};
 use crate::repo::OpenMode;
 
 /// Where the config is looked for when neither --config nor PGKEEP_CONFIG says.
@@ -391,9 +394,9 @@ fn run(cli: &Cli) -> Result<i32> {
     };
     let ctx = Context::new(&config, cli.cluster.as_deref(), mode)?;
     match &cli.command {
-        Command::Init => println!("{}", check::init(&ctx)?),
+        Command::Init => println!("{}", setup::init(&ctx)?),
         Command::Check => {
-            let report = check::check(&ctx)?;
+            let report = setup::check(&ctx)?;
             for w in &report.warnings {
                 eprintln!("warning: {w}");
             }

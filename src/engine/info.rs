@@ -7,9 +7,10 @@ use serde::Serialize;
 
 use std::collections::BTreeMap;
 
-use super::walneed;
-use super::walscan::{self, archived_segments, contiguous_end, gaps};
-use super::{Context, target};
+use super::Context;
+use super::wal::need as walneed;
+use super::wal::scan::{self as walscan, archived_segments, contiguous_end, gaps};
+use super::wal::timelines;
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
@@ -212,7 +213,7 @@ fn attention(
             m.bad_block_count()
         ));
     }
-    let (paths, _) = target::readable_timeline_paths(&ctx.repo)?;
+    let (paths, _) = timelines::readable_timeline_paths(&ctx.repo)?;
     let needs = walneed::Window::read(&ctx.repo).0.needs(manifests, seg);
     for limit in walneed::limits(&needs, &paths, seg, archive) {
         out.push(format!(

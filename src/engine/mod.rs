@@ -1,18 +1,12 @@
 //! The commands: each configures the read → checksum → chunk → compress → store pipeline
 //! (or its reverse) for one job.
 
-pub mod archive;
-pub mod backup;
-pub mod check;
-pub mod expire;
 pub mod info;
-pub mod restore;
+pub mod physical;
 pub mod retention;
-pub mod target;
+pub mod setup;
 pub mod verify;
-mod walk;
-pub mod walneed;
-pub mod walscan;
+pub mod wal;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +48,26 @@ impl<'a> Context<'a> {
 
     pub fn connect(&self) -> Result<Session> {
         Session::connect(&self.conn_params()?)
+    }
+
+    /// Checks that the server behind `connection` is the cluster configured as `pgdata`.
+    pub fn check_data_directory(&self, session: &mut Session) -> Result<()> {
+        let server_dir = session.setting("data_directory")?;
+        let same = match (
+            Path::new(&server_dir).canonicalize(),
+            self.cluster.pgdata.canonicalize(),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => Path::new(&server_dir) == self.cluster.pgdata,
+        };
+        if !same {
+            bail!(
+                "the server at `connection` runs data directory {server_dir}, but cluster '{}' has pgdata = {}; fix one of them",
+                self.cluster_name,
+                self.cluster.pgdata.display()
+            );
+        }
+        Ok(())
     }
 
     /// The command line that runs pgkeep with this config and cluster, shell-quoted, for

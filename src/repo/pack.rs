@@ -80,6 +80,8 @@ pub enum DeltaMethod {
 
 /// Longest chain of deltas a chunk may sit on.
 pub const MAX_DELTA_DEPTH: u8 = 4;
+/// Packs are stored once they reach this size.
+pub const PACK_SIZE: usize = 32 * 1024 * 1024;
 
 /// The largest chunk an index may describe (chunks are 256 KiB today): a damaged index
 /// must not make a reader allocate gigabytes.

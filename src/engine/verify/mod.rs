@@ -8,9 +8,10 @@ use anyhow::{Result, bail};
 
 mod chunks;
 
-use super::walneed::{self, Need, wal_position};
-use super::walscan::archived_segments;
-use super::{Context, target};
+use super::Context;
+use super::wal::need::{self as walneed, Need, wal_position};
+use super::wal::scan::archived_segments;
+use super::wal::timelines;
 use crate::format::history::TimelinePath;
 use crate::format::wal::{SegmentSize, WalFile};
 use crate::repo::index::ChunkIndex;
@@ -91,7 +92,7 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
     };
 
     // A damaged history file is named below, as a WAL file that does not decode.
-    let (paths, _damaged) = target::readable_timeline_paths(&ctx.repo)?;
+    let (paths, _damaged) = timelines::readable_timeline_paths(&ctx.repo)?;
     let (window, damaged) = walneed::Window::read(&ctx.repo);
     for e in damaged {
         problems.push(Problem {

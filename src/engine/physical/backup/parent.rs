@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use crate::engine::walk::SourceFile;
+use crate::engine::physical::walk::SourceFile;
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::repo::manifest::{FileEntry, Manifest, path_bytes};

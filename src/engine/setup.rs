@@ -1,39 +1,19 @@
 //! `init` and `check`: register the cluster, and prove archiving works end to end.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use super::wal::archive::wait_for_wal;
 use super::{Context, shell_quote};
-use crate::format::{guc, wal::WalFile};
+use crate::format::guc;
 use crate::pg::session::Session;
 use crate::repo::ClusterInfo;
-
-/// Checks that the server behind `connection` is the cluster configured as `pgdata`.
-pub(super) fn check_data_directory(ctx: &Context, session: &mut Session) -> Result<()> {
-    let server_dir = session.setting("data_directory")?;
-    let same = match (
-        Path::new(&server_dir).canonicalize(),
-        ctx.cluster.pgdata.canonicalize(),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => Path::new(&server_dir) == ctx.cluster.pgdata,
-    };
-    if !same {
-        bail!(
-            "the server at `connection` runs data directory {server_dir}, but cluster '{}' has pgdata = {}; fix one of them",
-            ctx.cluster_name,
-            ctx.cluster.pgdata.display()
-        );
-    }
-    Ok(())
-}
 
 /// Registers the cluster in the repository, or confirms it is the one registered.
 pub fn init(ctx: &Context) -> Result<String> {
     let mut session = ctx.connect()?;
-    check_data_directory(ctx, &mut session)?;
+    ctx.check_data_directory(&mut session)?;
     let info = ClusterInfo {
         system_identifier: session.system_identifier()?,
         pg_version: session.version_num,
@@ -62,22 +42,6 @@ pub fn init(ctx: &Context) -> Result<String> {
                 info.wal_segment_size >> 20
             ))
         }
-    }
-}
-
-/// Waits until the named WAL file is in the archive.
-pub fn wait_for_wal(ctx: &Context, name: &str, timeout: Duration) -> Result<bool> {
-    let file = WalFile::parse(name).expect("PostgreSQL's WAL names parse");
-    let key = ctx.repo.wal_key(&file, name);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ctx.repo.storage.exists(&key)? {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -149,7 +113,7 @@ pub fn check(ctx: &Context) -> Result<CheckReport> {
         }
     };
     let mut session = ctx.connect()?;
-    if let Err(e) = check_data_directory(ctx, &mut session) {
+    if let Err(e) = ctx.check_data_directory(&mut session) {
         problems.push(e.to_string());
     }
     let sysid = session.system_identifier()?;

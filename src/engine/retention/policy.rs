@@ -10,47 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::config::Retention;
 use chrono::{DateTime, Datelike, Duration, Utc};
-use serde::Deserialize;
-
-/// `[retention]` in the config. Every part is optional; parts combine as a union.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Policy {
-    /// Keep the newest N backups.
-    pub keep_last: Option<usize>,
-    /// Any moment in the last D days stays restorable.
-    pub recovery_window_days: Option<u32>,
-    /// Keep the newest backup of each of the N most recent days (weeks, months, years)
-    /// that have a backup. Days are UTC; weeks are ISO weeks.
-    #[serde(default)]
-    pub daily: usize,
-    #[serde(default)]
-    pub weekly: usize,
-    #[serde(default)]
-    pub monthly: usize,
-    #[serde(default)]
-    pub yearly: usize,
-    /// Keep WAL for point-in-time recovery only over the last D days; older surviving
-    /// backups stay restorable to their own consistency point. Never shorter than the
-    /// recovery window.
-    pub wal_window_days: Option<u32>,
-    /// Run `expire` after every successful backup (default: yes).
-    #[serde(default = "yes")]
-    pub expire_after_backup: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Policy {
-    pub fn has_rules(&self) -> bool {
-        self.keep_last.is_some()
-            || self.recovery_window_days.is_some()
-            || self.daily + self.weekly + self.monthly + self.yearly > 0
-    }
-}
 
 /// What the policy needs to know of a backup.
 #[derive(Clone, Debug)]
@@ -108,7 +69,7 @@ pub struct Plan {
 type Period = fn(&DateTime<Utc>) -> (i32, u32);
 
 /// Applies `policy` at time `now` to `backups` (any order).
-pub fn plan(policy: &Policy, backups: &[BackupFacts], now: DateTime<Utc>) -> Plan {
+pub fn plan(policy: &Retention, backups: &[BackupFacts], now: DateTime<Utc>) -> Plan {
     let mut all: Vec<&BackupFacts> = backups.iter().collect();
     all.sort_by_key(|b| std::cmp::Reverse(b.stop_time)); // newest first
     let mut keep: BTreeMap<String, BTreeSet<Reason>> = BTreeMap::new();
@@ -240,7 +201,7 @@ mod tests {
             .collect()
     }
 
-    fn survivors(policy: Policy) -> Vec<String> {
+    fn survivors(policy: Retention) -> Vec<String> {
         let p = plan(&policy, &history(), day("2026-11-21"));
         p.keep.keys().cloned().collect()
     }
@@ -251,12 +212,12 @@ mod tests {
 
     #[test]
     fn no_rules_keep_everything() {
-        assert_eq!(survivors(Policy::default()).len(), history().len());
+        assert_eq!(survivors(Retention::default()).len(), history().len());
     }
 
     #[test]
     fn keep_last() {
-        let p = Policy {
+        let p = Retention {
             keep_last: Some(3),
             ..Default::default()
         };
@@ -268,7 +229,7 @@ mod tests {
 
     #[test]
     fn recovery_window_keeps_the_anchor_before_it() {
-        let p = Policy {
+        let p = Retention {
             recovery_window_days: Some(5),
             ..Default::default()
         };
@@ -277,7 +238,7 @@ mod tests {
             survivors(p),
             labels(&["2026-11-16", "2026-11-18", "2026-11-19", "2026-11-20"])
         );
-        let p = Policy {
+        let p = Retention {
             recovery_window_days: Some(4),
             ..Default::default()
         };
@@ -290,7 +251,7 @@ mod tests {
 
     #[test]
     fn tiers() {
-        let weekly = Policy {
+        let weekly = Retention {
             weekly: 3,
             ..Default::default()
         };
@@ -299,7 +260,7 @@ mod tests {
             survivors(weekly),
             labels(&["2026-11-08", "2026-11-15", "2026-11-20"])
         );
-        let monthly = Policy {
+        let monthly = Retention {
             monthly: 4,
             ..Default::default()
         };
@@ -307,12 +268,12 @@ mod tests {
             survivors(monthly),
             labels(&["2026-03-01", "2026-09-30", "2026-10-31", "2026-11-20"])
         );
-        let yearly = Policy {
+        let yearly = Retention {
             yearly: 2,
             ..Default::default()
         };
         assert_eq!(survivors(yearly), labels(&["2025-12-31", "2026-11-20"]));
-        let daily = Policy {
+        let daily = Retention {
             daily: 2,
             ..Default::default()
         };
@@ -323,7 +284,7 @@ mod tests {
     fn combined_rules_are_a_union_with_pins() {
         let mut backups = history();
         backups[0].pinned = true;
-        let p = Policy {
+        let p = Retention {
             keep_last: Some(2),
             monthly: 2,
             yearly: 3,
@@ -357,7 +318,7 @@ mod tests {
             stop_time: day("2026-11-30"),
             pinned: false,
         });
-        let p = Policy {
+        let p = Retention {
             keep_last: Some(2),
             weekly: 1,
             ..Default::default()
@@ -373,7 +334,7 @@ mod tests {
 
     #[test]
     fn wal_window_is_shorter_but_never_below_the_recovery_window() {
-        let p = Policy {
+        let p = Retention {
             keep_last: Some(6),
             wal_window_days: Some(3),
             ..Default::default()
@@ -383,7 +344,7 @@ mod tests {
             plan(&p, &history(), day("2026-11-21")).wal_from.as_deref(),
             Some("2026-11-18")
         );
-        let p = Policy {
+        let p = Retention {
             keep_last: Some(6),
             wal_window_days: Some(3),
             recovery_window_days: Some(6),
@@ -393,7 +354,7 @@ mod tests {
             plan(&p, &history(), day("2026-11-21")).wal_from.as_deref(),
             Some("2026-11-15")
         );
-        let p = Policy {
+        let p = Retention {
             keep_last: Some(6),
             ..Default::default()
         };

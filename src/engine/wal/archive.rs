@@ -7,10 +7,11 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::Context;
+use crate::engine::Context;
 use crate::format::wal::{self, WalFile};
 use crate::repo::object;
 
@@ -106,4 +107,20 @@ pub fn get(ctx: &Context, name: &str, dest: &Path) -> Result<bool> {
         return Err(e).with_context(|| format!("cannot write {}", dest.display()));
     }
     Ok(true)
+}
+
+/// Waits until the named WAL file is in the archive.
+pub fn wait_for_wal(ctx: &Context, name: &str, timeout: Duration) -> Result<bool> {
+    let file = WalFile::parse(name).expect("PostgreSQL's WAL names parse");
+    let key = ctx.repo.wal_key(&file, name);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ctx.repo.storage.exists(&key)? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

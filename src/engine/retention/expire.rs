@@ -21,15 +21,14 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 
-use super::Context;
-use super::backup::PACK_SIZE;
-use super::retention::{self, BackupFacts, Plan};
-use super::target;
-use super::walneed::{self, Need, wal_position};
+use super::policy::{self as retention, BackupFacts, Plan};
+use crate::engine::Context;
+use crate::engine::wal::need::{self as walneed, Need, wal_position};
+use crate::engine::wal::timelines;
 use crate::format::wal::SegmentSize;
 use crate::repo::index::{ChunkIndex, ChunkLocation};
 use crate::repo::manifest::Manifest;
-use crate::repo::pack::{ChunkId, MAX_DELTA_DEPTH, PackWriter, pack_key, pack_size};
+use crate::repo::pack::{ChunkId, MAX_DELTA_DEPTH, PACK_SIZE, PackWriter, pack_key, pack_size};
 
 pub struct ExpireReport {
     pub plan: Plan,
@@ -74,7 +73,7 @@ fn wal_to_remove(
     };
     // A timeline whose history cannot be read counts as one of unknown descent, whose WAL
     // is kept from the oldest point-in-time backup's start.
-    let (paths, damaged) = target::readable_timeline_paths(&ctx.repo)?;
+    let (paths, damaged) = timelines::readable_timeline_paths(&ctx.repo)?;
     for e in damaged {
         tracing::warn!("{e:#}; keeping that timeline's WAL; run `pgkeep verify`");
     }

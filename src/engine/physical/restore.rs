@@ -19,8 +19,8 @@ use chrono::{DateTime, FixedOffset};
 use indicatif::ProgressBar;
 
 use super::target::{self, Target, TimelineChoice};
-use super::walscan;
-use super::{Context, parallel_map, stopped};
+use crate::engine::wal::{scan as walscan, timelines};
+use crate::engine::{Context, parallel_map, stopped};
 use crate::format::history::TimelinePath;
 use crate::format::wal::SegmentSize;
 use crate::format::{guc, tablespace_map};
@@ -453,7 +453,7 @@ fn plan<'m>(ctx: &Context, opts: &RestoreOptions, manifests: &'m [Manifest]) -> 
             pgdata.display()
         );
     }
-    let paths = target::timeline_paths(&ctx.repo)?;
+    let paths = timelines::timeline_paths(&ctx.repo)?;
     let restore_points = match &opts.target {
         Target::Name(name) => {
             let path = target::target_path(&paths, opts.timeline, manifests).with_context(|| "the target timeline has no history file in the archive; `pgkeep info` lists the timelines")?;

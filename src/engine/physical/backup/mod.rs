@@ -26,10 +26,10 @@ use indicatif::ProgressBar;
 use self::changes::ChangedBlocks;
 use self::parent::Parent;
 use self::reader::{Blob, ChunkSink, FileReader, Stats};
-use super::check::{check_data_directory, wait_for_wal};
-use super::target;
 use super::walk;
-use super::{Context, archive, human_bytes, parallel_map};
+use crate::engine::wal::archive::{self, wait_for_wal};
+use crate::engine::wal::timelines;
+use crate::engine::{Context, human_bytes, parallel_map};
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::{control, label, tablespace_map, wal::SegmentSize};
@@ -38,13 +38,11 @@ use crate::repo::index::{ChunkIndex, write_damage_record};
 use crate::repo::manifest::{
     DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry, path_bytes,
 };
-use crate::repo::pack::{ChunkId, PackWriter};
+use crate::repo::pack::{ChunkId, PACK_SIZE, PackWriter};
 
 /// Files are cut into chunks of this size: small enough that an incremental backup
 /// stores little for a scattered change, large enough to compress well.
 pub const CHUNK_SIZE: usize = 256 * 1024;
-/// Packs are stored once they reach this size.
-pub const PACK_SIZE: usize = 32 * 1024 * 1024;
 
 fn epoch_to_time(secs: f64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros((secs * 1e6) as i64).unwrap_or_default()
@@ -234,7 +232,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             "the server is a standby; pgkeep backs up primaries only for now, so point `connection` at the primary"
         );
     }
-    check_data_directory(ctx, &mut session)?;
+    ctx.check_data_directory(&mut session)?;
     let data_checksums = session.setting("data_checksums")? == "on";
     let tablespace_names: HashMap<u32, String> = session
         .tablespaces()?
@@ -260,7 +258,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         .parse()?;
     tracing::info!("backup {label} started at {start_lsn} on timeline {timeline}");
     archive_history_file(ctx, timeline)?;
-    let path = target::timeline_paths(&ctx.repo)?
+    let path = timelines::timeline_paths(&ctx.repo)?
         .remove(&timeline)
         .unwrap_or_else(|| TimelinePath::single(timeline));
     let parent = if full {
