@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{Env, Pg};
+use pgkeep::repo::lock::{LockMode, LockService};
 use pgkeep::repo::object;
-use pgkeep::repo::storage::{LocalStorage, Storage};
+use pgkeep::repo::storage::LocalLocks;
 
 /// Every file in a tree with its content hash. Temporary files (a concurrent writer's,
 /// renamed or removed at any moment) are not part of the repository's state.
@@ -96,8 +97,10 @@ fn bad_input(pg: Pg) {
     let pgdata_s = pgdata.to_str().unwrap();
 
     // One backup at a time per cluster: the lock a running backup holds.
-    let storage = LocalStorage::new(&env.repo);
-    let running = storage.lock("main/locks/backup", true, false).unwrap();
+    let locks = LocalLocks::new(&env.repo);
+    let running = locks
+        .lock("main/locks/backup", LockMode::Exclusive, false)
+        .unwrap();
     refused(
         &env,
         &["backup"],

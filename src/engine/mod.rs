@@ -8,8 +8,8 @@ pub mod setup;
 pub mod verify;
 pub mod wal;
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use std::path::Path;
 
@@ -18,7 +18,7 @@ use anyhow::{Result, bail};
 use crate::config::{ClusterConfig, Config};
 use crate::pg::conninfo::{self, ConnParams};
 use crate::pg::session::Session;
-use crate::repo::{self, ClusterRepo, OpenMode, storage::LocalStorage};
+use crate::repo::{self, Backend, ClusterRepo, OpenMode};
 
 /// Everything a command needs: the configuration, the chosen cluster and its repository.
 pub struct Context<'a> {
@@ -32,8 +32,8 @@ impl<'a> Context<'a> {
     pub fn new(config: &'a Config, cluster: Option<&str>, mode: OpenMode) -> Result<Context<'a>> {
         let (cluster_name, cluster) = config.select_cluster(cluster)?;
         refuse_root(cluster, &config.repository.path)?;
-        let storage = Arc::new(LocalStorage::new(&config.repository.path));
-        let repo = repo::open(storage, cluster_name, mode)?;
+        let backend = Backend::for_location(&config.repository.path);
+        let repo = repo::open(backend, cluster_name, mode)?;
         Ok(Context {
             config,
             cluster_name,

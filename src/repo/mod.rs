@@ -16,19 +16,23 @@
 //! ```
 
 pub mod index;
+pub mod lock;
 pub mod manifest;
 pub mod object;
 pub mod pack;
 pub mod storage;
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use self::lock::{LockGuard, LockMode, LockService};
 use self::manifest::Manifest;
-use self::storage::{ObjectMeta, Storage};
+use self::storage::{LocalLocks, LocalStorage, ObjectMeta, Storage};
 use crate::format::wal::{WalFile, valid_segment_size};
 
 /// Repository format version written by this pgkeep.
@@ -62,7 +66,25 @@ struct WalWindow {
 #[derive(Clone)]
 pub struct ClusterRepo {
     pub storage: Arc<dyn Storage>,
+    pub locks: Arc<dyn LockService>,
     pub name: String,
+}
+
+/// Where a repository lives: its objects, and the locks that coordinate its writers.
+#[derive(Clone)]
+pub struct Backend {
+    pub storage: Arc<dyn Storage>,
+    pub locks: Arc<dyn LockService>,
+}
+
+impl Backend {
+    /// The backend for the configured repository location (a local directory).
+    pub fn for_location(location: &Path) -> Backend {
+        Backend {
+            storage: Arc::new(LocalStorage::new(location)),
+            locks: Arc::new(LocalLocks::new(location)),
+        }
+    }
 }
 
 /// How [`open`] treats a location that is not a repository yet.
@@ -76,7 +98,8 @@ pub enum OpenMode {
 }
 
 /// Opens the repository, checking its format marker.
-pub fn open(storage: Arc<dyn Storage>, cluster: &str, mode: OpenMode) -> Result<ClusterRepo> {
+pub fn open(backend: Backend, cluster: &str, mode: OpenMode) -> Result<ClusterRepo> {
+    let Backend { storage, locks } = backend;
     match storage.get(MARKER_KEY)? {
         Some(bytes) => {
             let marker: Marker = object::decode(&bytes)
@@ -103,6 +126,7 @@ pub fn open(storage: Arc<dyn Storage>, cluster: &str, mode: OpenMode) -> Result<
     }
     Ok(ClusterRepo {
         storage,
+        locks,
         name: cluster.to_string(),
     })
 }
@@ -285,26 +309,45 @@ impl ClusterRepo {
     /// manifest is published, and by restore and verify while they read packs; garbage
     /// collection takes it exclusively, so it never removes data an unfinished backup
     /// is about to reference or a restore is reading.
-    pub fn lock_data_shared(&self) -> Result<storage::LockGuard> {
+    /// Removes what interrupted writes left behind. The caller holds the data lock
+    /// exclusively, so no backup is writing packs or a manifest; an archive-push may be
+    /// writing WAL at any time, so only WAL leftovers older than an hour go.
+    pub fn remove_interrupted_writes(&self) -> Result<usize> {
+        const WAL_WRITE_AGE: Duration = Duration::from_secs(3600);
         Ok(self
             .storage
-            .lock(&self.key("locks/data"), false, true)?
+            .remove_interrupted_writes(&self.packs_prefix(), Duration::ZERO)?
+            + self
+                .storage
+                .remove_interrupted_writes(&self.key("backups"), Duration::ZERO)?
+            + self
+                .storage
+                .remove_interrupted_writes(&self.key("wal"), WAL_WRITE_AGE)?)
+    }
+
+    pub fn lock_data_shared(&self) -> Result<LockGuard> {
+        Ok(self
+            .locks
+            .lock(&self.key("locks/data"), LockMode::Shared, true)?
             .expect("a waiting lock is always taken"))
     }
 
-    pub fn try_lock_data_exclusive(&self) -> Result<Option<storage::LockGuard>> {
-        self.storage.lock(&self.key("locks/data"), true, false)
+    pub fn try_lock_data_exclusive(&self) -> Result<Option<LockGuard>> {
+        self.locks
+            .lock(&self.key("locks/data"), LockMode::Exclusive, false)
     }
 
     /// Held by `backup`, so two never run at once for a cluster: a second would read the
     /// same changes and could store the same chunks twice.
-    pub fn try_lock_backup(&self) -> Result<Option<storage::LockGuard>> {
-        self.storage.lock(&self.key("locks/backup"), true, false)
+    pub fn try_lock_backup(&self) -> Result<Option<LockGuard>> {
+        self.locks
+            .lock(&self.key("locks/backup"), LockMode::Exclusive, false)
     }
 
     /// Held by `expire`, so two never run at once.
-    pub fn try_lock_expire(&self) -> Result<Option<storage::LockGuard>> {
-        self.storage.lock(&self.key("locks/expire"), true, false)
+    pub fn try_lock_expire(&self) -> Result<Option<LockGuard>> {
+        self.locks
+            .lock(&self.key("locks/expire"), LockMode::Exclusive, false)
     }
 
     /// The time before which backups were left only their own WAL by `expire` (the WAL

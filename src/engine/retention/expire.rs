@@ -16,7 +16,6 @@
 //! written again).
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
@@ -50,10 +49,6 @@ pub struct GcReport {
     /// `.idx` files written again from the copy inside their pack.
     pub indexes_rewritten: usize,
 }
-
-/// Temporary files in the WAL archive younger than this may belong to a running
-/// archive-push.
-const WAL_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 /// WAL files no surviving backup needs (see `walneed`), oldest first. Survivors from
 /// the plan's `wal_from` backup on serve point-in-time recovery; older ones keep only
@@ -388,10 +383,7 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
     report.bytes_freed = report.bytes_freed.saturating_sub(writer.stored_bytes);
     report.packs_removed = unreferenced.len();
     report.packs_rewritten = rewritten.len();
-    report.temporaries_removed = storage.remove_stale_temporaries(&prefix, Duration::ZERO)?
-        + storage
-            .remove_stale_temporaries(&format!("{}/backups", ctx.repo.name), Duration::ZERO)?
-        + storage.remove_stale_temporaries(&format!("{}/wal", ctx.repo.name), WAL_TEMP_AGE)?;
+    report.temporaries_removed = ctx.repo.remove_interrupted_writes()?;
     Ok(report)
 }
 

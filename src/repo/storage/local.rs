@@ -1,74 +1,14 @@
-//! Storage backends: where repository objects live. Everything above this module sees
-//! only keys (`a/b/c`) and whole objects, so object storage can slot in beside the local
-//! filesystem without touching the engine.
+//! The local filesystem backend: objects as files, locks as `flock(2)`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-/// A place that stores objects durably.
-pub trait Storage: Send + Sync {
-    /// Stores `data` under `key`, replacing any earlier object; durable when it returns.
-    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
-    /// Stores `data` under `key` only if no object is there; `Ok(false)` (and nothing
-    /// written) if one is. Durable when it returns `Ok(true)`.
-    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool>;
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
-    /// `len` bytes from `offset`; [`TooShort`] if the object is shorter.
-    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
-    /// All objects under `prefix` (a folder), recursively, sorted by key.
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
-    fn exists(&self, key: &str) -> Result<bool>;
-    fn delete(&self, key: &str) -> Result<()>;
-    /// Where this storage is, for messages.
-    fn describe(&self) -> String;
-    /// Takes the named advisory lock, shared or exclusive, held until the guard is
-    /// dropped and released by the system if the process dies. `Ok(None)` when `wait` is
-    /// false and the lock is held in a conflicting mode.
-    fn lock(&self, key: &str, exclusive: bool, wait: bool) -> Result<Option<LockGuard>>;
-    /// Removes temporary objects under `prefix` left by processes that died, if older
-    /// than `min_age`; returns how many.
-    fn remove_stale_temporaries(&self, prefix: &str, min_age: std::time::Duration)
-    -> Result<usize>;
-}
-
-/// The error of [`Storage::get_range`] for an object shorter than the range asked for:
-/// damage (a truncated object), not a failure to read.
-#[derive(Debug, thiserror::Error)]
-#[error("{key} is shorter than the repository index says")]
-pub struct TooShort {
-    pub key: String,
-}
-
-/// A held lock; released when dropped.
-pub struct LockGuard {
-    _file: File,
-}
-
-/// A listed object.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObjectMeta {
-    pub key: String,
-    pub size: u64,
-    /// When the object was stored, as seconds since the epoch.
-    pub modified: i64,
-}
-
-/// Rejects keys that could escape the repository (`..`, absolute paths, empty parts).
-pub fn check_key(key: &str) -> Result<()> {
-    if key.is_empty()
-        || key.starts_with('/')
-        || key
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
-    {
-        bail!("refusing repository key '{key}': it is not a plain relative path");
-    }
-    Ok(())
-}
+use super::{ObjectMeta, Storage, TooShort, check_key};
+use crate::repo::lock::{LockGuard, LockMode, LockService};
 
 /// A repository on a local (or mounted) filesystem.
 ///
@@ -295,45 +235,7 @@ impl Storage for LocalStorage {
         self.root.display().to_string()
     }
 
-    fn lock(&self, key: &str, exclusive: bool, wait: bool) -> Result<Option<LockGuard>> {
-        use std::os::fd::AsRawFd;
-        let path = self.path(key)?;
-        let dir = path.parent().unwrap();
-        create_dir_durably(dir).map_err(|e| self.write_error(e, "create directory", dir))?;
-        // A shared lock needs no write access, so a reader of a read-only repository
-        // can still take one on a lock file that exists.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .or_else(|e| match exclusive {
-                false => File::open(&path).map_err(|_| e),
-                true => Err(e),
-            })
-            .map_err(|e| self.write_error(e, "open lock file", &path))?;
-        let mode = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
-        let flags = if wait { mode } else { mode | libc::LOCK_NB };
-        loop {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), flags) } == 0 {
-                return Ok(Some(LockGuard { _file: file }));
-            }
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EWOULDBLOCK) if !wait => return Ok(None),
-                _ => return Err(err).with_context(|| format!("cannot lock {}", path.display())),
-            }
-        }
-    }
-
-    fn remove_stale_temporaries(
+    fn remove_interrupted_writes(
         &self,
         prefix: &str,
         min_age: std::time::Duration,
@@ -363,6 +265,60 @@ impl Storage for LocalStorage {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Locks of a repository on a local filesystem: `flock(2)` on files under its root,
+/// released by the system when the process dies.
+pub struct LocalLocks {
+    storage: LocalStorage,
+}
+
+impl LocalLocks {
+    pub fn new(root: impl Into<PathBuf>) -> LocalLocks {
+        LocalLocks {
+            storage: LocalStorage::new(root),
+        }
+    }
+}
+
+impl LockService for LocalLocks {
+    fn lock(&self, key: &str, mode: LockMode, wait: bool) -> Result<Option<LockGuard>> {
+        use std::os::fd::AsRawFd;
+        let path = self.storage.path(key)?;
+        let dir = path.parent().unwrap();
+        create_dir_durably(dir)
+            .map_err(|e| self.storage.write_error(e, "create directory", dir))?;
+        // A shared lock needs no write access, so a reader of a read-only repository
+        // can still take one on a lock file that exists.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .or_else(|e| match mode {
+                LockMode::Shared => File::open(&path).map_err(|_| e),
+                LockMode::Exclusive => Err(e),
+            })
+            .map_err(|e| self.storage.write_error(e, "open lock file", &path))?;
+        let mode = match mode {
+            LockMode::Exclusive => libc::LOCK_EX,
+            LockMode::Shared => libc::LOCK_SH,
+        };
+        let flags = if wait { mode } else { mode | libc::LOCK_NB };
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), flags) } == 0 {
+                return Ok(Some(LockGuard::new(file)));
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) if !wait => return Ok(None),
+                _ => return Err(err).with_context(|| format!("cannot lock {}", path.display())),
+            }
+        }
     }
 }
 
