@@ -15,6 +15,7 @@
 //! CLUSTER/locks/                       advisory lock files
 //! ```
 
+pub mod chunk_store;
 pub mod index;
 pub mod lock;
 pub mod manifest;
@@ -400,6 +401,21 @@ impl ClusterRepo {
         let file =
             WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
         self.storage.delete(&self.wal_key(&file, name))
+    }
+
+    /// Whether WAL file `name` is in the archive.
+    pub fn has_wal(&self, name: &str) -> Result<bool> {
+        let file =
+            WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
+        self.storage.exists(&self.wal_key(&file, name))
+    }
+
+    /// Stores WAL file `name` (an encoded object) unless one is stored already;
+    /// `Ok(false)` then, with nothing written.
+    pub fn put_wal_new(&self, name: &str, object: &[u8]) -> Result<bool> {
+        let file =
+            WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
+        self.storage.put_new(&self.wal_key(&file, name), object)
     }
 
     /// Reads and checks an archived WAL file; `None` if it is not in the archive.

@@ -24,6 +24,7 @@ use crate::engine::{Context, parallel_map, stopped};
 use crate::format::history::TimelinePath;
 use crate::format::wal::SegmentSize;
 use crate::format::{guc, tablespace_map};
+use crate::repo::chunk_store::ChunkStore;
 use crate::repo::index::ChunkIndex;
 use crate::repo::manifest::{FileEntry, Manifest};
 use crate::repo::storage::sync_dir;
@@ -171,8 +172,7 @@ fn preflight(ctx: &Context, manifest: &Manifest, index: &ChunkIndex) -> Result<(
     let seg = SegmentSize(manifest.wal_segment_size);
     for segno in seg.segno(manifest.start_lsn)..=seg.segno_before(manifest.stop_lsn) {
         let name = seg.name(manifest.timeline, segno);
-        let file = crate::format::wal::WalFile::parse(&name).unwrap();
-        if !ctx.repo.storage.exists(&ctx.repo.wal_key(&file, &name))? {
+        if !ctx.repo.has_wal(&name)? {
             bail!(
                 "WAL segment {name}, which backup {} needs to become consistent, is missing from the archive; restore another backup",
                 manifest.label
@@ -252,8 +252,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 /// Writes one file from its chunks (all-zero chunks become holes), its writeback started
 /// but not waited for unless `fsync` (where a later syncfs would not report errors).
 fn restore_file(
-    ctx: &Context,
-    index: &ChunkIndex,
+    chunks: &ChunkStore,
     entry: &FileEntry,
     dest: &Path,
     fsync: bool,
@@ -265,14 +264,13 @@ fn restore_file(
         .create_new(true)
         .open(dest)
         .with_context(|| format!("cannot create {}", dest.display()))?;
-    let prefix = ctx.repo.packs_prefix();
     let (mut written, mut flushed_to) = (0, 0);
     for id in &entry.chunks {
         if stop.load(Ordering::Relaxed) {
             return Err(stopped());
         }
-        let data = index
-            .read(&*ctx.repo.storage, &prefix, id)
+        let data = chunks
+            .read(id)
             .with_context(|| format!("cannot restore {}", entry.path))?;
         if data.iter().all(|&b| b == 0) {
             file.seek(SeekFrom::Current(data.len() as i64))?;
@@ -366,7 +364,7 @@ fn write_recovery_settings(
 /// What the checks before writing anything decided: the backup and where it goes.
 struct Plan<'m> {
     manifest: &'m Manifest,
-    index: ChunkIndex,
+    chunks: ChunkStore,
     pgdata: PathBuf,
     /// Tablespace OID → the directory it is restored into.
     locations: BTreeMap<u32, String>,
@@ -414,8 +412,7 @@ pub fn restore(
     for entry in control {
         let temp = plan.pgdata.join("global/pg_control.pgkeep-tmp");
         restore_file(
-            ctx,
-            &plan.index,
+            &plan.chunks,
             entry,
             &temp,
             true,
@@ -486,12 +483,12 @@ fn plan<'m>(ctx: &Context, opts: &RestoreOptions, manifests: &'m [Manifest]) -> 
         check_time_reachable(ctx, manifest, &paths, opts.timeline, t)?;
     }
     let locations = tablespace_locations(manifest, &opts.tablespace_map)?;
-    let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
-    preflight(ctx, manifest, &index)?;
+    let chunks = ChunkStore::open(&ctx.repo)?;
+    preflight(ctx, manifest, &chunks.index)?;
     let in_place = same_directory(&pgdata, &ctx.cluster.pgdata);
     Ok(Plan {
         manifest,
-        index,
+        chunks,
         pgdata,
         locations,
         in_place,
@@ -541,7 +538,7 @@ fn write_files(
     files.sort_by_key(|f| std::cmp::Reverse(f.size));
     parallel_map(files, ctx.config.jobs(), |entry, stop| {
         let dest = plan.pgdata.join(entry.fs_path());
-        restore_file(ctx, &plan.index, entry, &dest, fsync, progress, stop)
+        restore_file(&plan.chunks, entry, &dest, fsync, progress, stop)
     })?;
     Ok(())
 }

@@ -25,9 +25,10 @@ use crate::engine::Context;
 use crate::engine::wal::need::{self as walneed, Need, wal_position};
 use crate::engine::wal::timelines;
 use crate::format::wal::SegmentSize;
+use crate::repo::chunk_store::ChunkStore;
 use crate::repo::index::{ChunkIndex, ChunkLocation};
 use crate::repo::manifest::Manifest;
-use crate::repo::pack::{ChunkId, MAX_DELTA_DEPTH, PACK_SIZE, PackWriter, pack_key, pack_size};
+use crate::repo::pack::{ChunkId, PackWriter, pack_size};
 
 pub struct ExpireReport {
     pub plan: Plan,
@@ -271,28 +272,20 @@ fn decide_fates(
 
 /// Copies the live chunks of pack `pack` into `writer`, each checked first.
 fn copy_live(
-    ctx: &Context,
-    index: &ChunkIndex,
+    store: &ChunkStore,
     pack: u32,
     chunks: &[(ChunkId, ChunkLocation)],
     live: &HashSet<ChunkId>,
     writer: &mut PackWriter,
 ) -> Result<()> {
-    let storage = &*ctx.repo.storage;
-    let prefix = ctx.repo.packs_prefix();
-    let key = index.pack_key(&prefix, pack);
     for (id, loc) in chunks.iter().filter(|(id, _)| live.contains(id)) {
-        let payload = storage.get_range(&key, loc.offset, loc.stored_len as usize)?;
-        index
-            .read_copy(
-                storage,
-                &prefix,
-                id,
-                loc,
-                Some(&payload),
-                MAX_DELTA_DEPTH + 1,
+        let payload = store.payload(loc)?;
+        store.check_copy(id, loc, &payload).with_context(|| {
+            format!(
+                "cannot rewrite pack {}; run `pgkeep verify`",
+                store.pack_key(pack)
             )
-            .with_context(|| format!("cannot rewrite pack {key}; run `pgkeep verify`"))?;
+        })?;
         writer.add(
             *id,
             loc.raw_len as usize,
@@ -308,50 +301,32 @@ fn copy_live(
 /// hold corrupt copies, writes missing `.idx` files again, and drops damage records of
 /// packs that are gone. The caller holds the data lock exclusively.
 fn collect_garbage(ctx: &Context) -> Result<GcReport> {
-    let storage = &ctx.repo.storage;
-    let prefix = ctx.repo.packs_prefix();
     let manifests = ctx.repo.manifests()?;
-    let index = ChunkIndex::load(&**storage, &prefix)?;
+    let store = ChunkStore::open(&ctx.repo)?;
+    let index = &store.index;
     let mut report = GcReport {
-        indexes_rewritten: index.rewrite_indexes(&**storage, &prefix)?.len(),
+        indexes_rewritten: store.write_missing_indexes()?.len(),
         ..GcReport::default()
     };
     let mut live: HashSet<ChunkId> = HashSet::new();
     for m in &manifests {
         for id in m.files.iter().flat_map(|f| f.chunks.iter()) {
-            keep_with_bases(&index, &mut live, *id);
+            keep_with_bases(index, &mut live, *id);
         }
     }
-    let sizes: BTreeMap<String, u64> = storage
-        .list(&prefix)?
-        .into_iter()
-        .filter_map(|o| {
-            Some((
-                o.key.rsplit('/').next()?.strip_suffix(".pack")?.to_string(),
-                o.size,
-            ))
-        })
-        .collect();
-    let remove = |name: &str, report: &mut GcReport| -> Result<()> {
-        // The index first: a pack must never be indexed but gone.
-        storage.delete(&pack_key(&prefix, name, "idx"))?;
-        storage.delete(&pack_key(&prefix, name, "pack"))?;
-        storage.delete(&pack_key(&prefix, name, "damaged"))?;
-        report.bytes_freed += sizes.get(name).copied().unwrap_or(0);
-        Ok(())
-    };
+    let sizes = store.pack_sizes()?;
     let packs = index.by_pack();
-    let fates = decide_fates(&index, &packs, &sizes, &mut live);
+    let fates = decide_fates(index, &packs, &sizes, &mut live);
     let mut unreferenced = Vec::new();
     let mut rewritten = Vec::new();
-    let mut writer = PackWriter::new(storage.clone(), prefix.clone(), PACK_SIZE);
+    let mut writer = store.pack_writer();
     for (pack, chunks) in packs.iter().enumerate() {
         let name = index.pack_name(pack as u32);
         match fates[pack] {
             Fate::Keep => {}
             Fate::Remove => unreferenced.push(name),
             Fate::Rewrite => {
-                copy_live(ctx, &index, pack as u32, chunks, &live, &mut writer)?;
+                copy_live(&store, pack as u32, chunks, &live, &mut writer)?;
                 rewritten.push(name);
             }
         }
@@ -361,12 +336,13 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
     // out is that very pack, which must stay.
     for name in unreferenced.iter().chain(&rewritten) {
         if !writer.stored.iter().any(|s| s == name) {
-            remove(name, &mut report)?;
+            store.remove_pack(name)?;
+            report.bytes_freed += sizes.get(*name).copied().unwrap_or(0);
         }
     }
     for name in index.damage_records.keys() {
         if !sizes.contains_key(name) {
-            storage.delete(&pack_key(&prefix, name, "damaged"))?;
+            store.remove_damage_record(name)?;
         }
     }
     // Index files left by a pack that is gone: once every chunk they name that a backup
@@ -376,8 +352,7 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
             .iter()
             .any(|id| live.contains(id) && index.copies(id).next().is_none())
         {
-            storage.delete(&pack_key(&prefix, name, "idx"))?;
-            storage.delete(&pack_key(&prefix, name, "damaged"))?;
+            store.remove_orphan_index(name)?;
         }
     }
     report.bytes_freed = report.bytes_freed.saturating_sub(writer.stored_bytes);

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::Problem;
-use crate::engine::Context;
-use crate::repo::index::{ChunkIndex, ChunkLocation, CorruptCopy, write_damage_record};
+use crate::repo::chunk_store::ChunkStore;
+use crate::repo::index::{ChunkLocation, CorruptCopy};
 use crate::repo::manifest::Manifest;
-use crate::repo::pack::{ChunkId, MAX_DELTA_DEPTH};
+use crate::repo::pack::ChunkId;
 
 /// Which backups (and which file) use each chunk, to name what a bad chunk breaks.
 type Users = BTreeMap<ChunkId, (BTreeSet<String>, String)>;
@@ -44,17 +44,11 @@ struct PackCheck {
 }
 
 /// Decodes every copy in one pack from its bytes, read once.
-fn check_pack(
-    ctx: &Context,
-    index: &ChunkIndex,
-    pack: u32,
-    copies: &[(ChunkId, ChunkLocation)],
-) -> PackCheck {
-    let prefix = ctx.repo.packs_prefix();
-    let key = index.pack_key(&prefix, pack);
-    let name = index.pack_name(pack);
+fn check_pack(store: &ChunkStore, pack: u32, copies: &[(ChunkId, ChunkLocation)]) -> PackCheck {
+    let key = store.pack_key(pack);
+    let name = store.index.pack_name(pack);
     let mut check = PackCheck::default();
-    let bytes = match ctx.repo.storage.get(&key) {
+    let bytes = match store.pack_bytes(pack) {
         Ok(Some(b)) => b,
         Ok(None) => {
             let why = format!("pack {key} is missing");
@@ -73,15 +67,7 @@ fn check_pack(
             check.corrupt.push(*id);
             continue;
         };
-        let read = index.read_copy(
-            &*ctx.repo.storage,
-            &prefix,
-            id,
-            loc,
-            Some(payload),
-            MAX_DELTA_DEPTH + 1,
-        );
-        match read {
+        match store.check_copy(id, loc, payload) {
             Ok(_) => check.good.push(*id),
             Err(e)
                 if e.downcast_ref::<CorruptCopy>()
@@ -101,9 +87,8 @@ fn check_pack(
 }
 
 /// Checks every pack on `jobs` threads.
-fn check_packs(ctx: &Context, index: &ChunkIndex) -> Vec<PackCheck> {
-    let packs = index.all_copies_by_pack();
-    let jobs = ctx.config.jobs();
+fn check_packs(store: &ChunkStore, jobs: usize) -> Vec<PackCheck> {
+    let packs = store.index.all_copies_by_pack();
     let mut checks: Vec<(usize, PackCheck)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..jobs)
             .map(|worker| {
@@ -111,7 +96,7 @@ fn check_packs(ctx: &Context, index: &ChunkIndex) -> Vec<PackCheck> {
                 scope.spawn(move || {
                     (worker..packs.len())
                         .step_by(jobs)
-                        .map(|p| (p, check_pack(ctx, index, p as u32, &packs[p])))
+                        .map(|p| (p, check_pack(store, p as u32, &packs[p])))
                         .collect::<Vec<_>>()
                 })
             })
@@ -128,8 +113,8 @@ fn check_packs(ctx: &Context, index: &ChunkIndex) -> Vec<PackCheck> {
 /// Replaces each judged pack's damage record with what this run found. A record that
 /// cannot be written (a read-only repository) is a problem of its own, not the end of
 /// the report.
-fn record_damage(ctx: &Context, index: &ChunkIndex, checks: &[PackCheck]) -> Vec<Problem> {
-    let prefix = ctx.repo.packs_prefix();
+fn record_damage(store: &ChunkStore, checks: &[PackCheck]) -> Vec<Problem> {
+    let index = &store.index;
     let mut problems = Vec::new();
     for (pack, check) in checks.iter().enumerate().filter(|(_, c)| c.judged) {
         let name = index.pack_name(pack as u32);
@@ -138,7 +123,7 @@ fn record_damage(ctx: &Context, index: &ChunkIndex, checks: &[PackCheck]) -> Vec
         if found == recorded {
             continue;
         }
-        if let Err(e) = write_damage_record(&*ctx.repo.storage, &prefix, name, &found) {
+        if let Err(e) = store.set_damage(name, &found) {
             let consequence = match found.is_empty() {
                 true => "so its copies, found good now, are still read only as a last resort",
                 false => "so backups may still reuse them",
@@ -157,15 +142,15 @@ fn record_damage(ctx: &Context, index: &ChunkIndex, checks: &[PackCheck]) -> Vec
 /// Checks every chunk copy and reports; returns how many chunks were checked and
 /// whether any backup lost data the database may still hold (so a full backup heals).
 pub fn check_chunks(
-    ctx: &Context,
-    index: &ChunkIndex,
+    store: &ChunkStore,
+    jobs: usize,
     manifests: &[Manifest],
     problems: &mut Vec<Problem>,
 ) -> (usize, bool) {
+    let index = &store.index;
     let users = chunk_users(manifests);
-    let checks = check_packs(ctx, index);
-    problems.extend(record_damage(ctx, index, &checks));
-    let prefix = ctx.repo.packs_prefix();
+    let checks = check_packs(store, jobs);
+    problems.extend(record_damage(store, &checks));
     let good: HashSet<ChunkId> = checks.iter().flat_map(|c| c.good.iter().copied()).collect();
     let mut corrupt: HashMap<ChunkId, Vec<String>> = HashMap::new();
     let mut unreadable: HashMap<ChunkId, String> = HashMap::new();
@@ -178,7 +163,7 @@ pub fn check_chunks(
             corrupt
                 .entry(*id)
                 .or_default()
-                .push(index.pack_key(&prefix, pack as u32));
+                .push(store.pack_key(pack as u32));
         }
         for (id, why) in &check.unreadable {
             unreadable.entry(*id).or_insert_with(|| why.clone());
@@ -242,7 +227,7 @@ pub fn check_chunks(
                 what: format!(
                     "pack {}: {why}; its chunks are read through the copy of the index inside it, \
                      and the next backup or `pgkeep expire` writes the file again",
-                    index.pack_key(&prefix, *pack)
+                    store.pack_key(*pack)
                 ),
                 breaks: Vec::new(),
             });

@@ -14,7 +14,7 @@ use super::wal::scan::archived_segments;
 use super::wal::timelines;
 use crate::format::history::TimelinePath;
 use crate::format::wal::{SegmentSize, WalFile};
-use crate::repo::index::ChunkIndex;
+use crate::repo::chunk_store::ChunkStore;
 
 pub struct Problem {
     pub what: String,
@@ -69,10 +69,9 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
             breaks: Vec::new(),
         });
     }
-    let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix());
-    let (chunks, full_backup_heals) = match index {
-        Ok(index) => {
-            for (name, why) in &index.unreadable {
+    let (chunks, full_backup_heals) = match ChunkStore::open(&ctx.repo) {
+        Ok(store) => {
+            for (name, why) in &store.index.unreadable {
                 problems.push(Problem {
                     what: format!(
                         "pack {name} has no readable index ({why}); its chunks count as missing: put back a good copy of the pack if you have one"
@@ -80,7 +79,7 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
                     breaks: Vec::new(),
                 });
             }
-            chunks::check_chunks(ctx, &index, &manifests, &mut problems)
+            chunks::check_chunks(&store, ctx.config.jobs(), &manifests, &mut problems)
         }
         Err(e) => {
             problems.push(Problem {

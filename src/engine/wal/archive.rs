@@ -55,33 +55,30 @@ pub fn push(ctx: &Context, path: &Path) -> Result<()> {
             );
         }
     }
-    let key = ctx.repo.wal_key(&file, name);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let encoded = object::encode_parallel(&data, ctx.config.repository.compress_level, workers)?;
-    if ctx.repo.storage.put_new(&key, &encoded)? {
+    if ctx.repo.put_wal_new(name, &encoded)? {
         return Ok(());
     }
     // Already archived (a retry after a crash, or two pushers). The stored copy is read
     // back whole, so a damaged copy is never taken for the good one PostgreSQL would
     // then delete.
-    let stored = ctx
-        .repo
-        .storage
-        .get(&key)?
-        .with_context(|| format!("archived {name} vanished while being compared"))?;
-    match object::decode(&stored) {
-        Ok(plain) if plain[..] == data[..] => {
+    let stored = ctx.repo.get_wal(name).map(|plain| {
+        plain.with_context(|| format!("archived {name} vanished while being compared"))
+    });
+    match stored {
+        Ok(Ok(plain)) if plain[..] == data[..] => {
             tracing::info!("{name} is already archived with identical content");
             Ok(())
         }
-        Ok(_) => bail!(
+        Ok(Ok(_)) => bail!(
             "{name} is already archived with different content; pgkeep never overwrites archived WAL: \
              check whether another server archives to cluster '{}'",
             ctx.cluster_name
         ),
+        Ok(Err(e)) => Err(e),
         Err(e) => bail!(
-            "the archived copy of {name} ({key}) is damaged ({e}); move it out of the repository and \
-             PostgreSQL's next attempt will archive its good copy"
+            "{e:#}; move it out of the repository and PostgreSQL's next attempt will archive its good copy"
         ),
     }
 }
@@ -111,11 +108,9 @@ pub fn get(ctx: &Context, name: &str, dest: &Path) -> Result<bool> {
 
 /// Waits until the named WAL file is in the archive.
 pub fn wait_for_wal(ctx: &Context, name: &str, timeout: Duration) -> Result<bool> {
-    let file = WalFile::parse(name).expect("PostgreSQL's WAL names parse");
-    let key = ctx.repo.wal_key(&file, name);
     let deadline = Instant::now() + timeout;
     loop {
-        if ctx.repo.storage.exists(&key)? {
+        if ctx.repo.has_wal(name)? {
             return Ok(true);
         }
         if Instant::now() >= deadline {

@@ -14,18 +14,17 @@ mod reader;
 mod summary;
 mod walchanges;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
-use crossbeam_channel::bounded;
 use indicatif::ProgressBar;
 
 use self::changes::ChangedBlocks;
 use self::parent::Parent;
-use self::reader::{Blob, ChunkSink, FileReader, Stats};
+use self::reader::{FileReader, Stats, store_file};
 use super::walk;
 use crate::engine::wal::archive::{self, wait_for_wal};
 use crate::engine::wal::timelines;
@@ -34,11 +33,10 @@ use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::{control, label, tablespace_map, wal::SegmentSize};
 use crate::pg::session::{BackupStop, Session};
-use crate::repo::index::{ChunkIndex, write_damage_record};
+use crate::repo::chunk_store::ChunkStore;
 use crate::repo::manifest::{
     DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry, path_bytes,
 };
-use crate::repo::pack::{ChunkId, PACK_SIZE, PackWriter};
 
 /// Files are cut into chunks of this size: small enough that an incremental backup
 /// stores little for a scattered change, large enough to compress well.
@@ -191,22 +189,6 @@ pub struct BackupOutcome {
     pub stored_again: usize,
 }
 
-/// Adds the copies a full backup found corrupt to their packs' damage records, once the
-/// good copies it stored instead are durable.
-fn record_corrupt(ctx: &Context, index: &ChunkIndex, corrupt: &[(String, ChunkId)]) -> Result<()> {
-    let mut by_pack: BTreeMap<&str, BTreeSet<ChunkId>> = BTreeMap::new();
-    for (pack, id) in corrupt {
-        by_pack
-            .entry(pack)
-            .or_insert_with(|| index.damage_records.get(pack).cloned().unwrap_or_default())
-            .insert(*id);
-    }
-    for (pack, ids) in by_pack {
-        write_damage_record(&*ctx.repo.storage, &ctx.repo.packs_prefix(), pack, &ids)?;
-    }
-    Ok(())
-}
-
 /// Takes a backup and returns its published manifest. Incremental when the repository
 /// has a usable parent, unless `full` is set.
 pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<BackupOutcome> {
@@ -248,8 +230,8 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
     // Held until the manifest is published: garbage collection cannot remove chunks this
     // backup finds in the index and refers to.
     let _data_lock = ctx.repo.lock_data_shared()?;
-    let index = ChunkIndex::load(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
-    index.rewrite_indexes(&*ctx.repo.storage, &ctx.repo.packs_prefix())?;
+    let store = ChunkStore::open(&ctx.repo)?;
+    store.write_missing_indexes()?;
     let label = new_label(ctx)?;
     let start_time = epoch_to_time(session.now()?);
     let start_lsn = session.backup_start(&label)?;
@@ -296,34 +278,12 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         None => None,
     };
 
-    // From here every path joins the pack writer before returning.
-    let (blob_tx, blob_rx) = bounded::<Blob>(64);
-    let sink = ChunkSink::new(
-        index,
-        blob_tx,
-        ctx.config.repository.compress_level,
-        ctx.repo.storage.clone(),
-        ctx.repo.packs_prefix(),
-        full,
-    );
-    let mut writer = PackWriter::new(ctx.repo.storage.clone(), ctx.repo.packs_prefix(), PACK_SIZE);
-    let writer_thread = std::thread::spawn(move || -> Result<PackWriter> {
-        for blob in blob_rx {
-            writer.add(
-                blob.id,
-                blob.raw_len,
-                blob.compression,
-                blob.delta,
-                &blob.payload,
-            )?;
-        }
-        writer.flush()?;
-        Ok(writer)
-    });
+    // From here every path finishes the chunk writer before returning.
+    let chunks = store.writer(ctx.config.repository.compress_level, full);
 
     let stats = Stats::default();
     let reader = FileReader {
-        sink: &sink,
+        chunks: &chunks,
         checksums_from: data_checksums.then_some(start_lsn),
         parent: parent.as_ref(),
         changed: changed.as_ref(),
@@ -343,7 +303,8 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             .context("global/pg_control is missing from the data directory")?;
         let control = std::fs::read(&control_src.abs)
             .with_context(|| format!("cannot read {}", control_src.abs.display()))?;
-        entries.push(sink.store_file(
+        entries.push(store_file(
+            &chunks,
             "global/pg_control",
             &control,
             control_src.mode,
@@ -352,14 +313,16 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         let stop = session.backup_stop()?;
         let snapshot = session.snapshot()?;
         let stop_time = session.now()?;
-        entries.push(sink.store_file(
+        entries.push(store_file(
+            &chunks,
             "backup_label",
             stop.label_file.as_bytes(),
             0o600,
             stop_time as i64,
         )?);
         if let Some(map) = &stop.tablespace_map {
-            entries.push(sink.store_file(
+            entries.push(store_file(
+                &chunks,
                 "tablespace_map",
                 map.as_bytes(),
                 0o600,
@@ -374,21 +337,8 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             control,
         })
     })();
-    let ChunkSink {
-        earlier,
-        corrupt,
-        stored_again,
-        tx,
-        ..
-    } = sink;
-    drop(tx); // the writer finishes once the channel is closed
-    let writer = writer_thread
-        .join()
-        .map_err(|_| anyhow!("the pack writer panicked"))?;
     // A writer failure explains a worker's "pack writer stopped", so report it first.
-    let writer = writer?;
-    let corrupt = corrupt.into_inner().unwrap();
-    record_corrupt(ctx, &earlier, &corrupt)?;
+    let written = chunks.finish()?;
     let Copied {
         mut entries,
         stop,
@@ -437,7 +387,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         snapshot_at_stop: snapshot,
         data_checksums,
         size: entries.iter().map(|f| f.size).sum(),
-        stored_size: writer.stored_bytes,
+        stored_size: written.stored_bytes,
         tablespaces,
         directories: listing
             .dirs
@@ -462,6 +412,6 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         read: Stats::get(&stats.read),
         unread: Stats::get(&stats.unread),
         new: Stats::get(&stats.stored),
-        stored_again: stored_again.into_inner(),
+        stored_again: written.stored_again,
     })
 }

@@ -1,0 +1,377 @@
+//! The chunk store: the one way bytes go between plain chunks and the repository's
+//! packs. Backup stores through a [`ChunkWriter`] (deduplication, delta or whole,
+//! compression, a pack-writer thread); restore reads through [`ChunkStore::read`];
+//! verify and expire's repacking check and copy stored copies through it; and it owns
+//! the pack, index and damage-record objects of the layout.
+//!
+//! Invariants: a chunk is referred to only once a good copy of it is stored or known;
+//! a delta is made only against a base read back with every check; a copy found
+//! corrupt is recorded after the copy stored instead is durable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::{Result, anyhow};
+use crossbeam_channel::{Sender, bounded};
+
+use super::ClusterRepo;
+use super::index::{ChunkIndex, ChunkLocation, CorruptCopy, write_damage_record};
+use super::object::{self, Compression};
+use super::pack::{
+    ChunkId, Delta, DeltaMethod, MAX_DELTA_DEPTH, PACK_SIZE, PackWriter, encode_delta, pack_key,
+};
+use super::storage::{ObjectMeta, Storage};
+
+/// The stored chunks of one cluster, with the index of every copy.
+pub struct ChunkStore {
+    storage: Arc<dyn Storage>,
+    prefix: String,
+    pub index: ChunkIndex,
+}
+
+impl ChunkStore {
+    /// Loads the index of every stored copy.
+    pub fn open(repo: &ClusterRepo) -> Result<ChunkStore> {
+        let prefix = repo.packs_prefix();
+        let index = ChunkIndex::load(&*repo.storage, &prefix)?;
+        Ok(ChunkStore {
+            storage: repo.storage.clone(),
+            prefix,
+            index,
+        })
+    }
+
+    /// Chunk `id`, from any copy that reads back right.
+    pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.index.read(&*self.storage, &self.prefix, id)
+    }
+
+    /// Checks copy `loc` of `id` whose stored bytes are `payload`: it must decode, through
+    /// its bases, to the chunk.
+    pub fn check_copy(&self, id: &ChunkId, loc: &ChunkLocation, payload: &[u8]) -> Result<Vec<u8>> {
+        self.index.read_copy(
+            &*self.storage,
+            &self.prefix,
+            id,
+            loc,
+            Some(payload),
+            MAX_DELTA_DEPTH + 1,
+        )
+    }
+
+    /// The stored bytes of copy `loc`.
+    pub fn payload(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
+        self.storage.get_range(
+            &self.pack_key(loc.pack),
+            loc.offset,
+            loc.stored_len as usize,
+        )
+    }
+
+    /// The whole of pack `pack`, `None` if it is gone.
+    pub fn pack_bytes(&self, pack: u32) -> Result<Option<Vec<u8>>> {
+        self.storage.get(&self.pack_key(pack))
+    }
+
+    /// The key of pack `pack`, for messages.
+    pub fn pack_key(&self, pack: u32) -> String {
+        self.index.pack_key(&self.prefix, pack)
+    }
+
+    /// Every pack object stored (`.pack` files only), by name, with its size.
+    pub fn pack_sizes(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(self
+            .storage
+            .list(&self.prefix)?
+            .into_iter()
+            .filter_map(|ObjectMeta { key, size, .. }| {
+                let name = key.strip_suffix(".pack")?.rsplit('/').next()?.to_string();
+                Some((name, size))
+            })
+            .collect())
+    }
+
+    /// Writes again the `.idx` files that are missing or damaged, from the index inside
+    /// each pack; returns the packs whose file was written.
+    pub fn write_missing_indexes(&self) -> Result<Vec<String>> {
+        self.index.rewrite_indexes(&*self.storage, &self.prefix)
+    }
+
+    /// Replaces pack `name`'s damage record with `ids` (none: the record goes).
+    pub fn set_damage(&self, name: &str, ids: &BTreeSet<ChunkId>) -> Result<()> {
+        write_damage_record(&*self.storage, &self.prefix, name, ids)
+    }
+
+    /// Adds copies found corrupt, (pack name, chunk), to their packs' damage records.
+    pub fn add_damage(&self, corrupt: &[(String, ChunkId)]) -> Result<()> {
+        let mut by_pack: BTreeMap<&str, BTreeSet<ChunkId>> = BTreeMap::new();
+        for (pack, id) in corrupt {
+            by_pack
+                .entry(pack)
+                .or_insert_with(|| {
+                    self.index
+                        .damage_records
+                        .get(pack)
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .insert(*id);
+        }
+        for (pack, ids) in by_pack {
+            self.set_damage(pack, &ids)?;
+        }
+        Ok(())
+    }
+
+    /// Removes pack `name`: its index file first, so a crash never leaves an index file
+    /// naming a pack that is gone; then the pack and its damage record.
+    pub fn remove_pack(&self, name: &str) -> Result<()> {
+        self.storage.delete(&pack_key(&self.prefix, name, "idx"))?;
+        self.storage.delete(&pack_key(&self.prefix, name, "pack"))?;
+        self.remove_damage_record(name)
+    }
+
+    /// Removes the index file (and damage record) left by a pack that is gone.
+    pub fn remove_orphan_index(&self, name: &str) -> Result<()> {
+        self.storage.delete(&pack_key(&self.prefix, name, "idx"))?;
+        self.remove_damage_record(name)
+    }
+
+    pub fn remove_damage_record(&self, name: &str) -> Result<()> {
+        self.storage
+            .delete(&pack_key(&self.prefix, name, "damaged"))
+    }
+
+    /// A writer of stored copies as they are (for repacking).
+    pub fn pack_writer(&self) -> PackWriter {
+        PackWriter::new(self.storage.clone(), self.prefix.clone(), PACK_SIZE)
+    }
+
+    /// A writer of new chunks compressed at `level`; with `check_stored`, every stored
+    /// copy it would reuse is read back first.
+    pub fn writer(&self, level: i32, check_stored: bool) -> ChunkWriter<'_> {
+        let (tx, rx) = bounded::<Blob>(64);
+        let mut packs = self.pack_writer();
+        let packer = std::thread::spawn(move || -> Result<PackWriter> {
+            for blob in rx {
+                packs.add(
+                    blob.id,
+                    blob.raw_len,
+                    blob.compression,
+                    blob.delta,
+                    &blob.payload,
+                )?;
+            }
+            packs.flush()?;
+            Ok(packs)
+        });
+        ChunkWriter {
+            store: self,
+            known: Mutex::new(
+                self.index
+                    .chunks
+                    .keys()
+                    .map(|id| (*id, Known::Stored))
+                    .collect(),
+            ),
+            tx,
+            packer,
+            level,
+            check_stored,
+            corrupt: Mutex::new(Vec::new()),
+            stored_again: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// A compressed chunk on its way to the pack writer.
+struct Blob {
+    id: ChunkId,
+    raw_len: usize,
+    compression: Compression,
+    delta: Option<Delta>,
+    payload: Vec<u8>,
+}
+
+/// What a backup knows of a chunk it meets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// The repository has a copy (not yet read back).
+    Stored,
+    /// The repository's copy was read back in this run and is right.
+    Proven,
+    /// This backup stores it.
+    New,
+}
+
+/// Where new chunks go: skips chunks the repository (or this writer) already has, and
+/// stores a changed chunk as a delta of the chunk it replaces where that is smaller.
+/// One thread fills and stores packs; [`ChunkWriter::finish`] waits for it.
+///
+/// With `check_stored` (a full backup) no stored copy is trusted that has not been read
+/// back in this run: a copy that rotted is recorded as corrupt and the chunk stored
+/// again, so a full backup heals every damaged chunk whose data the database still holds.
+pub struct ChunkWriter<'s> {
+    store: &'s ChunkStore,
+    known: Mutex<HashMap<ChunkId, Known>>,
+    tx: Sender<Blob>,
+    packer: JoinHandle<Result<PackWriter>>,
+    level: i32,
+    check_stored: bool,
+    /// Copies found corrupt while read back: (pack name, chunk).
+    corrupt: Mutex<Vec<(String, ChunkId)>>,
+    /// Chunks stored again because every stored copy was corrupt.
+    stored_again: AtomicUsize,
+}
+
+/// What a [`ChunkWriter`] stored.
+pub struct Written {
+    /// Bytes of packs stored (chunk payloads plus indexes).
+    pub stored_bytes: u64,
+    /// Chunks stored again because every stored copy was corrupt.
+    pub stored_again: usize,
+}
+
+impl ChunkWriter<'_> {
+    /// Whether this call must store `id`: neither this backup nor the repository has it,
+    /// or (with `check_stored`) the stored copy does not read back right.
+    fn must_store(&self, id: ChunkId) -> bool {
+        let state = self.known.lock().unwrap().get(&id).copied();
+        match state {
+            Some(Known::New | Known::Proven) => return false,
+            Some(Known::Stored) if !self.check_stored => return false,
+            _ => {}
+        }
+        let good = state.is_some() && self.read_back(&id);
+        let mut known = self.known.lock().unwrap();
+        if good {
+            known.insert(id, Known::Proven);
+            return false;
+        }
+        // Another worker may have stored it meanwhile.
+        let first = known.insert(id, Known::New) != Some(Known::New);
+        if first && (state.is_some() || self.store.index.damaged.contains_key(&id)) {
+            self.stored_again.fetch_add(1, Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// Reads the stored copy of `id`; a corrupt copy is remembered for its record.
+    fn read_back(&self, id: &ChunkId) -> bool {
+        let Err(e) = self.store.read(id) else {
+            return true;
+        };
+        tracing::warn!("{e:#}; storing it again");
+        self.remember_corrupt(&e);
+        false
+    }
+
+    /// Remembers the corrupt copy a read failed on, for its damage record.
+    fn remember_corrupt(&self, e: &anyhow::Error) {
+        if let Some(c) = e.chain().find_map(|c| c.downcast_ref::<CorruptCopy>()) {
+            self.corrupt.lock().unwrap().push((c.pack.clone(), c.id));
+        }
+    }
+
+    /// Stores a chunk unless the repository has it; `base` is the parent's chunk at the
+    /// same place, if any. Returns the id and whether the chunk was new.
+    pub fn store(&self, data: &[u8], base: Option<ChunkId>) -> Result<(ChunkId, bool)> {
+        let id = ChunkId::of(data);
+        let new = self.must_store(id);
+        if new {
+            let (compression, delta, payload) = match self.delta_of(data, base) {
+                // Small: what changed was little.
+                Some((delta, compression, payload)) if payload.len() <= data.len() / 16 => {
+                    (compression, Some(delta), payload)
+                }
+                // Otherwise keep whichever is smaller (moved data XORs badly).
+                delta => {
+                    let (compression, payload) = object::compress(data, self.level)?;
+                    match delta {
+                        Some((delta, c, p)) if p.len() < payload.len() => (c, Some(delta), p),
+                        _ => (compression, None, payload),
+                    }
+                }
+            };
+            self.tx
+                .send(Blob {
+                    id,
+                    raw_len: data.len(),
+                    compression,
+                    delta,
+                    payload,
+                })
+                .map_err(|_| anyhow!("the pack writer stopped"))?;
+        }
+        Ok((id, new))
+    }
+
+    /// Whether the repository holds `id` readably. Data taken from the parent unread
+    /// must pass this: a chunk lost since (a damaged pack) is read again from the data
+    /// directory instead of being referred to by one more backup.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.store.index.chunks.contains_key(id)
+    }
+
+    /// `data` as a delta of `base`, unless there is none, the chain would grow too long,
+    /// or the base cannot be read (then the chunk is stored whole). The base is read with
+    /// every check: a delta of a base copy that rotted would decode only through that very
+    /// copy, and so break once a good copy of the base replaces it.
+    fn delta_of(
+        &self,
+        data: &[u8],
+        base: Option<ChunkId>,
+    ) -> Option<(Delta, Compression, Vec<u8>)> {
+        let base = base?;
+        let depth = self
+            .store
+            .index
+            .chunks
+            .get(&base)?
+            .delta
+            .map_or(0, |d| d.depth)
+            + 1;
+        if depth > MAX_DELTA_DEPTH || self.level == 0 {
+            return None;
+        }
+        let base_plain = match self.store.read(&base) {
+            Ok(plain) => plain,
+            Err(e) => {
+                tracing::warn!("{e:#}; storing the chunk whole instead of as a delta");
+                self.remember_corrupt(&e);
+                return None;
+            }
+        };
+        let (compression, payload) = encode_delta(data, &base_plain, self.level).ok()?;
+        let delta = Delta {
+            base,
+            depth,
+            method: DeltaMethod::Xor,
+        };
+        Some((delta, compression, payload))
+    }
+
+    /// Waits until every chunk is stored, then records the corrupt copies met on the way
+    /// (once the good copies stored instead are durable).
+    pub fn finish(self) -> Result<Written> {
+        let ChunkWriter {
+            store,
+            tx,
+            packer,
+            corrupt,
+            stored_again,
+            ..
+        } = self;
+        drop(tx); // the packer finishes once the channel is closed
+        let packer = packer
+            .join()
+            .map_err(|_| anyhow!("the pack writer panicked"))??;
+        store.add_damage(&corrupt.into_inner().unwrap())?;
+        Ok(Written {
+            stored_bytes: packer.stored_bytes,
+            stored_again: stored_again.into_inner(),
+        })
+    }
+}
