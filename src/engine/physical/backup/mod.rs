@@ -11,6 +11,7 @@
 mod changes;
 mod parent;
 mod reader;
+mod source;
 mod summary;
 mod walchanges;
 
@@ -19,32 +20,26 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use indicatif::ProgressBar;
 
 use self::changes::ChangedBlocks;
 use self::parent::Parent;
-use self::reader::{FileReader, Stats, store_file};
-use super::walk;
+use self::reader::{FileReader, Stats};
+use self::source::{DataDirectory, Server, Source, Stop, epoch_to_time};
 use crate::engine::wal::archive::{self, wait_for_wal};
 use crate::engine::wal::timelines;
-use crate::engine::{Context, human_bytes, parallel_map};
+use crate::engine::{Context, human_bytes};
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::{control, label, tablespace_map, wal::SegmentSize};
 use crate::pg::session::{BackupStop, Session};
 use crate::repo::chunk_store::ChunkStore;
-use crate::repo::manifest::{
-    DirectoryEntry, FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry, path_bytes,
-};
+use crate::repo::manifest::{FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry};
 
 /// Files are cut into chunks of this size: small enough that an incremental backup
 /// stores little for a scattered change, large enough to compress well.
 pub const CHUNK_SIZE: usize = 256 * 1024;
-
-fn epoch_to_time(secs: f64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros((secs * 1e6) as i64).unwrap_or_default()
-}
 
 /// A label that sorts by time and is unique in the repository.
 fn new_label(ctx: &Context) -> Result<String> {
@@ -168,16 +163,6 @@ fn changed_blocks(
     Ok(changes)
 }
 
-/// What the copy phase hands on: file entries, what `pg_backup_stop` returned, the
-/// snapshot and time right after it, and the copied `pg_control`.
-struct Copied {
-    entries: Vec<FileEntry>,
-    stop: BackupStop,
-    snapshot: String,
-    stop_time: f64,
-    control: Vec<u8>,
-}
-
 /// What `backup` did, for the summary line.
 pub struct BackupOutcome {
     pub manifest: Manifest,
@@ -200,204 +185,93 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             ctx.cluster_name
         )
     })?;
-    let mut session = ctx.connect()?;
-    let sysid = session.system_identifier()?;
-    if sysid != info.system_identifier {
-        bail!(
-            "the server is database system {sysid} but repository cluster '{}' is {}; check `connection`",
-            ctx.cluster_name,
-            info.system_identifier
-        );
-    }
-    if session.in_recovery()? {
-        bail!(
-            "the server is a standby; pgkeep backs up primaries only for now, so point `connection` at the primary"
-        );
-    }
-    ctx.check_data_directory(&mut session)?;
-    let data_checksums = session.setting("data_checksums")? == "on";
-    let tablespace_names: HashMap<u32, String> = session
-        .tablespaces()?
-        .into_iter()
-        .map(|t| (t.oid, t.name))
-        .collect();
-    let tablespace_dir = format!(
-        "PG_{}_{}",
-        session.version_num / 10000,
-        session.text("SELECT catalog_version_no::text FROM pg_control_system()")?
-    );
-
+    let mut source = DataDirectory::connect(ctx, &info)?;
     // Held until the manifest is published: garbage collection cannot remove chunks this
     // backup finds in the index and refers to.
     let _data_lock = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
     store.write_missing_indexes()?;
     let label = new_label(ctx)?;
-    let start_time = epoch_to_time(session.now()?);
-    let start_lsn = session.backup_start(&label)?;
-    let timeline: u32 = session
-        .text("SELECT timeline_id::text FROM pg_control_checkpoint()")?
-        .parse()?;
-    tracing::info!("backup {label} started at {start_lsn} on timeline {timeline}");
-    archive_history_file(ctx, timeline)?;
+    let start = source.start(&label)?;
+    tracing::info!(
+        "backup {label} started at {} on timeline {}",
+        start.lsn,
+        start.timeline
+    );
+    archive_history_file(ctx, start.timeline)?;
     let path = timelines::timeline_paths(&ctx.repo)?
-        .remove(&timeline)
-        .unwrap_or_else(|| TimelinePath::single(timeline));
-    let parent = if full {
-        None
-    } else {
-        Parent::choose(
+        .remove(&start.timeline)
+        .unwrap_or_else(|| TimelinePath::single(start.timeline));
+    let seg = SegmentSize(info.wal_segment_size);
+    let parent = match full {
+        true => None,
+        false => Parent::choose(
             ctx.repo.readable_manifests(None)?,
             &path,
-            session.version_num / 10000,
+            source.server.version_num / 10000,
             CHUNK_SIZE as u64,
-            data_checksums,
-        )
+            source.server.data_checksums,
+        ),
     };
-
-    let listing = walk::walk(&ctx.cluster.pgdata, &tablespace_dir)?;
-    let (mut files, pg_control): (Vec<_>, Vec<_>) = listing
-        .files
-        .into_iter()
-        .partition(|f| f.rel != "global/pg_control");
-    files.sort_by_key(|f| std::cmp::Reverse(f.size));
-    let data_size: u64 = files.iter().map(|f| f.size).sum();
-    progress.set_length(data_size);
-
-    let seg = SegmentSize(info.wal_segment_size);
+    let size = source.size();
     let changed = match &parent {
         Some(p) => changed_blocks(
             ctx,
-            &mut session,
+            &mut source.session,
             &path,
             seg,
-            p.start_lsn()..start_lsn,
-            &tablespace_dir,
-            data_size,
+            p.start_lsn()..start.lsn,
+            &source.server.tablespace_dir,
+            size,
         )?,
         None => None,
     };
+    progress.set_length(size);
 
     // From here every path finishes the chunk writer before returning.
     let chunks = store.writer(ctx.config.repository.compress_level, full);
-
     let stats = Stats::default();
     let reader = FileReader {
         chunks: &chunks,
-        checksums_from: data_checksums.then_some(start_lsn),
+        checksums_from: source.server.data_checksums.then_some(start.lsn),
         parent: parent.as_ref(),
         changed: changed.as_ref(),
         progress,
         stats: &stats,
     };
-    let result = (|| -> Result<Copied> {
-        let mut entries: Vec<FileEntry> = parallel_map(files, ctx.config.jobs(), |src, stop| {
-            reader.backup_file(&src, stop)
-        })?
-        .into_iter()
-        .flatten()
-        .collect();
-        // pg_control last, as pg_basebackup does; kept to check it below.
-        let control_src = pg_control
-            .first()
-            .context("global/pg_control is missing from the data directory")?;
-        let control = std::fs::read(&control_src.abs)
-            .with_context(|| format!("cannot read {}", control_src.abs.display()))?;
-        entries.push(store_file(
-            &chunks,
-            "global/pg_control",
-            &control,
-            control_src.mode,
-            control_src.mtime,
-        )?);
-        let stop = session.backup_stop()?;
-        let snapshot = session.snapshot()?;
-        let stop_time = session.now()?;
-        entries.push(store_file(
-            &chunks,
-            "backup_label",
-            stop.label_file.as_bytes(),
-            0o600,
-            stop_time as i64,
-        )?);
-        if let Some(map) = &stop.tablespace_map {
-            entries.push(store_file(
-                &chunks,
-                "tablespace_map",
-                map.as_bytes(),
-                0o600,
-                stop_time as i64,
-            )?);
-        }
-        Ok(Copied {
-            entries,
-            stop,
-            snapshot,
-            stop_time,
-            control,
-        })
+    let copied = (|| -> Result<(Vec<FileEntry>, Stop)> {
+        let entries = source.copy(&reader, ctx.config.jobs())?;
+        Ok((entries, source.stop(&chunks)?))
     })();
     // A writer failure explains a worker's "pack writer stopped", so report it first.
     let written = chunks.finish()?;
-    let Copied {
-        mut entries,
-        stop,
-        snapshot,
-        stop_time,
-        control,
-    } = result?;
+    let (mut entries, stop) = copied?;
     progress.finish_and_clear();
 
-    let parsed = label::parse(&stop.label_file)
-        .map_err(|e| anyhow!("pg_backup_stop returned a bad label: {e}"))?;
-    check_control_file(ctx, &control, sysid, parsed.checkpoint_lsn)?;
-    let tablespaces = stop
-        .tablespace_map
-        .as_deref()
-        .map(|map| parse_tablespace_map(map, &tablespace_names))
-        .transpose()?
-        .unwrap_or_default();
-    let timeout = Duration::from_secs(ctx.config.backup.archive_timeout);
-    for segno in seg.segno(parsed.start_lsn)..=seg.segno_before(stop.stop_lsn) {
-        let name = seg.name(parsed.start_timeline, segno);
-        if !wait_for_wal(ctx, &name, timeout)? {
-            bail!(
-                "WAL segment {name}, needed to restore backup {label}, did not reach the archive within {} s; \
-                 the backup was not published: run `pgkeep check` and look at the PostgreSQL log for archive_command errors",
-                timeout.as_secs()
-            );
-        }
-    }
-
+    let parsed = check_stop(ctx, &source.server, &stop)?;
+    wait_for_backup_wal(ctx, seg, &label, &parsed, stop.stop.stop_lsn)?;
+    entries.extend(stop.entries);
     entries.sort_by(|a, b| a.key().cmp(&b.key()));
     let mut manifest = Manifest {
         version: MANIFEST_VERSION,
         label,
         parent: parent.map(|p| p.label),
-        system_identifier: sysid,
-        pg_version: session.version_num,
+        system_identifier: source.server.system_identifier,
+        pg_version: source.server.version_num,
         timeline: parsed.start_timeline,
         start_lsn: parsed.start_lsn,
         checkpoint_lsn: parsed.checkpoint_lsn,
-        stop_lsn: stop.stop_lsn,
-        start_time,
-        stop_time: epoch_to_time(stop_time),
+        stop_lsn: stop.stop.stop_lsn,
+        start_time: start.time,
+        stop_time: epoch_to_time(stop.time),
         wal_segment_size: info.wal_segment_size,
         chunk_size: CHUNK_SIZE as u64,
-        snapshot_at_stop: snapshot,
-        data_checksums,
+        snapshot_at_stop: stop.snapshot,
+        data_checksums: source.server.data_checksums,
         size: entries.iter().map(|f| f.size).sum(),
         stored_size: written.stored_bytes,
-        tablespaces,
-        directories: listing
-            .dirs
-            .into_iter()
-            .map(|d| DirectoryEntry {
-                path_bytes: path_bytes(d.raw.as_deref()),
-                path: d.rel,
-                mode: d.mode,
-            })
-            .collect(),
+        tablespaces: tablespaces(&stop.stop, &source.server)?,
+        directories: source.directories(),
         files: entries,
     };
     manifest.version = manifest.needed_version();
@@ -414,4 +288,51 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         new: Stats::get(&stats.stored),
         stored_again: written.stored_again,
     })
+}
+
+/// Checks what the server returned at the stop and the copied `pg_control`; returns the
+/// parsed label.
+fn check_stop(ctx: &Context, server: &Server, stop: &Stop) -> Result<label::BackupLabel> {
+    let parsed = label::parse(&stop.stop.label_file)
+        .map_err(|e| anyhow!("pg_backup_stop returned a bad label: {e}"))?;
+    check_control_file(
+        ctx,
+        &stop.control,
+        server.system_identifier,
+        parsed.checkpoint_lsn,
+    )?;
+    Ok(parsed)
+}
+
+/// Waits until every WAL segment from the backup's start to its stop is archived: the
+/// backup restores only with them, so it is not published before.
+fn wait_for_backup_wal(
+    ctx: &Context,
+    seg: SegmentSize,
+    label: &str,
+    parsed: &label::BackupLabel,
+    stop_lsn: Lsn,
+) -> Result<()> {
+    let timeout = Duration::from_secs(ctx.config.backup.archive_timeout);
+    for segno in seg.segno(parsed.start_lsn)..=seg.segno_before(stop_lsn) {
+        let name = seg.name(parsed.start_timeline, segno);
+        if !wait_for_wal(ctx, &name, timeout)? {
+            bail!(
+                "WAL segment {name}, needed to restore backup {label}, did not reach the archive within {} s; \
+                 the backup was not published: run `pgkeep check` and look at the PostgreSQL log for archive_command errors",
+                timeout.as_secs()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The tablespaces the backup holds, from the map the stop returned.
+fn tablespaces(stop: &BackupStop, server: &Server) -> Result<Vec<TablespaceEntry>> {
+    Ok(stop
+        .tablespace_map
+        .as_deref()
+        .map(|map| parse_tablespace_map(map, &server.tablespace_names))
+        .transpose()?
+        .unwrap_or_default())
 }

@@ -7,27 +7,31 @@
 //! to start.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::fs::{self};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, FixedOffset};
 use indicatif::ProgressBar;
 
 use super::target::{self, Target, TimelineChoice};
+use crate::engine::Context;
 use crate::engine::wal::{scan as walscan, timelines};
-use crate::engine::{Context, parallel_map, stopped};
 use crate::format::history::TimelinePath;
 use crate::format::wal::SegmentSize;
-use crate::format::{guc, tablespace_map};
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::index::ChunkIndex;
 use crate::repo::manifest::{FileEntry, Manifest};
 use crate::repo::storage::sync_dir;
+
+use self::files::{Filesystems, restore_file, syncfs_reports_errors, write_files};
+use self::settings::{write_recovery_settings, write_tablespace_map};
+
+mod files;
+mod settings;
 
 pub struct RestoreOptions {
     pub pgdata: PathBuf,
@@ -51,39 +55,6 @@ pub struct RestoreSummary {
     pub in_place: bool,
     /// The restored server keeps `archive_mode` as the backup had it.
     pub archiving: bool,
-}
-
-/// Settings pgkeep owns in `postgresql.auto.conf`; old values are removed so that a
-/// leftover target from an earlier restore cannot conflict. (`archive_mode` is pgkeep's
-/// only on a line it marked with [`ARCHIVE_OFF_MARK`].)
-const RECOVERY_KEYS: &[&str] = &[
-    "restore_command",
-    "recovery_target",
-    "recovery_target_time",
-    "recovery_target_xid",
-    "recovery_target_name",
-    "recovery_target_lsn",
-    "recovery_target_action",
-    "recovery_target_timeline",
-    "recovery_target_inclusive",
-];
-
-/// Ends the `archive_mode = 'off'` line that `--archive off` writes, so a later restore
-/// of a backup of that copy knows the line is pgkeep's and not the DBA's.
-const ARCHIVE_OFF_MARK: &str = "# pgkeep restore --archive off";
-const SETTINGS_HEADER: &str = "# Recovery settings added by pgkeep restore";
-
-/// Whether a line of `postgresql.auto.conf` is one an earlier pgkeep restore wrote.
-fn is_pgkeep_line(line: &str) -> bool {
-    let key = line
-        .split('=')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    RECOVERY_KEYS.contains(&key.as_str())
-        || line.starts_with(SETTINGS_HEADER)
-        || (key == "archive_mode" && line.trim_end().ends_with(ARCHIVE_OFF_MARK))
 }
 
 /// Whether two paths name the same directory. Either may not exist yet: then its
@@ -229,138 +200,6 @@ fn check_time_reachable(
     )
 }
 
-/// How much of a file is written before its writeback is started.
-const WRITEBACK_EVERY: u64 = 8 << 20;
-
-/// Starts writing back `len` bytes from `offset` (0: to the end) without waiting, as
-/// PostgreSQL's `pg_flush_data` does: the disk works while the next chunks decode, and
-/// the sync at the end has little left to wait for.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range on a descriptor we own; only a hint, so errors are ignored
-    // (the final sync reports any).
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-/// Writes one file from its chunks (all-zero chunks become holes), its writeback started
-/// but not waited for unless `fsync` (where a later syncfs would not report errors).
-fn restore_file(
-    chunks: &ChunkStore,
-    entry: &FileEntry,
-    dest: &Path,
-    fsync: bool,
-    progress: &ProgressBar,
-    stop: &AtomicBool,
-) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dest)
-        .with_context(|| format!("cannot create {}", dest.display()))?;
-    let (mut written, mut flushed_to) = (0, 0);
-    for id in &entry.chunks {
-        if stop.load(Ordering::Relaxed) {
-            return Err(stopped());
-        }
-        let data = chunks
-            .read(id)
-            .with_context(|| format!("cannot restore {}", entry.path))?;
-        if data.iter().all(|&b| b == 0) {
-            file.seek(SeekFrom::Current(data.len() as i64))?;
-        } else {
-            file.write_all(&data)
-                .with_context(|| format!("cannot write {}", dest.display()))?;
-        }
-        written += data.len() as u64;
-        if written - flushed_to >= WRITEBACK_EVERY {
-            start_writeback(&file, flushed_to, written - flushed_to);
-            flushed_to = written;
-        }
-        progress.inc(data.len() as u64);
-    }
-    start_writeback(&file, flushed_to, 0);
-    file.set_len(entry.size)?;
-    file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
-    file.set_modified(UNIX_EPOCH + Duration::from_secs(entry.mtime.max(0) as u64))?;
-    if fsync {
-        file.sync_all()
-            .with_context(|| format!("cannot fsync {}", dest.display()))?;
-    }
-    Ok(())
-}
-
-/// Appends the recovery settings to `postgresql.auto.conf`, dropping earlier ones.
-fn write_recovery_settings(
-    ctx: &Context,
-    pgdata: &Path,
-    manifest: &Manifest,
-    opts: &RestoreOptions,
-    archiving: bool,
-) -> Result<()> {
-    let path = pgdata.join("postgresql.auto.conf");
-    // Bytes, not text: every other setting must survive whatever its encoding.
-    let existing = fs::read(&path).unwrap_or_default();
-    let mut kept: Vec<u8> = Vec::with_capacity(existing.len());
-    for line in existing.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        if !is_pgkeep_line(&String::from_utf8_lossy(line)) {
-            kept.extend_from_slice(line);
-            kept.push(b'\n');
-        }
-    }
-    let mut text = String::new();
-    text.push_str(&format!("{SETTINGS_HEADER} of backup {}\n", manifest.label));
-    if !archiving {
-        text.push_str(&format!("archive_mode = 'off' {ARCHIVE_OFF_MARK}\n"));
-    }
-    let restore_command = format!(
-        "{} archive-get %f \"%p\"",
-        guc::escape_percent(&ctx.self_command()?)
-    );
-    text.push_str(&format!(
-        "restore_command = {}\n",
-        guc::quote(&restore_command)
-    ));
-    let target = match &opts.target {
-        Target::End => None,
-        Target::Immediate => Some(("recovery_target", "immediate".to_string())),
-        Target::Time(t) => Some(("recovery_target_time", target::format_time(t))),
-        Target::Xid(x) => Some(("recovery_target_xid", x.to_string())),
-        Target::Name(n) => Some(("recovery_target_name", n.clone())),
-        Target::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
-    };
-    if let Some((key, value)) = target {
-        text.push_str(&format!("{key} = {}\n", guc::quote(&value)));
-        if let Some(action) = &opts.action {
-            text.push_str(&format!(
-                "recovery_target_action = {}\n",
-                guc::quote(action)
-            ));
-        }
-    }
-    let timeline = match opts.timeline {
-        TimelineChoice::Latest => "latest".to_string(),
-        TimelineChoice::Current => "current".to_string(),
-        TimelineChoice::Id(n) => n.to_string(),
-    };
-    text.push_str(&format!(
-        "recovery_target_timeline = {}\n",
-        guc::quote(&timeline)
-    ));
-    kept.extend_from_slice(text.as_bytes());
-    fs::write(&path, kept).with_context(|| format!("cannot write {}", path.display()))?;
-    File::open(&path)?.sync_all()?;
-    let signal = pgdata.join("recovery.signal");
-    File::create(&signal)?.sync_all()?;
-    Ok(())
-}
-
 /// What the checks before writing anything decided: the backup and where it goes.
 struct Plan<'m> {
     manifest: &'m Manifest,
@@ -410,17 +249,7 @@ pub fn restore(
     }
     // pg_control last: until it exists, PostgreSQL will not start on this directory.
     for entry in control {
-        let temp = plan.pgdata.join("global/pg_control.pgkeep-tmp");
-        restore_file(
-            &plan.chunks,
-            entry,
-            &temp,
-            true,
-            progress,
-            &AtomicBool::new(false),
-        )?;
-        fs::rename(&temp, plan.pgdata.join(entry.fs_path()))?;
-        sync_dir(&plan.pgdata.join("global"))?;
+        write_control_file(&plan, entry, progress)?;
     }
     progress.finish_and_clear();
     Ok(RestoreSummary {
@@ -431,6 +260,21 @@ pub fn restore(
         in_place: plan.in_place,
         archiving: plan.archiving,
     })
+}
+
+/// Writes `global/pg_control` durably under a temporary name, then renames it into place.
+fn write_control_file(plan: &Plan, entry: &FileEntry, progress: &ProgressBar) -> Result<()> {
+    let temp = plan.pgdata.join("global/pg_control.pgkeep-tmp");
+    restore_file(
+        &plan.chunks,
+        entry,
+        &temp,
+        true,
+        progress,
+        &AtomicBool::new(false),
+    )?;
+    fs::rename(&temp, plan.pgdata.join(entry.fs_path()))?;
+    sync_dir(&plan.pgdata.join("global"))
 }
 
 /// Every check that can be made before the target directory is touched: the options,
@@ -523,96 +367,4 @@ fn create_directories(plan: &Plan) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(dirs)
-}
-
-/// Writes the files in parallel, largest first; [`Filesystems::sync`] makes them
-/// durable, or an fsync of each where that would not report errors.
-fn write_files(
-    ctx: &Context,
-    plan: &Plan,
-    files: &[&FileEntry],
-    fsync: bool,
-    progress: &ProgressBar,
-) -> Result<()> {
-    let mut files = files.to_vec();
-    files.sort_by_key(|f| std::cmp::Reverse(f.size));
-    parallel_map(files, ctx.config.jobs(), |entry, stop| {
-        let dest = plan.pgdata.join(entry.fs_path());
-        restore_file(&plan.chunks, entry, &dest, fsync, progress, stop)
-    })?;
-    Ok(())
-}
-
-/// Whether `syncfs(2)` reports writeback errors: since Linux 5.8. Before, it could miss
-/// an error an fsync per file would catch.
-fn syncfs_reports_errors() -> bool {
-    // SAFETY: uname fills the struct we own.
-    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut name) } != 0 {
-        return false;
-    }
-    // SAFETY: release is NUL-terminated.
-    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) }.to_string_lossy();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    (major, minor) >= (5, 8)
-}
-
-/// The filesystems a restore writes to, each held open from before the first write.
-///
-/// One `syncfs(2)` per filesystem makes every restored file durable: an fsync per file
-/// costs a device cache flush each (a thousand files took a second on a small cluster).
-/// An fd open since before the writes reports any writeback error since (Linux 5.8+),
-/// as PostgreSQL's `recovery_init_sync_method = syncfs` relies on.
-struct Filesystems(Vec<(PathBuf, File)>);
-
-impl Filesystems {
-    fn of(dirs: &[PathBuf]) -> Result<Filesystems> {
-        use std::os::unix::fs::MetadataExt;
-        let mut seen = std::collections::BTreeSet::new();
-        let mut out = Vec::new();
-        for dir in dirs {
-            let file = File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
-            if seen.insert(file.metadata()?.dev()) {
-                out.push((dir.clone(), file));
-            }
-        }
-        Ok(Filesystems(out))
-    }
-
-    fn sync(&self) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        for (dir, file) in &self.0 {
-            // SAFETY: syncfs on a descriptor we own.
-            if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
-                return Err(std::io::Error::last_os_error()).with_context(|| {
-                    format!("cannot make the files under {} durable", dir.display())
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-fn sync_file(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot fsync {}", path.display()))
-}
-
-/// `tablespace_map` naming the tablespaces' new locations.
-fn write_tablespace_map(plan: &Plan) -> Result<()> {
-    let entries: Vec<tablespace_map::Entry> = plan
-        .locations
-        .iter()
-        .map(|(&oid, loc)| tablespace_map::Entry {
-            oid,
-            path: loc.clone(),
-        })
-        .collect();
-    let path = plan.pgdata.join("tablespace_map");
-    fs::write(&path, tablespace_map::render(&entries))?;
-    sync_file(&path)
 }
