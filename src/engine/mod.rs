@@ -32,7 +32,7 @@ impl<'a> Context<'a> {
     pub fn new(config: &'a Config, cluster: Option<&str>, mode: OpenMode) -> Result<Context<'a>> {
         let (cluster_name, cluster) = config.select_cluster(cluster)?;
         refuse_root(cluster, &config.repository.path)?;
-        let backend = Backend::for_location(&config.repository.path);
+        let backend = Backend::open(&config.repository);
         let repo = repo::open(backend, cluster_name, mode)?;
         Ok(Context {
             config,
@@ -99,7 +99,7 @@ fn refuse_root(cluster: &ClusterConfig, repository: &Path) -> Result<()> {
         if let Ok(meta) = std::fs::metadata(path)
             && meta.uid() != 0
         {
-            let owner = crate::repo::storage::user_name(meta.uid());
+            let owner = crate::os::user_name(meta.uid());
             bail!(
                 "pgkeep is running as root, but the {what} {} belongs to {owner}; run it as that user \
                  (`sudo -u {owner} pgkeep ...`), so that everything it writes stays usable by {owner}",

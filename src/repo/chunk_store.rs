@@ -17,11 +17,10 @@ use anyhow::{Result, anyhow};
 use crossbeam_channel::{Sender, bounded};
 
 use super::ClusterRepo;
+use super::codec;
 use super::index::{ChunkIndex, ChunkLocation, CorruptCopy, write_damage_record};
-use super::object::{self, Compression};
-use super::pack::{
-    ChunkId, Delta, DeltaMethod, MAX_DELTA_DEPTH, PACK_SIZE, PackWriter, encode_delta, pack_key,
-};
+use super::object::Compression;
+use super::pack::{ChunkId, Delta, DeltaMethod, MAX_DELTA_DEPTH, PACK_SIZE, PackWriter, pack_key};
 use super::storage::{ObjectMeta, Storage};
 
 /// The stored chunks of one cluster, with the index of every copy.
@@ -62,7 +61,7 @@ impl ChunkStore {
     }
 
     /// The stored bytes of copy `loc`.
-    pub fn payload(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
+    fn payload(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
         self.storage.get_range(
             &self.pack_key(loc.pack),
             loc.offset,
@@ -142,6 +141,25 @@ impl ChunkStore {
     pub fn remove_damage_record(&self, name: &str) -> Result<()> {
         self.storage
             .delete(&pack_key(&self.prefix, name, "damaged"))
+    }
+
+    /// Copies stored copy `loc` of `id` as it is into `packs` (repacking), once it reads
+    /// back right.
+    pub fn copy_into(
+        &self,
+        packs: &mut PackWriter,
+        id: &ChunkId,
+        loc: &ChunkLocation,
+    ) -> Result<()> {
+        let payload = self.payload(loc)?;
+        self.check_copy(id, loc, &payload)?;
+        packs.add(
+            *id,
+            loc.raw_len as usize,
+            loc.compression,
+            loc.delta,
+            &payload,
+        )
     }
 
     /// A writer of stored copies as they are (for repacking).
@@ -281,27 +299,15 @@ impl ChunkWriter<'_> {
         let id = ChunkId::of(data);
         let new = self.must_store(id);
         if new {
-            let (compression, delta, payload) = match self.delta_of(data, base) {
-                // Small: what changed was little.
-                Some((delta, compression, payload)) if payload.len() <= data.len() / 16 => {
-                    (compression, Some(delta), payload)
-                }
-                // Otherwise keep whichever is smaller (moved data XORs badly).
-                delta => {
-                    let (compression, payload) = object::compress(data, self.level)?;
-                    match delta {
-                        Some((delta, c, p)) if p.len() < payload.len() => (c, Some(delta), p),
-                        _ => (compression, None, payload),
-                    }
-                }
-            };
+            let base = self.delta_base(base);
+            let encoded = codec::encode(data, base.as_ref().map(|(_, b)| &b[..]), self.level)?;
             self.tx
                 .send(Blob {
                     id,
                     raw_len: data.len(),
-                    compression,
-                    delta,
-                    payload,
+                    compression: encoded.compression,
+                    delta: base.map(|(d, _)| d).filter(|_| encoded.as_delta),
+                    payload: encoded.payload,
                 })
                 .map_err(|_| anyhow!("the pack writer stopped"))?;
         }
@@ -315,15 +321,12 @@ impl ChunkWriter<'_> {
         self.store.index.chunks.contains_key(id)
     }
 
-    /// `data` as a delta of `base`, unless there is none, the chain would grow too long,
-    /// or the base cannot be read (then the chunk is stored whole). The base is read with
-    /// every check: a delta of a base copy that rotted would decode only through that very
-    /// copy, and so break once a good copy of the base replaces it.
-    fn delta_of(
-        &self,
-        data: &[u8],
-        base: Option<ChunkId>,
-    ) -> Option<(Delta, Compression, Vec<u8>)> {
+    /// The delta a chunk replacing `base` would be stored as, with the base's plaintext;
+    /// none if there is no base, the chain would grow too long, or the base cannot be
+    /// read (then the chunk is stored whole). The base is read with every check: a delta
+    /// of a base copy that rotted would decode only through that very copy, and so break
+    /// once a good copy of the base replaces it.
+    fn delta_base(&self, base: Option<ChunkId>) -> Option<(Delta, Vec<u8>)> {
         let base = base?;
         let depth = self
             .store
@@ -344,13 +347,12 @@ impl ChunkWriter<'_> {
                 return None;
             }
         };
-        let (compression, payload) = encode_delta(data, &base_plain, self.level).ok()?;
         let delta = Delta {
             base,
             depth,
             method: DeltaMethod::Xor,
         };
-        Some((delta, compression, payload))
+        Some((delta, base_plain))
     }
 
     /// Waits until every chunk is stored, then records the corrupt copies met on the way

@@ -19,10 +19,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use super::codec::{self, Encoding};
 use super::object::{self, Compression};
 use super::pack::{
-    ChunkId, Delta, Encoding, IndexEntry, MAX_DELTA_DEPTH, decode_index, decode_payload,
-    encode_index, footer_index, index_in, pack_key,
+    ChunkId, Delta, IndexEntry, MAX_DELTA_DEPTH, decode_index, encode_index, footer_index,
+    index_in, pack_key,
 };
 use super::storage::{Storage, TooShort};
 
@@ -363,7 +364,7 @@ impl ChunkIndex {
         };
         let matches = |plain: &[u8]| ChunkId::of(plain) == *id;
         let Some(delta) = loc.delta else {
-            return match decode_payload(loc.encoding(), payload, None) {
+            return match codec::decode(loc.encoding(), payload, None) {
                 Ok(plain) if matches(&plain) => Ok(plain),
                 _ => Err(corrupt().into()),
             };
@@ -373,7 +374,7 @@ impl ChunkIndex {
         }
         let fast = self
             .read_unchecked(storage, prefix, &delta.base, depth_left - 1)
-            .and_then(|base| decode_payload(loc.encoding(), payload, Some(&base)));
+            .and_then(|base| codec::decode(loc.encoding(), payload, Some(&base)));
         if let Ok(plain) = fast
             && matches(&plain)
         {
@@ -382,7 +383,7 @@ impl ChunkIndex {
         let base = self
             .read_any(storage, prefix, &delta.base, depth_left - 1)
             .with_context(|| format!("cannot read the base of chunk {id}"))?;
-        match decode_payload(loc.encoding(), payload, Some(&base)) {
+        match codec::decode(loc.encoding(), payload, Some(&base)) {
             Ok(plain) if matches(&plain) => Ok(plain),
             _ => Err(corrupt().into()),
         }
@@ -414,7 +415,7 @@ impl ChunkIndex {
             }
             Some(d) => Some(self.read_unchecked(storage, prefix, &d.base, depth_left - 1)?),
         };
-        decode_payload(loc.encoding(), &payload, base.as_deref())
+        codec::decode(loc.encoding(), &payload, base.as_deref())
     }
 
     /// The chosen copies in each pack, by pack number.
@@ -488,7 +489,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::repo::pack::{DeltaMethod, PackWriter, encode_delta};
+    use crate::repo::codec::encode_delta;
+    use crate::repo::pack::{DeltaMethod, PackWriter};
     use crate::repo::storage::LocalStorage;
 
     #[test]

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod chunk_store;
+pub mod codec;
 pub mod index;
 pub mod lock;
 pub mod manifest;
@@ -23,7 +24,6 @@ pub mod object;
 pub mod pack;
 pub mod storage;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use self::lock::{LockGuard, LockMode, LockService};
 use self::manifest::Manifest;
 use self::storage::{LocalLocks, LocalStorage, ObjectMeta, Storage};
+use crate::config::RepositoryConfig;
 use crate::format::wal::{WalFile, valid_segment_size};
 
 /// Repository format version written by this pgkeep.
@@ -66,8 +67,10 @@ struct WalWindow {
 /// A repository opened for one cluster.
 #[derive(Clone)]
 pub struct ClusterRepo {
-    pub storage: Arc<dyn Storage>,
-    pub locks: Arc<dyn LockService>,
+    /// Reached only through the layout below (and the chunk store), so every key is
+    /// built inside `repo/`.
+    pub(in crate::repo) storage: Arc<dyn Storage>,
+    locks: Arc<dyn LockService>,
     pub name: String,
 }
 
@@ -79,11 +82,11 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// The backend for the configured repository location (a local directory).
-    pub fn for_location(location: &Path) -> Backend {
+    /// The backend of the configured repository (today: a local directory).
+    pub fn open(config: &RepositoryConfig) -> Backend {
         Backend {
-            storage: Arc::new(LocalStorage::new(location)),
-            locks: Arc::new(LocalLocks::new(location)),
+            storage: Arc::new(LocalStorage::new(&config.path)),
+            locks: Arc::new(LocalLocks::new(&config.path)),
         }
     }
 }
@@ -147,7 +150,7 @@ impl ClusterRepo {
         format!("{}/{rest}", self.name)
     }
 
-    pub fn packs_prefix(&self) -> String {
+    pub(in crate::repo) fn packs_prefix(&self) -> String {
         self.key("packs")
     }
 
@@ -306,10 +309,6 @@ impl ClusterRepo {
             .collect())
     }
 
-    /// Held (shared) by every backup from before it reads the chunk index until its
-    /// manifest is published, and by restore and verify while they read packs; garbage
-    /// collection takes it exclusively, so it never removes data an unfinished backup
-    /// is about to reference or a restore is reading.
     /// Removes what interrupted writes left behind. The caller holds the data lock
     /// exclusively, so no backup is writing packs or a manifest; an archive-push may be
     /// writing WAL at any time, so only WAL leftovers older than an hour go.
@@ -326,6 +325,10 @@ impl ClusterRepo {
                 .remove_interrupted_writes(&self.key("wal"), WAL_WRITE_AGE)?)
     }
 
+    /// Held (shared) by every backup from before it reads the chunk index until its
+    /// manifest is published, and by restore and verify while they read packs; garbage
+    /// collection takes it exclusively, so it never removes data an unfinished backup
+    /// is about to reference or a restore is reading.
     pub fn lock_data_shared(&self) -> Result<LockGuard> {
         Ok(self
             .locks
@@ -375,7 +378,7 @@ impl ClusterRepo {
     }
 
     /// Where an archived WAL file is stored.
-    pub fn wal_key(&self, file: &WalFile, name: &str) -> String {
+    fn wal_key(&self, file: &WalFile, name: &str) -> String {
         match file {
             WalFile::History { .. } => self.key(&format!("wal/history/{name}")),
             other => self.key(&format!("wal/{:08X}/{name}", other.timeline())),
@@ -416,6 +419,21 @@ impl ClusterRepo {
         let file =
             WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
         self.storage.put_new(&self.wal_key(&file, name), object)
+    }
+
+    /// The stored object of WAL file `name`, unchecked; `None` if it is not archived.
+    pub fn get_wal_object(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let file =
+            WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
+        self.storage.get(&self.wal_key(&file, name))
+    }
+
+    /// Where WAL file `name` is stored, for messages.
+    pub fn describe_wal(&self, name: &str) -> String {
+        match WalFile::parse(name) {
+            Some(file) => self.wal_key(&file, name),
+            None => name.to_string(),
+        }
     }
 
     /// Reads and checks an archived WAL file; `None` if it is not in the archive.

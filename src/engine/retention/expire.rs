@@ -279,20 +279,12 @@ fn copy_live(
     writer: &mut PackWriter,
 ) -> Result<()> {
     for (id, loc) in chunks.iter().filter(|(id, _)| live.contains(id)) {
-        let payload = store.payload(loc)?;
-        store.check_copy(id, loc, &payload).with_context(|| {
+        store.copy_into(writer, id, loc).with_context(|| {
             format!(
                 "cannot rewrite pack {}; run `pgkeep verify`",
                 store.pack_key(pack)
             )
         })?;
-        writer.add(
-            *id,
-            loc.raw_len as usize,
-            loc.compression,
-            loc.delta,
-            &payload,
-        )?;
     }
     Ok(())
 }

@@ -32,9 +32,15 @@ pub fn push(ctx: &Context, path: &Path) -> Result<()> {
             path.display()
         )
     })?;
-    let info = ctx.repo.require_info()?;
     let data =
         read_mapped(path).with_context(|| format!("cannot read WAL file {}", path.display()))?;
+    store(ctx, name, &file, &data)
+}
+
+/// Archives WAL file `name` (parsed as `file`) with content `data`, from any source:
+/// `archive_command`'s file, a history file a backup found missing, a streamed segment.
+pub fn store(ctx: &Context, name: &str, file: &WalFile, data: &[u8]) -> Result<()> {
+    let info = ctx.repo.require_info()?;
     if let WalFile::Segment { .. } = file {
         if data.len() as u64 != info.wal_segment_size {
             bail!(
@@ -43,7 +49,7 @@ pub fn push(ctx: &Context, path: &Path) -> Result<()> {
                 info.wal_segment_size
             );
         }
-        if let Some(header) = wal::parse_long_header(&data)
+        if let Some(header) = wal::parse_long_header(data)
             && header.system_identifier != info.system_identifier
         {
             bail!(
@@ -56,29 +62,31 @@ pub fn push(ctx: &Context, path: &Path) -> Result<()> {
         }
     }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let encoded = object::encode_parallel(&data, ctx.config.repository.compress_level, workers)?;
+    let encoded = object::encode_parallel(data, ctx.config.repository.compress_level, workers)?;
     if ctx.repo.put_wal_new(name, &encoded)? {
         return Ok(());
     }
     // Already archived (a retry after a crash, or two pushers). The stored copy is read
     // back whole, so a damaged copy is never taken for the good one PostgreSQL would
     // then delete.
-    let stored = ctx.repo.get_wal(name).map(|plain| {
-        plain.with_context(|| format!("archived {name} vanished while being compared"))
-    });
-    match stored {
-        Ok(Ok(plain)) if plain[..] == data[..] => {
+    let stored = ctx
+        .repo
+        .get_wal_object(name)?
+        .with_context(|| format!("archived {name} vanished while being compared"))?;
+    match object::decode(&stored) {
+        Ok(plain) if plain[..] == data[..] => {
             tracing::info!("{name} is already archived with identical content");
             Ok(())
         }
-        Ok(Ok(_)) => bail!(
+        Ok(_) => bail!(
             "{name} is already archived with different content; pgkeep never overwrites archived WAL: \
              check whether another server archives to cluster '{}'",
             ctx.cluster_name
         ),
-        Ok(Err(e)) => Err(e),
         Err(e) => bail!(
-            "{e:#}; move it out of the repository and PostgreSQL's next attempt will archive its good copy"
+            "the archived copy of {name} ({}) is damaged ({e}); move it out of the repository and \
+             PostgreSQL's next attempt will archive its good copy",
+            ctx.repo.describe_wal(name)
         ),
     }
 }

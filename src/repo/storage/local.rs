@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 
 use super::{ObjectMeta, Storage, TooShort, check_key};
+use crate::os::{sync_dir, user_name};
 use crate::repo::lock::{LockGuard, LockMode, LockService};
 
 /// A repository on a local (or mounted) filesystem.
@@ -90,37 +91,6 @@ fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// The name of the OS user `uid` (the number if it has none).
-pub fn user_name(uid: u32) -> String {
-    let mut buf = vec![0u8; 4096];
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes into the buffers we own and sets `found` to `pwd` or null.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return uid.to_string();
-    }
-    // SAFETY: pw_name points into `buf`, NUL-terminated.
-    unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// fsyncs a directory so that a rename or link inside it survives a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot fsync directory {}", dir.display()))
 }
 
 impl Storage for LocalStorage {

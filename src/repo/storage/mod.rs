@@ -5,7 +5,7 @@
 
 mod local;
 
-pub use local::{LocalLocks, LocalStorage, sync_dir, user_name};
+pub use local::{LocalLocks, LocalStorage};
 
 use anyhow::{Result, bail};
 

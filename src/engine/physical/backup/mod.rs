@@ -32,8 +32,10 @@ use crate::engine::wal::timelines;
 use crate::engine::{Context, human_bytes};
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
-use crate::format::{control, label, tablespace_map, wal::SegmentSize};
+use crate::format::wal::{SegmentSize, WalFile};
+use crate::format::{control, label, tablespace_map};
 use crate::pg::session::{BackupStop, Session};
+use crate::repo::ClusterInfo;
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::manifest::{FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry};
 
@@ -95,11 +97,15 @@ fn parse_tablespace_map(map: &str, names: &HashMap<u32, String>) -> Result<Vec<T
 
 /// Archives the current timeline's history file if the archive lacks it (a failover
 /// before this cluster was archived by pgkeep): recovery along the timeline needs it.
-fn archive_history_file(ctx: &Context, timeline: u32) -> Result<()> {
-    let name = format!("{timeline:08X}.history");
-    let path = ctx.cluster.pgdata.join("pg_wal").join(&name);
-    if timeline > 1 && path.exists() && ctx.repo.get_wal(&name)?.is_none() {
-        archive::push(ctx, &path)?;
+fn archive_history_file(ctx: &Context, source: &mut impl Source, timeline: u32) -> Result<()> {
+    if timeline == 1 {
+        return Ok(());
+    }
+    if let Some((name, data)) = source.timeline_history(timeline)?
+        && ctx.repo.get_wal_object(&name)?.is_none()
+    {
+        let file = WalFile::parse(&name).context("a history file name parses")?;
+        archive::store(ctx, &name, &file, &data)?;
     }
     Ok(())
 }
@@ -177,7 +183,6 @@ pub struct BackupOutcome {
 /// Takes a backup and returns its published manifest. Incremental when the repository
 /// has a usable parent, unless `full` is set.
 pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<BackupOutcome> {
-    let started = Instant::now();
     let info = ctx.repo.require_info()?;
     let _backing_up = ctx.repo.try_lock_backup()?.with_context(|| {
         format!(
@@ -186,6 +191,18 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         )
     })?;
     let mut source = DataDirectory::connect(ctx, &info)?;
+    take(ctx, &info, &mut source, full, progress)
+}
+
+/// Takes a backup from `source`: the phases every source shares.
+fn take(
+    ctx: &Context,
+    info: &ClusterInfo,
+    source: &mut impl Source,
+    full: bool,
+    progress: &ProgressBar,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
     // Held until the manifest is published: garbage collection cannot remove chunks this
     // backup finds in the index and refers to.
     let _data_lock = ctx.repo.lock_data_shared()?;
@@ -198,7 +215,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         start.lsn,
         start.timeline
     );
-    archive_history_file(ctx, start.timeline)?;
+    archive_history_file(ctx, source, start.timeline)?;
     let path = timelines::timeline_paths(&ctx.repo)?
         .remove(&start.timeline)
         .unwrap_or_else(|| TimelinePath::single(start.timeline));
@@ -208,32 +225,33 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         false => Parent::choose(
             ctx.repo.readable_manifests(None)?,
             &path,
-            source.server.version_num / 10000,
+            source.server().version_num / 10000,
             CHUNK_SIZE as u64,
-            source.server.data_checksums,
+            source.server().data_checksums,
         ),
     };
     let size = source.size();
+    progress.set_length(size);
+    let tablespace_dir = source.server().tablespace_dir.clone();
     let changed = match &parent {
         Some(p) => changed_blocks(
             ctx,
-            &mut source.session,
+            source.session(),
             &path,
             seg,
             p.start_lsn()..start.lsn,
-            &source.server.tablespace_dir,
+            &tablespace_dir,
             size,
         )?,
         None => None,
     };
-    progress.set_length(size);
 
     // From here every path finishes the chunk writer before returning.
     let chunks = store.writer(ctx.config.repository.compress_level, full);
     let stats = Stats::default();
     let reader = FileReader {
         chunks: &chunks,
-        checksums_from: source.server.data_checksums.then_some(start.lsn),
+        checksums_from: source.server().data_checksums.then_some(start.lsn),
         parent: parent.as_ref(),
         changed: changed.as_ref(),
         progress,
@@ -248,7 +266,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
     let (mut entries, stop) = copied?;
     progress.finish_and_clear();
 
-    let parsed = check_stop(ctx, &source.server, &stop)?;
+    let parsed = check_stop(ctx, source.server(), &stop)?;
     wait_for_backup_wal(ctx, seg, &label, &parsed, stop.stop.stop_lsn)?;
     entries.extend(stop.entries);
     entries.sort_by(|a, b| a.key().cmp(&b.key()));
@@ -256,8 +274,8 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         version: MANIFEST_VERSION,
         label,
         parent: parent.map(|p| p.label),
-        system_identifier: source.server.system_identifier,
-        pg_version: source.server.version_num,
+        system_identifier: source.server().system_identifier,
+        pg_version: source.server().version_num,
         timeline: parsed.start_timeline,
         start_lsn: parsed.start_lsn,
         checkpoint_lsn: parsed.checkpoint_lsn,
@@ -267,10 +285,10 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
         wal_segment_size: info.wal_segment_size,
         chunk_size: CHUNK_SIZE as u64,
         snapshot_at_stop: stop.snapshot,
-        data_checksums: source.server.data_checksums,
+        data_checksums: source.server().data_checksums,
         size: entries.iter().map(|f| f.size).sum(),
         stored_size: written.stored_bytes,
-        tablespaces: tablespaces(&stop.stop, &source.server)?,
+        tablespaces: tablespaces(&stop.stop, source.server())?,
         directories: source.directories(),
         files: entries,
     };

@@ -50,6 +50,12 @@ pub struct Server {
 
 /// A source of a physical backup.
 pub trait Source {
+    /// The server, as checked when connecting.
+    fn server(&self) -> &Server;
+    /// An SQL session to the server (WAL summaries, settings).
+    fn session(&mut self) -> &mut Session;
+    /// The history file of `timeline` as the server has it (name, content), if any.
+    fn timeline_history(&mut self, timeline: u32) -> Result<Option<(String, Vec<u8>)>>;
     /// Starts the backup on the server (a checkpoint): from here the copy, with the WAL
     /// from the start on, is consistent.
     fn start(&mut self, label: &str) -> Result<Start>;
@@ -67,8 +73,8 @@ pub trait Source {
 /// The data directory of the configured cluster, read while the SQL session that called
 /// `pg_backup_start` stays open (if pgkeep dies, the server ends the backup itself).
 pub struct DataDirectory {
-    pub session: Session,
-    pub server: Server,
+    session: Session,
+    server: Server,
     pgdata: PathBuf,
     files: Vec<SourceFile>,
     pg_control: Option<SourceFile>,
@@ -125,6 +131,24 @@ pub fn epoch_to_time(secs: f64) -> DateTime<Utc> {
 }
 
 impl Source for DataDirectory {
+    fn server(&self) -> &Server {
+        &self.server
+    }
+
+    fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    fn timeline_history(&mut self, timeline: u32) -> Result<Option<(String, Vec<u8>)>> {
+        let name = format!("{timeline:08X}.history");
+        let path = self.pgdata.join("pg_wal").join(&name);
+        match std::fs::read(&path) {
+            Ok(data) => Ok(Some((name, data))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
     fn start(&mut self, label: &str) -> Result<Start> {
         let time = epoch_to_time(self.session.now()?);
         let lsn = self.session.backup_start(label)?;

@@ -22,10 +22,10 @@ use crate::engine::Context;
 use crate::engine::wal::{scan as walscan, timelines};
 use crate::format::history::TimelinePath;
 use crate::format::wal::SegmentSize;
+use crate::os::sync_dir;
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::index::ChunkIndex;
 use crate::repo::manifest::{FileEntry, Manifest};
-use crate::repo::storage::sync_dir;
 
 use self::files::{Filesystems, restore_file, syncfs_reports_errors, write_files};
 use self::settings::{write_recovery_settings, write_tablespace_map};

@@ -1,0 +1,38 @@
+//! What pgkeep needs of the operating system beyond `std`: user names and durable
+//! directory entries.
+
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// The name of the OS user `uid` (the number if it has none).
+pub fn user_name(uid: u32) -> String {
+    let mut buf = vec![0u8; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into the buffers we own and sets `found` to `pwd` or null.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return uid.to_string();
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated.
+    unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// fsyncs a directory so that a rename or link inside it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot fsync directory {}", dir.display()))
+}
