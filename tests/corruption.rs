@@ -141,18 +141,7 @@ fn lost_pack(pg: Pg) {
         !err.contains(&incremental),
         "the new backup refers to lost data: {err}"
     );
-    env.pgkeep_ok(&["check"]);
-    let server = env.restore_and_start(
-        "restored",
-        &[
-            "--backup",
-            &incremental,
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-    );
+    let server = env.restore_immediate(&incremental);
     assert_eq!(server.sql(ACCOUNTS_FINGERPRINT), expected);
 
     // Once a full backup has stored every chunk again and the old backups are gone, the
@@ -245,17 +234,7 @@ fn incremental_after_rot(pg: Pg) {
     );
     env.pgkeep_ok(&["backup", "--full"]);
     env.pgkeep_ok(&["expire"]);
-    let server = env.restore_and_start(
-        "restored",
-        &[
-            "--backup",
-            &incremental,
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-    );
+    let server = env.restore_immediate(&incremental);
     assert_eq!(server.sql(contents), expected);
 }
 
@@ -294,18 +273,7 @@ fn full_backup_heals(pg: Pg) {
     let out = env.pgkeep_ok(&["backup", "--full"]);
     assert!(out.contains("healed: stored 2 chunks again"), "{out}");
     let healed = common::label_of(&out);
-    env.pgkeep_ok(&["check"]);
-    let server = env.restore_and_start(
-        "restored",
-        &[
-            "--backup",
-            &healed,
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-    );
+    let server = env.restore_immediate(&healed);
     let contents = "SELECT (SELECT md5(string_agg(id || pad, ',' ORDER BY id)) FROM kept) \
                     || (SELECT sum(id) FROM later)";
     assert_eq!(server.sql(contents), main.sql(contents));
@@ -364,18 +332,7 @@ fn lost_index_file(pg: Pg) {
             .exists()
     );
     env.pgkeep_ok(&["verify"]);
-    env.pgkeep_ok(&["check"]);
-    let server = env.restore_and_start(
-        "restored",
-        &[
-            "--backup",
-            &label,
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-    );
+    let server = env.restore_immediate(&label);
     assert_eq!(server.sql(ACCOUNTS_FINGERPRINT), expected);
 }
 

@@ -167,23 +167,6 @@ fn chunks_of(m: &serde_json::Value, path: &str) -> serde_json::Value {
         .clone()
 }
 
-/// Archives the WAL so far, then restores backup `label` to its consistent point and
-/// starts it.
-fn restore_immediate(env: &Env, label: &str) -> Server {
-    env.pgkeep_ok(&["check"]);
-    env.restore_and_start(
-        "restored",
-        &[
-            "--backup",
-            label,
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-    )
-}
-
 /// Takes a `--full` backup and checks that `incremental` holds the same chunks for
 /// `files`: what it took unread is what a full read finds.
 fn assert_chunks_match_full(env: &Env, incremental: &str, files: &[String], size: f64) {
@@ -292,7 +275,7 @@ fn only_changed_chunks_read(pg: Pg, summaries: bool) {
             + &s.sql("SELECT md5(string_agg(id::text || t, ',' ORDER BY id, t)) FROM shrink")
     };
     let expected = contents(&main);
-    let restored = restore_immediate(&env, &incremental);
+    let restored = env.restore_immediate(&incremental);
     assert_eq!(contents(&restored), expected);
     restored.amcheck();
 }
@@ -346,7 +329,7 @@ fn recreated_database(pg: Pg) {
     let out = env.pgkeep_ok(&["backup"]);
     assert!(out.contains("incremental from"), "{out}");
     let incremental = label_of(&out);
-    let restored = restore_immediate(&env, &incremental);
+    let restored = env.restore_immediate(&incremental);
     assert_eq!(
         restored.sql_db("d", "SELECT v || ':' || count(*) FROM t GROUP BY v"),
         "new:5000"
@@ -384,7 +367,7 @@ fn checksums_enabled_since_parent(pg: Pg) {
     let label = label_of(&out);
 
     let expected = accounts(&main);
-    let restored = restore_immediate(&env, &label);
+    let restored = env.restore_immediate(&label);
     assert_eq!(accounts(&restored), expected);
     restored.amcheck();
 }
@@ -444,7 +427,7 @@ fn across_a_timeline_switch(pg: Pg) {
     assert_chunks_match_full(&env, &incremental, &[file], size);
 
     let expected = accounts(&tl2);
-    let restored = restore_immediate(&env, &incremental);
+    let restored = env.restore_immediate(&incremental);
     assert_eq!(accounts(&restored), expected);
     restored.amcheck();
 }

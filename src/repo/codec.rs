@@ -20,28 +20,22 @@ pub struct Encoded {
 /// (little changed); otherwise whichever is smaller, since moved data XORs badly. A delta
 /// that cannot be made leaves the chunk whole.
 pub fn encode(data: &[u8], base: Option<&[u8]>, level: i32) -> Result<Encoded> {
-    let delta = base.and_then(|base| encode_delta(data, base, level).ok());
-    if let Some((compression, payload)) = &delta
-        && payload.len() <= data.len() / 16
-    {
-        return Ok(Encoded {
-            compression: *compression,
-            payload: payload.clone(),
-            as_delta: true,
-        });
+    let encoded = |(compression, payload), as_delta| Encoded {
+        compression,
+        payload,
+        as_delta,
+    };
+    let whole = || object::compress(data, level);
+    let Some(delta) = base.and_then(|base| encode_delta(data, base, level).ok()) else {
+        return Ok(encoded(whole()?, false));
+    };
+    if delta.1.len() <= data.len() / 16 {
+        return Ok(encoded(delta, true));
     }
-    let (compression, payload) = object::compress(data, level)?;
-    Ok(match delta {
-        Some((c, p)) if p.len() < payload.len() => Encoded {
-            compression: c,
-            payload: p,
-            as_delta: true,
-        },
-        _ => Encoded {
-            compression,
-            payload,
-            as_delta: false,
-        },
+    let whole = whole()?;
+    Ok(match delta.1.len() < whole.1.len() {
+        true => encoded(delta, true),
+        false => encoded(whole, false),
     })
 }
 

@@ -215,6 +215,23 @@ impl Env {
         self.dir.join(name)
     }
 
+    /// Archives the current WAL, then restores backup `label` into `restored` to its
+    /// consistency point, promoted, and starts it.
+    pub fn restore_immediate(&self, label: &str) -> Server {
+        self.pgkeep_ok(&["check"]);
+        self.restore_and_start(
+            "restored",
+            &[
+                "--backup",
+                label,
+                "--target",
+                "immediate",
+                "--target-action",
+                "promote",
+            ],
+        )
+    }
+
     /// Restores with `args` into the new directory `name`, starts the server without
     /// archiving and waits until recovery has ended.
     pub fn restore_and_start(&self, name: &str, args: &[&str]) -> Server {
