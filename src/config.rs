@@ -26,11 +26,120 @@ pub struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
-    /// Local directory holding the repository.
-    pub path: PathBuf,
+    /// Where the repository is: a local directory or an object-storage URL.
+    pub path: Location,
+    /// Settings of the object-storage client (endpoint, region, credentials, ...), by
+    /// the `object_store` crate's key names; unknown keys are errors.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Seconds a failing object-storage request is retried (with backoff) before the
+    /// command gives up.
+    #[serde(default = "default_retry_timeout")]
+    pub retry_timeout: u64,
     /// zstd level for data and WAL (0 stores uncompressed).
     #[serde(default = "default_compress_level")]
     pub compress_level: i32,
+}
+
+/// Where a repository is: `path` in the config.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Location {
+    /// An absolute local (or mounted) directory.
+    Local(PathBuf),
+    /// `s3://bucket/prefix`, `az://container/prefix` or `gs://bucket/prefix`.
+    Object(ObjectUrl),
+}
+
+/// An object-storage location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectUrl {
+    pub service: ObjectService,
+    /// The bucket (S3, GCS) or container (Azure).
+    pub bucket: String,
+    /// Key prefix inside the bucket, without slashes at either end; may be empty.
+    pub prefix: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectService {
+    S3,
+    Azure,
+    Gcs,
+}
+
+impl ObjectService {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ObjectService::S3 => "s3",
+            ObjectService::Azure => "az",
+            ObjectService::Gcs => "gs",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.service.scheme(), self.bucket)?;
+        if !self.prefix.is_empty() {
+            write!(f, "/{}", self.prefix)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::Object(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Location {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<Location, String> {
+        let Some((scheme, rest)) = text.split_once("://") else {
+            let path = PathBuf::from(&text);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "repository.path must be an absolute path or an s3://, az:// or gs:// URL, not '{text}'"
+                ));
+            }
+            return Ok(Location::Local(path));
+        };
+        let service = match scheme {
+            "s3" => ObjectService::S3,
+            "az" => ObjectService::Azure,
+            "gs" => ObjectService::Gcs,
+            _ => {
+                return Err(format!(
+                    "repository.path '{text}': unknown scheme {scheme}://; use s3://, az:// or gs:// (or an absolute local path)"
+                ));
+            }
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_matches('/');
+        let plain = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !s.is_empty()
+                && s != "."
+                && s != ".."
+        };
+        if !plain(bucket) || !(prefix.is_empty() || prefix.split('/').all(plain)) {
+            return Err(format!(
+                "repository.path '{text}' must be {scheme}://BUCKET/PREFIX, with letters, digits, '-', '_' and '.' between the slashes"
+            ));
+        }
+        Ok(Location::Object(ObjectUrl {
+            service,
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        }))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +175,10 @@ pub struct ClusterConfig {
 /// files it keeps a backup as fast as copying the files uncompressed.
 fn default_compress_level() -> i32 {
     1
+}
+
+fn default_retry_timeout() -> u64 {
+    120
 }
 
 fn default_archive_timeout() -> u64 {
@@ -120,14 +233,11 @@ impl Config {
         })?;
         config.path = std::path::absolute(path)?;
         // archive_command runs in the data directory: a relative path would mean another place.
-        let mut paths = vec![("repository.path".to_string(), &config.repository.path)];
-        paths.extend(
-            config
-                .cluster
-                .iter()
-                .map(|(n, c)| (format!("cluster.{n}.pgdata"), &c.pgdata)),
-        );
-        for (key, p) in paths {
+        for (key, p) in config
+            .cluster
+            .iter()
+            .map(|(n, c)| (format!("cluster.{n}.pgdata"), &c.pgdata))
+        {
             if !p.is_absolute() {
                 bail!(
                     "{key} in {} must be an absolute path, not '{}'",
@@ -148,6 +258,14 @@ impl Config {
                     path.display()
                 );
             }
+        }
+        if matches!(config.repository.path, Location::Local(_))
+            && !config.repository.options.is_empty()
+        {
+            bail!(
+                "repository.options in {} set an object-storage client, but repository.path is a local directory; remove them or give an s3://, az:// or gs:// URL",
+                path.display()
+            );
         }
         if !(0..=22).contains(&config.repository.compress_level) {
             bail!(
@@ -232,6 +350,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cluster.main.pgdata"), "{err}");
+    }
+
+    #[test]
+    fn repository_locations() {
+        let at =
+            |path: &str| load(&format!("[repository]\npath='{path}'\n")).map(|c| c.repository.path);
+        assert_eq!(at("/r").unwrap(), Location::Local("/r".into()));
+        let Location::Object(url) = at("s3://bucket/some/prefix/").unwrap() else {
+            panic!("not an object location")
+        };
+        assert_eq!(
+            (url.service, url.bucket.as_str()),
+            (ObjectService::S3, "bucket")
+        );
+        assert_eq!(url.prefix, "some/prefix");
+        assert_eq!(url.to_string(), "s3://bucket/some/prefix");
+        assert_eq!(at("gs://b").unwrap().to_string(), "gs://b");
+        for bad in ["ftp://b/p", "s3://", "s3://b/../x", "az://b/a b"] {
+            let err = at(bad).unwrap_err().to_string();
+            assert!(err.contains("repository.path"), "{bad}: {err}");
+        }
+        let err = load("[repository]\npath='/r'\noptions={region='x'}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("local directory"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod common;
 
 use std::path::Path;
 
+use common::objects::Service;
 use common::{ACCOUNTS_FINGERPRINT, Env, Pg};
 use pgkeep::repo::object;
 
@@ -256,7 +257,23 @@ on_each_version!(crash_safety);
 
 /// Expire beside running backups and archive-push never removes what they need.
 fn beside_backups(pg: Pg) {
-    let env = Env::new(&format!("beside{}", pg.major), pg);
+    expire_beside_backups(Env::new(&format!("beside{}", pg.major), pg));
+}
+
+on_each_version!(beside_backups);
+
+/// The same on S3, where lease objects, not `flock`, keep expire away from what a
+/// running backup refers to.
+#[test]
+fn beside_backups_on_s3() {
+    expire_beside_backups(Env::on_object_storage(
+        "beside-s3",
+        Pg::new(15),
+        Service::S3,
+    ));
+}
+
+fn expire_beside_backups(env: Env) {
     let main = env.primary();
     env.pgkeep_ok(&["init"]);
     main.pgbench_init(3);
@@ -288,12 +305,10 @@ fn beside_backups(pg: Pg) {
     env.pgkeep_ok(&["verify"]);
     env.pgkeep_ok(&["expire"]);
     env.pgkeep_ok(&["verify"]);
-    let left = labels(&env.repo);
+    let left = env.labels();
     assert_eq!(left.len(), 1);
     restores_to(&env, &left[0], &lsn, &expected);
 }
-
-on_each_version!(beside_backups);
 
 /// A backup that changed little stores a pack of tiny deltas, not much larger than its
 /// own index. Once its neighbours expire, collection copies the live chunks into a pack

@@ -1,9 +1,11 @@
-//! Point-in-time recovery under a pgbench load, to every kind of target, on real servers.
+//! Point-in-time recovery under a pgbench load, to every kind of target, on real servers,
+//! with the repository on S3 (moto).
 
 mod common;
 
 use std::time::Duration;
 
+use common::objects::Service;
 use common::{Env, Pg, Server};
 
 /// Exactly what the database holds: every account balance, the history, the marks.
@@ -73,7 +75,7 @@ fn restore_and_check(env: &Env, mark: &Mark) {
 }
 
 fn pitr(pg: Pg) {
-    let env = Env::new(&format!("pitr{}", pg.major), pg);
+    let env = Env::on_object_storage(&format!("pitr{}", pg.major), pg, Service::S3);
     let main = env.primary();
     env.pgkeep_ok(&["init"]);
     env.pgkeep_ok(&["check"]);

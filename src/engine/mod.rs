@@ -15,7 +15,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::config::{ClusterConfig, Config};
+use crate::config::{ClusterConfig, Config, Location};
 use crate::pg::conninfo::{self, ConnParams};
 use crate::pg::session::Session;
 use crate::repo::{self, Backend, ClusterRepo, OpenMode};
@@ -32,7 +32,7 @@ impl<'a> Context<'a> {
     pub fn new(config: &'a Config, cluster: Option<&str>, mode: OpenMode) -> Result<Context<'a>> {
         let (cluster_name, cluster) = config.select_cluster(cluster)?;
         refuse_root(cluster, &config.repository.path)?;
-        let backend = Backend::open(&config.repository);
+        let backend = Backend::open(&config.repository)?;
         let repo = repo::open(backend, cluster_name, mode)?;
         Ok(Context {
             config,
@@ -86,16 +86,17 @@ impl<'a> Context<'a> {
 /// Refuses to run as root when the cluster or the repository belongs to another user:
 /// what root writes (locks, objects, restored files) that user could not use later, and
 /// PostgreSQL never runs as root.
-fn refuse_root(cluster: &ClusterConfig, repository: &Path) -> Result<()> {
+fn refuse_root(cluster: &ClusterConfig, repository: &Location) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    for (what, path) in [
-        ("data directory", &cluster.pgdata),
-        ("repository", &repository.to_path_buf()),
-    ] {
+    let mut paths = vec![("data directory", &cluster.pgdata)];
+    if let Location::Local(path) = repository {
+        paths.push(("repository", path));
+    }
+    for (what, path) in paths {
         if let Ok(meta) = std::fs::metadata(path)
             && meta.uid() != 0
         {

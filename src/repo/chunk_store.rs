@@ -255,49 +255,56 @@ pub struct Written {
 impl ChunkWriter<'_> {
     /// Whether this call must store `id`: neither this backup nor the repository has it,
     /// or (with `check_stored`) the stored copy does not read back right.
-    fn must_store(&self, id: ChunkId) -> bool {
+    fn must_store(&self, id: ChunkId) -> Result<bool> {
         let state = self.known.lock().unwrap().get(&id).copied();
         match state {
-            Some(Known::New | Known::Proven) => return false,
-            Some(Known::Stored) if !self.check_stored => return false,
+            Some(Known::New | Known::Proven) => return Ok(false),
+            Some(Known::Stored) if !self.check_stored => return Ok(false),
             _ => {}
         }
-        let good = state.is_some() && self.read_back(&id);
+        let good = state.is_some() && self.read_back(&id)?;
         let mut known = self.known.lock().unwrap();
         if good {
             known.insert(id, Known::Proven);
-            return false;
+            return Ok(false);
         }
         // Another worker may have stored it meanwhile.
         let first = known.insert(id, Known::New) != Some(Known::New);
         if first && (state.is_some() || self.store.index.damaged.contains_key(&id)) {
             self.stored_again.fetch_add(1, Ordering::Relaxed);
         }
-        first
+        Ok(first)
     }
 
-    /// Reads the stored copy of `id`; a corrupt copy is remembered for its record.
-    fn read_back(&self, id: &ChunkId) -> bool {
+    /// Reads the stored copy of `id`: whether it is good. A corrupt copy is remembered
+    /// for its record; a failure to read (storage unreachable) is the backup's error, not
+    /// a reason to store the chunk again.
+    fn read_back(&self, id: &ChunkId) -> Result<bool> {
         let Err(e) = self.store.read(id) else {
-            return true;
+            return Ok(true);
         };
+        if !self.remember_corrupt(&e) {
+            return Err(e);
+        }
         tracing::warn!("{e:#}; storing it again");
-        self.remember_corrupt(&e);
-        false
+        Ok(false)
     }
 
-    /// Remembers the corrupt copy a read failed on, for its damage record.
-    fn remember_corrupt(&self, e: &anyhow::Error) {
-        if let Some(c) = e.chain().find_map(|c| c.downcast_ref::<CorruptCopy>()) {
-            self.corrupt.lock().unwrap().push((c.pack.clone(), c.id));
-        }
+    /// Remembers the corrupt copy a read failed on, for its damage record; whether the
+    /// failure was one.
+    fn remember_corrupt(&self, e: &anyhow::Error) -> bool {
+        let Some(c) = e.chain().find_map(|c| c.downcast_ref::<CorruptCopy>()) else {
+            return false;
+        };
+        self.corrupt.lock().unwrap().push((c.pack.clone(), c.id));
+        true
     }
 
     /// Stores a chunk unless the repository has it; `base` is the parent's chunk at the
     /// same place, if any. Returns the id and whether the chunk was new.
     pub fn store(&self, data: &[u8], base: Option<ChunkId>) -> Result<(ChunkId, bool)> {
         let id = ChunkId::of(data);
-        let new = self.must_store(id);
+        let new = self.must_store(id)?;
         if new {
             let base = self.delta_base(base);
             let encoded = codec::encode(data, base.as_ref().map(|(_, b)| &b[..]), self.level)?;

@@ -18,6 +18,7 @@
 pub mod chunk_store;
 pub mod codec;
 pub mod index;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod object;
@@ -31,10 +32,11 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use self::lease::LeaseLocks;
 use self::lock::{LockGuard, LockMode, LockService};
 use self::manifest::Manifest;
-use self::storage::{LocalLocks, LocalStorage, ObjectMeta, Storage};
-use crate::config::RepositoryConfig;
+use self::storage::{LocalLocks, LocalStorage, ObjectMeta, ObjectStorage, Storage};
+use crate::config::{Location, RepositoryConfig};
 use crate::format::wal::{WalFile, valid_segment_size};
 
 /// Repository format version written by this pgkeep.
@@ -82,12 +84,26 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// The backend of the configured repository (today: a local directory).
-    pub fn open(config: &RepositoryConfig) -> Backend {
-        Backend {
-            storage: Arc::new(LocalStorage::new(&config.path)),
-            locks: Arc::new(LocalLocks::new(&config.path)),
-        }
+    /// The backend of the configured repository: a local directory with `flock(2)`
+    /// locks, or object storage with lease objects.
+    pub fn open(config: &RepositoryConfig) -> Result<Backend> {
+        Ok(match &config.path {
+            Location::Local(path) => Backend {
+                storage: Arc::new(LocalStorage::new(path)),
+                locks: Arc::new(LocalLocks::new(path)),
+            },
+            Location::Object(url) => {
+                let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::open(
+                    url,
+                    &config.options,
+                    Duration::from_secs(config.retry_timeout),
+                )?);
+                Backend {
+                    locks: Arc::new(LeaseLocks::new(storage.clone())),
+                    storage,
+                }
+            }
+        })
     }
 }
 
@@ -255,7 +271,12 @@ impl ClusterRepo {
     pub fn publish_manifest(&self, manifest: &Manifest) -> Result<()> {
         let json = serde_json::to_vec(manifest)?;
         let key = self.manifest_key(&manifest.label);
-        if !self.storage.put_new(&key, &object::encode(&json, 3)?)? {
+        if self.storage.put_new(&key, &object::encode(&json, 3)?)? {
+            return Ok(());
+        }
+        // A create retried after a lost reply finds its own first attempt.
+        let stored = self.storage.get(&key)?.map(|b| object::decode(&b));
+        if !matches!(stored, Some(Ok(ref plain)) if *plain == json) {
             bail!("backup '{}' already exists", manifest.label);
         }
         Ok(())

@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod objects;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -112,8 +115,14 @@ pub struct Env {
     pub dir: PathBuf,
     pub pgkeep: PathBuf,
     pub config: PathBuf,
+    /// The repository directory, when the repository is local.
     pub repo: PathBuf,
     pub pg: Pg,
+    /// The object-storage server holding the repository, if it is not local.
+    pub objects: Option<objects::ObjectServer>,
+    /// The proxy pgkeep reaches the object-storage server through, to inject faults.
+    pub faults: Option<faults::FaultProxy>,
+    bucket: String,
     servers: std::sync::Mutex<Vec<PathBuf>>,
 }
 
@@ -137,15 +146,46 @@ impl Env {
             pgkeep,
             dir,
             pg,
+            objects: None,
+            faults: None,
+            bucket: String::new(),
             servers: Default::default(),
+        }
+    }
+
+    /// An environment whose repository is in a fresh bucket of a `service` server
+    /// started for it.
+    pub fn on_object_storage(name: &str, pg: Pg, service: objects::Service) -> Env {
+        let mut env = Env::new(name, pg);
+        let server = objects::ObjectServer::start(service, &env.dir);
+        let bucket: String = format!("{name}-{}", std::process::id())
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        server.create_bucket(&bucket);
+        env.faults = Some(faults::FaultProxy::start(server.port));
+        env.objects = Some(server);
+        env.bucket = bucket;
+        env
+    }
+
+    /// The `[repository]` section of the config.
+    fn repository_toml(&self) -> String {
+        match &self.objects {
+            Some(server) => {
+                let port = self.faults.as_ref().map_or(server.port, |f| f.port);
+                server.repository_toml(&self.bucket, "backups", port)
+            }
+            None => format!("[repository]\npath = \"{}\"\n", self.repo.display()),
         }
     }
 
     /// Writes the pgkeep config for `server` (cluster name `main`) plus `extra` TOML.
     pub fn write_config(&self, server: &Server, extra: &str) {
         let text = format!(
-            "[repository]\npath = \"{}\"\n\n[backup]\narchive_timeout = 30\n\n[cluster.main]\npgdata = \"{}\"\nconnection = \"host={} port={} user=postgres dbname=postgres\"\n{extra}",
-            self.repo.display(),
+            "{}\n[backup]\narchive_timeout = 30\n\n[cluster.main]\npgdata = \"{}\"\nconnection = \"host={} port={} user=postgres dbname=postgres\"\n{extra}",
+            self.repository_toml(),
             server.pgdata.display(),
             server.socket.display(),
             server.port
@@ -204,6 +244,18 @@ impl Env {
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Labels of the published backups, oldest first, as `info` lists them.
+    pub fn labels(&self) -> Vec<String> {
+        let info: serde_json::Value =
+            serde_json::from_str(&self.pgkeep_ok(&["info", "--json"])).unwrap();
+        info["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["label"].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Takes a backup and returns its label.

@@ -3,8 +3,11 @@
 //! filesystem without touching the engine. Locks are a service of their own
 //! ([`crate::repo::lock`]).
 
+mod aws_files;
+mod cloud;
 mod local;
 
+pub use cloud::ObjectStorage;
 pub use local::{LocalLocks, LocalStorage};
 
 use anyhow::{Result, bail};
