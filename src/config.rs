@@ -10,7 +10,10 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub repository: RepositoryConfig,
+    /// `[repository]`, or `[[repository]]` repeated: every backup and WAL file goes to
+    /// each; readers use the first that has what they need.
+    #[serde(rename = "repository", deserialize_with = "one_or_many")]
+    pub repositories: Vec<RepositoryConfig>,
     #[serde(default)]
     pub backup: BackupConfig,
     #[serde(default)]
@@ -39,6 +42,38 @@ pub struct RepositoryConfig {
     /// zstd level for data and WAL (0 stores uncompressed).
     #[serde(default = "default_compress_level")]
     pub compress_level: i32,
+    /// Client-side encryption, chosen when the repository is created.
+    #[serde(default)]
+    pub encryption: Encryption,
+    /// The secret that opens an encrypted repository: one of these, or the environment
+    /// variable `PGKEEP_PASSPHRASE`.
+    pub passphrase: Option<String>,
+    /// A file whose contents (without a trailing newline) are the passphrase.
+    pub passphrase_file: Option<PathBuf>,
+    /// A shell command that prints the secret (from a KMS or a vault).
+    pub key_command: Option<String>,
+}
+
+/// A `[repository]` table or an array of them. (Not an untagged enum: its error would
+/// hide which key was wrong.)
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RepositoryConfig>, D::Error> {
+    use serde::de::Error;
+    match toml::Value::deserialize(d)? {
+        toml::Value::Array(list) if list.is_empty() => {
+            Err(D::Error::custom("at least one [[repository]] is needed"))
+        }
+        list @ toml::Value::Array(_) => list.try_into().map_err(D::Error::custom),
+        one => Ok(vec![one.try_into().map_err(D::Error::custom)?]),
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Encryption {
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
 }
 
 /// Where a repository is: `path` in the config.
@@ -220,6 +255,34 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+impl RepositoryConfig {
+    /// What one repository's settings must satisfy; `n` is its place in the config.
+    fn check(&self, n: usize) -> Result<()> {
+        if matches!(self.path, Location::Local(_)) && !self.options.is_empty() {
+            bail!(
+                "repository {n} sets options of an object-storage client, but its path is a local directory; remove them or give an s3://, az:// or gs:// URL"
+            );
+        }
+        let sources = [
+            self.passphrase.is_some(),
+            self.passphrase_file.is_some(),
+            self.key_command.is_some(),
+        ];
+        if sources.iter().filter(|&&s| s).count() > 1 {
+            bail!(
+                "repository {n} sets more than one of passphrase, passphrase_file and key_command; keep one"
+            );
+        }
+        if !(0..=22).contains(&self.compress_level) {
+            bail!(
+                "repository {n}: compress_level must be between 0 and 22 (zstd levels), not {}",
+                self.compress_level
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     pub fn load(path: &Path, source: ConfigSource) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| unreadable(path, source, &e))?;
@@ -259,18 +322,19 @@ impl Config {
                 );
             }
         }
-        if matches!(config.repository.path, Location::Local(_))
-            && !config.repository.options.is_empty()
-        {
-            bail!(
-                "repository.options in {} set an object-storage client, but repository.path is a local directory; remove them or give an s3://, az:// or gs:// URL",
-                path.display()
-            );
+        for (n, r) in config.repositories.iter().enumerate() {
+            r.check(n + 1)
+                .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
         }
-        if !(0..=22).contains(&config.repository.compress_level) {
+        let repos = &config.repositories;
+        if let Some(dup) =
+            (1..repos.len()).find(|&i| repos[..i].iter().any(|r| r.path == repos[i].path))
+        {
+            let dup = &repos[dup];
             bail!(
-                "repository.compress_level must be between 0 and 22 (zstd levels), not {}",
-                config.repository.compress_level
+                "config file {}: repository {} is named twice; give each [[repository]] its own path",
+                path.display(),
+                dup.path
             );
         }
         Ok(config)
@@ -335,7 +399,7 @@ mod tests {
             load("[repository]\npath='/r'\n[cluster.main]\npgdata='/d'\nconnection='port=5432'\n")
                 .unwrap();
         assert_eq!(c.select_cluster(None).unwrap().0, "main");
-        assert_eq!(c.repository.compress_level, 1);
+        assert_eq!(c.repositories[0].compress_level, 1);
         assert!(c.select_cluster(Some("other")).is_err());
     }
 
@@ -354,8 +418,9 @@ mod tests {
 
     #[test]
     fn repository_locations() {
-        let at =
-            |path: &str| load(&format!("[repository]\npath='{path}'\n")).map(|c| c.repository.path);
+        let at = |path: &str| {
+            load(&format!("[repository]\npath='{path}'\n")).map(|c| c.repositories[0].path.clone())
+        };
         assert_eq!(at("/r").unwrap(), Location::Local("/r".into()));
         let Location::Object(url) = at("s3://bucket/some/prefix/").unwrap() else {
             panic!("not an object location")
@@ -375,6 +440,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("local directory"), "{err}");
+    }
+
+    #[test]
+    fn several_repositories() {
+        let c = load("[[repository]]\npath='/r'\n[[repository]]\npath='s3://b/p'\nencryption='aes-256-gcm'\n").unwrap();
+        assert_eq!(c.repositories.len(), 2);
+        assert_eq!(c.repositories[1].encryption, Encryption::Aes256Gcm);
+        let err = load("[[repository]]\npath='/r'\n[[repository]]\npath='/r/'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("named twice"), "{err}");
+        let err = load("repository=[]\n").unwrap_err().to_string();
+        assert!(err.contains("at least one"), "{err}");
+        let err = load("[[repository]]\npath='/r'\n[[repository]]\npath='/q'\ncompres_level=3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("compres_level"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{ACCOUNTS_FINGERPRINT, Env, Pg};
 use pgkeep::repo::index::ChunkIndex;
-use pgkeep::repo::pack::ChunkId;
+use pgkeep::repo::pack::{ChunkHasher, ChunkId};
 use pgkeep::repo::storage::LocalStorage;
 
 fn flip(path: &Path, offset: u64) {
@@ -32,7 +32,12 @@ fn corruption(pg: Pg) {
     env.pgkeep_ok(&["verify"]);
 
     // Chunks spread over the index, each flipped in the middle of its stored bytes.
-    let index = ChunkIndex::load(&LocalStorage::new(&env.repo), "main/packs").unwrap();
+    let index = ChunkIndex::load(
+        &LocalStorage::new(&env.repo),
+        "main/packs",
+        ChunkHasher::default(),
+    )
+    .unwrap();
     let mut chunks: Vec<_> = index.chunks.iter().collect();
     chunks.sort_by_key(|(id, _)| **id);
     for (id, loc) in chunks.iter().step_by(chunks.len() / 6 + 1) {
@@ -105,7 +110,12 @@ on_each_version!(corruption);
 
 /// The repository's chunk index and its largest pack.
 fn largest_pack(env: &Env) -> (ChunkIndex, u32) {
-    let index = ChunkIndex::load(&LocalStorage::new(&env.repo), "main/packs").unwrap();
+    let index = ChunkIndex::load(
+        &LocalStorage::new(&env.repo),
+        "main/packs",
+        ChunkHasher::default(),
+    )
+    .unwrap();
     let size = |p: u32| {
         std::fs::metadata(env.repo.join(index.pack_key("main/packs", p)))
             .unwrap()
@@ -181,7 +191,12 @@ fn damage_table(env: &Env, main: &common::Server, label: &str, table: &str) -> C
     let m = manifest(env, label);
     let entry = m.files.iter().find(|f| f.path == file).unwrap();
     let id = entry.chunks[entry.chunks.len() / 2];
-    let index = ChunkIndex::load(&LocalStorage::new(&env.repo), "main/packs").unwrap();
+    let index = ChunkIndex::load(
+        &LocalStorage::new(&env.repo),
+        "main/packs",
+        ChunkHasher::default(),
+    )
+    .unwrap();
     let loc = index.chunks[&id];
     let pack = env.repo.join(index.pack_key("main/packs", loc.pack));
     flip(&pack, loc.offset + loc.stored_len as u64 / 2);

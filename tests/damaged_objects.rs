@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use common::{Env, Pg};
@@ -42,26 +42,6 @@ fn damage(path: &Path, how: Damage, dice: &mut Dice) {
         }
     }
     std::fs::write(path, bytes).unwrap();
-}
-
-/// Every object of the repository (lock files are not objects).
-fn objects(repo: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![repo.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                if !path.ends_with("locks") {
-                    stack.push(path);
-                }
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Replaces `to` with a copy of `from`.
@@ -102,7 +82,7 @@ fn every_damaged_object_is_an_error_not_a_crash() {
     let fetched = env.path("fetched");
     let mut dice = Dice(0x9E37_79B9_7F4A_7C15);
     let mut cases = 0;
-    for object in objects(&pristine) {
+    for object in common::repository_objects(&pristine) {
         let rel = object.strip_prefix(&pristine).unwrap().to_path_buf();
         let name = rel.file_name().unwrap().to_string_lossy().into_owned();
         let is_wal = rel.starts_with("main/wal");

@@ -1,5 +1,5 @@
 //! Point-in-time recovery under a pgbench load, to every kind of target, on real servers,
-//! with the repository on S3 (moto).
+//! with the repository on S3 (moto), encrypted.
 
 mod common;
 
@@ -75,7 +75,7 @@ fn restore_and_check(env: &Env, mark: &Mark) {
 }
 
 fn pitr(pg: Pg) {
-    let env = Env::on_object_storage(&format!("pitr{}", pg.major), pg, Service::S3);
+    let env = Env::on_object_storage(&format!("pitr{}", pg.major), pg, Service::S3).encrypted();
     let main = env.primary();
     env.pgkeep_ok(&["init"]);
     env.pgkeep_ok(&["check"]);

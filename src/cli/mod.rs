@@ -15,6 +15,7 @@ use crate::engine::retention::expire;
 use crate::engine::wal::archive;
 use crate::engine::{Context, human_bytes, info, setup, verify};
 use crate::repo::OpenMode;
+use crate::repo::encryption::secret::SecretSource;
 
 /// Where the config is looked for when neither --config nor PGKEEP_CONFIG says.
 const DEFAULT_CONFIG: &str = "/etc/pgkeep/pgkeep.toml";
@@ -80,10 +81,60 @@ enum Command {
         #[arg(long)]
         now: Option<String>,
     },
+    /// Manage the key slots of an encrypted repository (rotation rewrites no data).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Keep a backup whatever the retention policy says.
     Pin { label: String },
     /// Let the retention policy remove a backup again.
     Unpin { label: String },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// List the key slots; the one the configured key opens is marked.
+    List,
+    /// Add a slot for another secret: afterwards either secret opens the repository.
+    Add(NewKey),
+    /// Remove a slot: its secret no longer opens the repository.
+    Remove { id: String },
+}
+
+#[derive(Args)]
+#[group(id = "new_key", required = true, multiple = false)]
+struct NewKey {
+    /// A file holding the new passphrase.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// The environment variable holding the new passphrase.
+    #[arg(long)]
+    passphrase_env: Option<String>,
+    /// A command that prints the new secret.
+    #[arg(long)]
+    key_command: Option<String>,
+}
+
+impl NewKey {
+    fn source(&self) -> Result<SecretSource> {
+        Ok(
+            match (
+                &self.passphrase_file,
+                &self.passphrase_env,
+                &self.key_command,
+            ) {
+                (Some(f), _, _) => SecretSource::File(f.clone()),
+                (_, Some(var), _) => {
+                    SecretSource::Passphrase(std::env::var(var).map_err(|_| {
+                        anyhow::anyhow!("environment variable {var} is not set (or not text)")
+                    })?)
+                }
+                (_, _, Some(c)) => SecretSource::Command(c.clone()),
+                _ => bail!("give --passphrase-file, --passphrase-env or --key-command"),
+            },
+        )
+    }
 }
 
 #[derive(Args)]
@@ -380,6 +431,37 @@ fn print_expire(r: &expire::ExpireReport, dry_run: bool) {
     }
 }
 
+fn run_key(ctx: &Context, action: &KeyAction) -> Result<()> {
+    match action {
+        KeyAction::List => {
+            for slot in ctx.repo.key_slots()? {
+                println!(
+                    "{}  {}  {}{}",
+                    slot.id,
+                    slot.created.format("%Y-%m-%d %H:%M:%S UTC"),
+                    slot.source,
+                    if slot.in_use {
+                        "  (opens with the configured key)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        KeyAction::Add(new) => {
+            let id = ctx.repo.add_key_slot(&new.source()?)?;
+            println!(
+                "added key slot {id}: the new secret opens the repository; to retire the old one, point the config at the new secret, then `pgkeep key remove` the old slot"
+            );
+        }
+        KeyAction::Remove { id } => {
+            ctx.repo.remove_key_slot(id)?;
+            println!("removed key slot {id}: its secret no longer opens the repository");
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: &Cli) -> Result<i32> {
     let source = if cli.config == std::path::Path::new(DEFAULT_CONFIG) {
         ConfigSource::Default
@@ -431,6 +513,7 @@ fn run(cli: &Cli) -> Result<i32> {
             };
             print_expire(&expire::expire(&ctx, now, *dry_run)?, *dry_run);
         }
+        Command::Key { action } => run_key(&ctx, action)?,
         Command::Pin { label } => {
             ctx.repo.set_pinned(label, true)?;
             println!("backup {label} is pinned: no retention rule removes it");

@@ -13,32 +13,57 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
-use crate::config::{ClusterConfig, Config, Location};
+use crate::config::{ClusterConfig, Config, Location, RepositoryConfig};
 use crate::pg::conninfo::{self, ConnParams};
 use crate::pg::session::Session;
-use crate::repo::{self, Backend, ClusterRepo, OpenMode};
+use crate::repo::{self, ClusterRepo, OpenMode};
 
-/// Everything a command needs: the configuration, the chosen cluster and its repository.
+/// Everything a command needs: the configuration, the chosen cluster and one of its
+/// repositories.
 pub struct Context<'a> {
     pub config: &'a Config,
     pub cluster_name: &'a str,
     pub cluster: &'a ClusterConfig,
     pub repo: ClusterRepo,
+    pub repo_config: &'a RepositoryConfig,
+    /// The repository's place in the config, from 1.
+    pub repo_number: usize,
 }
 
 impl<'a> Context<'a> {
+    /// A context on the first repository of the config.
     pub fn new(config: &'a Config, cluster: Option<&str>, mode: OpenMode) -> Result<Context<'a>> {
+        Context::on_repository(config, cluster, 1, mode)
+    }
+
+    /// A context on repository `number` (from 1) of the config.
+    pub fn on_repository(
+        config: &'a Config,
+        cluster: Option<&str>,
+        number: usize,
+        mode: OpenMode,
+    ) -> Result<Context<'a>> {
         let (cluster_name, cluster) = config.select_cluster(cluster)?;
-        refuse_root(cluster, &config.repository.path)?;
-        let backend = Backend::open(&config.repository)?;
-        let repo = repo::open(backend, cluster_name, mode)?;
+        let repo_config = config
+            .repositories
+            .get(number.wrapping_sub(1))
+            .with_context(|| {
+                format!(
+                    "the config has {} repositories, so there is no repository {number}",
+                    config.repositories.len()
+                )
+            })?;
+        refuse_root(cluster, &repo_config.path)?;
+        let repo = repo::open(repo_config, cluster_name, mode)?;
         Ok(Context {
             config,
             cluster_name,
             cluster,
             repo,
+            repo_config,
+            repo_number: number,
         })
     }
 

@@ -34,7 +34,7 @@ impl ChunkStore {
     /// Loads the index of every stored copy.
     pub fn open(repo: &ClusterRepo) -> Result<ChunkStore> {
         let prefix = repo.packs_prefix();
-        let index = ChunkIndex::load(&*repo.storage, &prefix)?;
+        let index = ChunkIndex::load(&*repo.storage, &prefix, repo.hasher)?;
         Ok(ChunkStore {
             storage: repo.storage.clone(),
             prefix,
@@ -56,6 +56,18 @@ impl ChunkStore {
             id,
             loc,
             Some(payload),
+            MAX_DELTA_DEPTH + 1,
+        )
+    }
+
+    /// Copy `loc` of `id`, read from its own range of the pack and checked.
+    pub fn read_copy(&self, id: &ChunkId, loc: &ChunkLocation) -> Result<Vec<u8>> {
+        self.index.read_copy(
+            &*self.storage,
+            &self.prefix,
+            id,
+            loc,
+            None,
             MAX_DELTA_DEPTH + 1,
         )
     }
@@ -164,7 +176,12 @@ impl ChunkStore {
 
     /// A writer of stored copies as they are (for repacking).
     pub fn pack_writer(&self) -> PackWriter {
-        PackWriter::new(self.storage.clone(), self.prefix.clone(), PACK_SIZE)
+        PackWriter::new(
+            self.storage.clone(),
+            self.prefix.clone(),
+            PACK_SIZE,
+            self.index.hasher,
+        )
     }
 
     /// A writer of new chunks compressed at `level`; with `check_stored`, every stored
@@ -303,7 +320,7 @@ impl ChunkWriter<'_> {
     /// Stores a chunk unless the repository has it; `base` is the parent's chunk at the
     /// same place, if any. Returns the id and whether the chunk was new.
     pub fn store(&self, data: &[u8], base: Option<ChunkId>) -> Result<(ChunkId, bool)> {
-        let id = ChunkId::of(data);
+        let id = self.store.index.hasher.id(data);
         let new = self.must_store(id)?;
         if new {
             let base = self.delta_base(base);

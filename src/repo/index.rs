@@ -20,10 +20,11 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{self, Encoding};
+use super::encryption::Unauthentic;
 use super::object::{self, Compression};
 use super::pack::{
-    ChunkId, Delta, IndexEntry, MAX_DELTA_DEPTH, decode_index, encode_index, footer_index,
-    index_in, pack_key,
+    ChunkHasher, ChunkId, Delta, IndexEntry, MAX_DELTA_DEPTH, decode_index, encode_index,
+    footer_index, index_in, pack_key,
 };
 use super::storage::{Storage, TooShort};
 
@@ -81,6 +82,8 @@ pub struct ChunkIndex {
     pub damage_records: BTreeMap<String, BTreeSet<ChunkId>>,
     /// Index files whose pack is gone, with the chunks they name (all missing now).
     pub packs_missing: Vec<(String, Vec<ChunkId>)>,
+    /// How the ids of chunks read are checked.
+    pub hasher: ChunkHasher,
 }
 
 /// `NAME.damaged`: the chunks whose copies in pack `NAME` do not decode.
@@ -171,9 +174,12 @@ impl ChunkIndex {
     /// Reads every pack index under `prefix`, and the damage records. One bad object
     /// never blocks backups or restores that do not need it: a pack whose index cannot
     /// be read is set aside in `unreadable`.
-    pub fn load(storage: &dyn Storage, prefix: &str) -> Result<ChunkIndex> {
+    pub fn load(storage: &dyn Storage, prefix: &str, hasher: ChunkHasher) -> Result<ChunkIndex> {
         let listed = list_packs(storage, prefix)?;
-        let mut index = ChunkIndex::default();
+        let mut index = ChunkIndex {
+            hasher,
+            ..ChunkIndex::default()
+        };
         for name in listed.iter().filter(|(_, l)| l.damaged).map(|(n, _)| n) {
             let key = pack_key(prefix, name, "damaged");
             match read_damage_record(storage, &key) {
@@ -355,14 +361,19 @@ impl ChunkIndex {
             None => {
                 fetched = storage
                     .get_range(&key, loc.offset, loc.stored_len as usize)
-                    .map_err(|e| match e.downcast_ref::<TooShort>() {
-                        Some(_) => anyhow::Error::new(corrupt()),
-                        None => e,
+                    .map_err(|e| {
+                        let damaged = e.downcast_ref::<TooShort>().is_some()
+                            || e.downcast_ref::<Unauthentic>().is_some();
+                        if damaged {
+                            anyhow::Error::new(corrupt())
+                        } else {
+                            e
+                        }
                     })?;
                 &fetched
             }
         };
-        let matches = |plain: &[u8]| ChunkId::of(plain) == *id;
+        let matches = |plain: &[u8]| self.hasher.id(plain) == *id;
         let Some(delta) = loc.delta else {
             return match codec::decode(loc.encoding(), payload, None) {
                 Ok(plain) if matches(&plain) => Ok(plain),
@@ -451,7 +462,7 @@ impl ChunkIndex {
             let Some(bytes) = storage.get(&pack_key(prefix, name, "pack"))? else {
                 continue;
             };
-            if blake3::hash(&bytes).to_hex().as_str() != name {
+            if self.hasher.pack_name(&bytes) != name {
                 tracing::warn!("pack {name} does not match its name; its index is not rewritten");
                 continue;
             }
@@ -497,7 +508,12 @@ mod tests {
     fn chunks_round_trip_through_packs_and_corruption_is_caught() {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let mut writer = PackWriter::new(storage.clone(), "c/packs".into(), 1000);
+        let mut writer = PackWriter::new(
+            storage.clone(),
+            "c/packs".into(),
+            1000,
+            ChunkHasher::default(),
+        );
         let chunks: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 300 + i as usize]).collect();
         for c in &chunks {
             let (comp, payload) = object::compress(c, 3).unwrap();
@@ -506,7 +522,7 @@ mod tests {
                 .unwrap();
         }
         writer.flush().unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         assert_eq!(index.chunks.len(), 10);
         // A delta of the first chunk reads back through its base.
         let mut changed = chunks[0].clone();
@@ -520,7 +536,7 @@ mod tests {
             delta_len < 40,
             "a one-byte change costs a few bytes: {delta_len}"
         );
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         assert_eq!(
             index
                 .read(&*storage, "c/packs", &ChunkId::of(&changed))
@@ -549,7 +565,7 @@ mod tests {
             )
             .unwrap();
         writer.flush().unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         assert_eq!(
             index
                 .read(&*storage, "c/packs", &ChunkId::of(&older))
@@ -562,7 +578,7 @@ mod tests {
         idx[20] ^= 1;
         std::fs::write(&idx_path, idx).unwrap();
         std::fs::write(dir.path().join("c/packs/zz.idx"), b"stray").unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         assert_eq!(index.chunks.len(), 12);
         assert!(index.unreadable.is_empty());
         for c in &chunks {
@@ -621,7 +637,12 @@ mod tests {
     fn a_chunk_stored_twice_reads_from_the_copy_whose_bases_remain() {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let mut writer = PackWriter::new(storage.clone(), "c/packs".into(), 1 << 20);
+        let mut writer = PackWriter::new(
+            storage.clone(),
+            "c/packs".into(),
+            1 << 20,
+            ChunkHasher::default(),
+        );
         let (gone, kept) = (vec![1u8; 4096], vec![2u8; 4096]);
         let mut chunk = kept.clone();
         chunk[100] = 7;
@@ -630,18 +651,18 @@ mod tests {
         store_delta(&mut writer, &chunk, &gone);
         store_whole(&mut writer, &kept);
         store_delta(&mut writer, &chunk, &kept);
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         let id = ChunkId::of(&chunk);
         assert_eq!(index.read(&*storage, "c/packs", &id).unwrap(), chunk);
         // Stored whole as well: read whole, whatever the order of the packs.
         store_whole(&mut writer, &chunk);
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         assert_eq!(index.chunks[&id].delta, None);
         // Only through a missing base: the chunk is unknown, so it is stored again.
         let mut lost = gone.clone();
         lost[5] = 9;
         store_delta(&mut writer, &lost, &gone);
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         assert!(!index.chunks.contains_key(&ChunkId::of(&lost)));
     }
 
@@ -658,11 +679,16 @@ mod tests {
     fn a_damaged_copy_gives_way_to_a_good_one_and_its_record_demotes_it() {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let mut writer = PackWriter::new(storage.clone(), "c/packs".into(), 1 << 20);
+        let mut writer = PackWriter::new(
+            storage.clone(),
+            "c/packs".into(),
+            1 << 20,
+            ChunkHasher::default(),
+        );
         let chunk: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
         let id = ChunkId::of(&chunk);
         store_whole(&mut writer, &chunk);
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         damage_first_copy(dir.path(), &index, &id);
         let err = index.read(&*storage, "c/packs", &id).unwrap_err();
         let corrupt = err.downcast_ref::<CorruptCopy>().unwrap();
@@ -674,7 +700,7 @@ mod tests {
         let mut changed = chunk.clone();
         changed[10] ^= 0x55;
         store_delta(&mut writer, &changed, &chunk);
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         let err = index
             .read(&*storage, "c/packs", &ChunkId::of(&changed))
             .unwrap_err();
@@ -689,7 +715,7 @@ mod tests {
             .add(id, chunk.len(), Compression::None, None, &chunk)
             .unwrap();
         store_whole(&mut writer, b"other data");
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         assert_eq!(index.read(&*storage, "c/packs", &id).unwrap(), chunk);
         assert_eq!(
             index
@@ -707,7 +733,7 @@ mod tests {
             let mut only: BTreeSet<ChunkId> = BTreeSet::new();
             only.insert(id);
             write_damage_record(&*storage, "c/packs", pack, &only).unwrap();
-            let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+            let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
             assert_ne!(index.pack_name(index.chunks[&id].pack), pack);
             assert_eq!(index.damaged[&id].len(), 1);
             write_damage_record(&*storage, "c/packs", pack, &BTreeSet::new()).unwrap();
@@ -718,11 +744,16 @@ mod tests {
     fn a_damaged_pack_is_replaced_by_a_pack_of_the_same_content() {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let mut writer = PackWriter::new(storage.clone(), "c/packs".into(), 1 << 20);
+        let mut writer = PackWriter::new(
+            storage.clone(),
+            "c/packs".into(),
+            1 << 20,
+            ChunkHasher::default(),
+        );
         let chunk = vec![9u8; 30000];
         let id = ChunkId::of(&chunk);
         store_whole(&mut writer, &chunk);
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         damage_first_copy(dir.path(), &index, &id);
         assert!(index.read(&*storage, "c/packs", &id).is_err());
         store_whole(&mut writer, &chunk); // the very same pack bytes, hence name
@@ -733,13 +764,18 @@ mod tests {
     fn a_pack_without_its_index_file_is_read_through_its_own_and_mended() {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let mut writer = PackWriter::new(storage.clone(), "c/packs".into(), 1 << 20);
+        let mut writer = PackWriter::new(
+            storage.clone(),
+            "c/packs".into(),
+            1 << 20,
+            ChunkHasher::default(),
+        );
         let chunk = vec![3u8; 5000];
         store_whole(&mut writer, &chunk);
         let name = writer.stored[0].clone();
         let idx = dir.path().join(pack_key("c/packs", &name, "idx"));
         std::fs::remove_file(&idx).unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs").unwrap();
+        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
         assert_eq!(
             index
                 .read(&*storage, "c/packs", &ChunkId::of(&chunk))
@@ -751,7 +787,7 @@ mod tests {
         assert_eq!(index.rewrite_indexes(&*storage, "c/packs").unwrap(), [name]);
         assert!(idx.exists());
         assert!(
-            ChunkIndex::load(&*storage, "c/packs")
+            ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default())
                 .unwrap()
                 .index_from_pack
                 .is_empty()

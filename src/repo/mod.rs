@@ -2,7 +2,8 @@
 //! and the layout that ties them together. The format is specified in `docs/FORMAT.md`.
 //!
 //! ```text
-//! pgkeep.repo                          repository marker with the format version
+//! pgkeep.repo                          repository marker: format version, encryption
+//! keys/ID.slot                         key slots of an encrypted repository
 //! CLUSTER/cluster.info                 system identifier, version, segment size
 //! CLUSTER/backups/LABEL.manifest       published backups
 //! CLUSTER/packs/XX/HASH.pack|.idx      chunk packs and their indexes
@@ -17,11 +18,13 @@
 
 pub mod chunk_store;
 pub mod codec;
+pub mod encryption;
 pub mod index;
 pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod object;
+mod open;
 pub mod pack;
 pub mod storage;
 
@@ -33,21 +36,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use self::lease::LeaseLocks;
+pub use self::open::{FORMAT_VERSION, OpenMode, SlotInfo, open};
+
 use self::lock::{LockGuard, LockMode, LockService};
 use self::manifest::Manifest;
+use self::pack::ChunkHasher;
 use self::storage::{LocalLocks, LocalStorage, ObjectMeta, ObjectStorage, Storage};
 use crate::config::{Location, RepositoryConfig};
 use crate::format::wal::{WalFile, valid_segment_size};
-
-/// Repository format version written by this pgkeep.
-pub const FORMAT_VERSION: u32 = 1;
-const MARKER_KEY: &str = "pgkeep.repo";
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Marker {
-    format: u32,
-}
 
 /// What the repository knows about a cluster: set by `init`, checked by every command.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,10 +66,14 @@ struct WalWindow {
 #[derive(Clone)]
 pub struct ClusterRepo {
     /// Reached only through the layout below (and the chunk store), so every key is
-    /// built inside `repo/`.
+    /// built inside `repo/`. Encrypting in an encrypted repository.
     pub(in crate::repo) storage: Arc<dyn Storage>,
     locks: Arc<dyn LockService>,
     pub name: String,
+    /// The encryption of the repository, if it has any.
+    pub(in crate::repo) crypt: Option<open::Crypt>,
+    /// How chunk ids are computed (keyed in an encrypted repository).
+    pub(in crate::repo) hasher: ChunkHasher,
 }
 
 /// Where a repository lives: its objects, and the locks that coordinate its writers.
@@ -107,61 +107,7 @@ impl Backend {
     }
 }
 
-/// How [`open`] treats a location that is not a repository yet.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum OpenMode {
-    /// It must already be one.
-    Existing,
-    /// It may be empty (for `init`, which calls [`ClusterRepo::create`] once the server
-    /// has been reached, so a failed `init` leaves nothing behind).
-    MaybeNew,
-}
-
-/// Opens the repository, checking its format marker.
-pub fn open(backend: Backend, cluster: &str, mode: OpenMode) -> Result<ClusterRepo> {
-    let Backend { storage, locks } = backend;
-    match storage.get(MARKER_KEY)? {
-        Some(bytes) => {
-            let marker: Marker = object::decode(&bytes)
-                .and_then(|p| Ok(serde_json::from_slice(&p)?))
-                .with_context(|| {
-                    format!(
-                        "{} is not a pgkeep repository (bad {MARKER_KEY})",
-                        storage.describe()
-                    )
-                })?;
-            if marker.format > FORMAT_VERSION {
-                bail!(
-                    "repository {} has format {} but this pgkeep reads up to {FORMAT_VERSION}; upgrade pgkeep",
-                    storage.describe(),
-                    marker.format
-                );
-            }
-        }
-        None if mode == OpenMode::MaybeNew => {}
-        None => bail!(
-            "{} is not a pgkeep repository yet; run `pgkeep init` first",
-            storage.describe()
-        ),
-    }
-    Ok(ClusterRepo {
-        storage,
-        locks,
-        name: cluster.to_string(),
-    })
-}
-
 impl ClusterRepo {
-    /// Writes the repository marker if it is missing.
-    pub fn create(&self) -> Result<()> {
-        let marker = serde_json::to_vec(&Marker {
-            format: FORMAT_VERSION,
-        })?;
-        self.storage
-            .put_new(MARKER_KEY, &object::encode(&marker, 0)?)?;
-        Ok(())
-    }
-
     fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.name)
     }

@@ -21,13 +21,42 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::object::{self, Compression};
 use super::storage::Storage;
 
-/// The BLAKE3 hash of a chunk's plaintext: its name and its checksum.
+/// The BLAKE3 hash of a chunk's plaintext (keyed, in an encrypted repository): its name
+/// and its checksum.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId(pub [u8; 32]);
 
 impl ChunkId {
+    /// The id of `data` in an unencrypted repository.
     pub fn of(data: &[u8]) -> ChunkId {
-        ChunkId(*blake3::hash(data).as_bytes())
+        ChunkHasher::default().id(data)
+    }
+}
+
+/// How chunk ids are computed: BLAKE3 of the chunk, keyed with the repository's chunk-id
+/// key in an encrypted repository, so that no id is a hash anyone could compute from
+/// data they guess.
+#[derive(Clone, Copy, Default)]
+pub struct ChunkHasher {
+    key: Option<[u8; 32]>,
+}
+
+impl ChunkHasher {
+    pub fn keyed(key: [u8; 32]) -> ChunkHasher {
+        ChunkHasher { key: Some(key) }
+    }
+
+    pub fn id(&self, data: &[u8]) -> ChunkId {
+        let hash = match &self.key {
+            Some(key) => blake3::keyed_hash(key, data),
+            None => blake3::hash(data),
+        };
+        ChunkId(*hash.as_bytes())
+    }
+
+    /// The name of a pack of these bytes: their hash, keyed like chunk ids.
+    pub fn pack_name(&self, pack: &[u8]) -> String {
+        hex::encode(self.id(pack).0)
     }
 }
 
@@ -194,6 +223,7 @@ pub struct PackWriter {
     storage: Arc<dyn Storage>,
     prefix: String,
     target_size: usize,
+    hasher: ChunkHasher,
     buf: Vec<u8>,
     entries: Vec<IndexEntry>,
     /// Bytes of packs stored so far (chunk payloads plus index).
@@ -205,9 +235,15 @@ pub struct PackWriter {
 
 impl PackWriter {
     /// `prefix` is the folder packs go in, e.g. `main/packs`.
-    pub fn new(storage: Arc<dyn Storage>, prefix: String, target_size: usize) -> PackWriter {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        prefix: String,
+        target_size: usize,
+        hasher: ChunkHasher,
+    ) -> PackWriter {
         PackWriter {
             storage,
+            hasher,
             prefix,
             target_size,
             buf: Vec::new(),
@@ -254,7 +290,7 @@ impl PackWriter {
         self.buf
             .extend_from_slice(&(index.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(PACK_MAGIC);
-        let name = blake3::hash(&self.buf).to_hex().to_string();
+        let name = self.hasher.pack_name(&self.buf);
         self.store_pack(&name)?;
         self.storage.put(
             &pack_key(&self.prefix, &name, "idx"),
@@ -278,7 +314,7 @@ impl PackWriter {
         let intact = self
             .storage
             .get(&key)?
-            .is_some_and(|stored| blake3::hash(&stored).to_hex().as_str() == name);
+            .is_some_and(|stored| self.hasher.pack_name(&stored) == name);
         if !intact {
             tracing::warn!("pack {key} was damaged; it is written again");
             self.storage.put(&key, &self.buf)?;

@@ -110,6 +110,10 @@ fn next_port() -> u16 {
     base + NEXT_PORT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The `[repository]` lines of an encrypted test repository.
+pub const ENCRYPTED: &str =
+    "encryption = \"aes-256-gcm\"\npassphrase = \"correct horse battery staple\"\n";
+
 /// A scratch directory with a pgkeep binary, a config and a repository.
 pub struct Env {
     pub dir: PathBuf,
@@ -122,6 +126,8 @@ pub struct Env {
     pub objects: Option<objects::ObjectServer>,
     /// The proxy pgkeep reaches the object-storage server through, to inject faults.
     pub faults: Option<faults::FaultProxy>,
+    /// The `[repository]` lines that encrypt it, if it is encrypted.
+    pub encryption: String,
     bucket: String,
     servers: std::sync::Mutex<Vec<PathBuf>>,
 }
@@ -148,6 +154,7 @@ impl Env {
             pg,
             objects: None,
             faults: None,
+            encryption: String::new(),
             bucket: String::new(),
             servers: Default::default(),
         }
@@ -170,15 +177,22 @@ impl Env {
         env
     }
 
+    /// This environment with an encrypted repository (passphrase in the config).
+    pub fn encrypted(mut self) -> Env {
+        self.encryption = ENCRYPTED.into();
+        self
+    }
+
     /// The `[repository]` section of the config.
     fn repository_toml(&self) -> String {
-        match &self.objects {
+        let section = match &self.objects {
             Some(server) => {
                 let port = self.faults.as_ref().map_or(server.port, |f| f.port);
                 server.repository_toml(&self.bucket, "backups", port)
             }
             None => format!("[repository]\npath = \"{}\"\n", self.repo.display()),
-        }
+        };
+        section + &self.encryption
     }
 
     /// Writes the pgkeep config for `server` (cluster name `main`) plus `extra` TOML.
@@ -271,17 +285,21 @@ impl Env {
     /// consistency point, promoted, and starts it.
     pub fn restore_immediate(&self, label: &str) -> Server {
         self.pgkeep_ok(&["check"]);
-        self.restore_and_start(
-            "restored",
-            &[
-                "--backup",
-                label,
-                "--target",
-                "immediate",
-                "--target-action",
-                "promote",
-            ],
-        )
+        self.restore_immediate_into("restored", label)
+    }
+
+    /// Restores backup `label` into the new directory `name` to its consistency point,
+    /// promoted, and starts it.
+    pub fn restore_immediate_into(&self, name: &str, label: &str) -> Server {
+        let args = [
+            "--backup",
+            label,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ];
+        self.restore_and_start(name, &args)
     }
 
     /// Restores with `args` into the new directory `name`, starts the server without
@@ -579,6 +597,26 @@ pub const ACCOUNTS_FINGERPRINT: &str =
     "SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts";
 
 /// The label in a backup's summary line (`backup LABEL (full): ...`).
+/// Every object of a local repository, sorted (lock files are not objects).
+pub fn repository_objects(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("locks") {
+                    stack.push(path);
+                }
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 pub fn label_of(summary: &str) -> String {
     summary
         .split_whitespace()

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::Problem;
 use crate::repo::chunk_store::ChunkStore;
+use crate::repo::encryption::Unauthentic;
 use crate::repo::index::{ChunkLocation, CorruptCopy};
 use crate::repo::manifest::Manifest;
 use crate::repo::pack::ChunkId;
@@ -55,6 +56,11 @@ fn check_pack(store: &ChunkStore, pack: u32, copies: &[(ChunkId, ChunkLocation)]
             check.unreadable = copies.iter().map(|(id, _)| (*id, why.clone())).collect();
             return check;
         }
+        // Encrypted and damaged: each copy is read (and judged) by itself, through the
+        // blocks it lies in.
+        Err(e) if e.downcast_ref::<Unauthentic>().is_some() => {
+            return check_copies_alone(store, copies, name, &key);
+        }
         Err(e) => {
             check.problem = Some(format!("pack {key} is unreadable: {e:#}"));
             return check;
@@ -69,21 +75,48 @@ fn check_pack(store: &ChunkStore, pack: u32, copies: &[(ChunkId, ChunkLocation)]
         };
         match store.check_copy(id, loc, payload) {
             Ok(_) => check.good.push(*id),
-            Err(e)
-                if e.downcast_ref::<CorruptCopy>()
-                    .is_some_and(|c| c.id == *id && c.pack == name) =>
-            {
-                check.corrupt.push(*id)
-            }
+            Err(e) if is_corrupt_here(&e, id, name) => check.corrupt.push(*id),
             Err(e) => check.unreadable.push((*id, format!("{e:#}"))),
         }
     }
-    if check.corrupt.is_empty() && blake3::hash(&bytes).to_hex().as_str() != name {
+    if check.corrupt.is_empty() && store.index.hasher.pack_name(&bytes) != name {
         check.problem = Some(format!(
             "pack {key} is corrupt outside its chunk data (its chunks are intact)"
         ));
     }
     check
+}
+
+/// Judges each copy of pack `name` from its own range of the pack.
+fn check_copies_alone(
+    store: &ChunkStore,
+    copies: &[(ChunkId, ChunkLocation)],
+    name: &str,
+    key: &str,
+) -> PackCheck {
+    let mut check = PackCheck {
+        judged: true,
+        ..PackCheck::default()
+    };
+    for (id, loc) in copies {
+        match store.read_copy(id, loc) {
+            Ok(_) => check.good.push(*id),
+            Err(e) if is_corrupt_here(&e, id, name) => check.corrupt.push(*id),
+            Err(e) => check.unreadable.push((*id, format!("{e:#}"))),
+        }
+    }
+    if check.corrupt.is_empty() {
+        check.problem = Some(format!(
+            "pack {key} is corrupt outside its chunk data (its chunks are intact)"
+        ));
+    }
+    check
+}
+
+/// Whether `e` says the copy of `id` in pack `name` is corrupt.
+fn is_corrupt_here(e: &anyhow::Error, id: &ChunkId, name: &str) -> bool {
+    e.downcast_ref::<CorruptCopy>()
+        .is_some_and(|c| c.id == *id && c.pack == name)
 }
 
 /// Checks every pack on `jobs` threads.

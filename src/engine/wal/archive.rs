@@ -62,7 +62,7 @@ pub fn store(ctx: &Context, name: &str, file: &WalFile, data: &[u8]) -> Result<(
         }
     }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let encoded = object::encode_parallel(data, ctx.config.repository.compress_level, workers)?;
+    let encoded = object::encode_parallel(data, ctx.repo_config.compress_level, workers)?;
     if ctx.repo.put_wal_new(name, &encoded)? {
         return Ok(());
     }

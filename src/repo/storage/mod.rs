@@ -5,9 +5,11 @@
 
 mod aws_files;
 mod cloud;
+mod encrypted;
 mod local;
 
 pub use cloud::ObjectStorage;
+pub use encrypted::EncryptedStorage;
 pub use local::{LocalLocks, LocalStorage};
 
 use anyhow::{Result, bail};

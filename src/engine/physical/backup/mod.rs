@@ -247,7 +247,7 @@ fn take(
     };
 
     // From here every path finishes the chunk writer before returning.
-    let chunks = store.writer(ctx.config.repository.compress_level, full);
+    let chunks = store.writer(ctx.repo_config.compress_level, full);
     let stats = Stats::default();
     let reader = FileReader {
         chunks: &chunks,
