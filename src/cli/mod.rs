@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigSource, Encryption};
 use crate::engine::physical::backup;
 use crate::engine::physical::restore::{self, RestoreOptions};
 use crate::engine::physical::target::{self, Target, TimelineChoice};
@@ -38,6 +38,10 @@ struct Cli {
     /// Cluster (a [cluster.NAME] section); may be left out when the config has one.
     #[arg(long, global = true)]
     cluster: Option<String>,
+    /// Work on this repository only (its place in the config, from 1); by default
+    /// commands work on every repository, and readers use the first that has the data.
+    #[arg(long, global = true)]
+    repo: Option<usize>,
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -462,6 +466,78 @@ fn run_key(ctx: &Context, action: &KeyAction) -> Result<()> {
     Ok(())
 }
 
+/// The repositories a command works on: the one `--repo` names, or every one.
+fn repo_numbers(cli: &Cli, config: &Config) -> Vec<usize> {
+    match cli.repo {
+        Some(n) => vec![n],
+        None => (1..=config.repositories.len()).collect(),
+    }
+}
+
+/// Runs `job` on each repository in turn, going on past a failure; every failure is
+/// reported, and any fails the command. With several, each result is headed by its
+/// repository.
+fn each_repository(
+    cli: &Cli,
+    config: &Config,
+    mode: OpenMode,
+    job: impl Fn(&Context) -> Result<i32>,
+) -> Result<i32> {
+    let numbers = repo_numbers(cli, config);
+    let cluster = cli.cluster.as_deref();
+    if let [n] = numbers[..] {
+        return job(&Context::on_repository(config, cluster, n, mode)?);
+    }
+    let mut code = 0;
+    let mut failed = Vec::new();
+    for n in numbers {
+        println!("repository {n} ({}):", config.repositories[n - 1].path);
+        match Context::on_repository(config, cluster, n, mode).and_then(|ctx| job(&ctx)) {
+            Ok(c) => code = code.max(c),
+            Err(e) => {
+                eprintln!("pgkeep: error: repository {n}: {e:#}");
+                failed.push(n.to_string());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "the command failed on repository {} (errors above); fix that and run it again, or give --repo N for one repository",
+            failed.join(", ")
+        );
+    }
+    Ok(code)
+}
+
+/// Runs `job` on the repositories in order until one has what it needs (`Some`); one
+/// that fails is passed over with a warning. `None` if one that worked has nothing, an
+/// error only if every one failed: what is archived is in every repository (archive-push
+/// succeeds only then), so a working repository's "not there" holds for all.
+fn first_repository<T>(
+    cli: &Cli,
+    config: &Config,
+    job: impl Fn(&Context) -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let mut failure = None;
+    let mut answered = false;
+    for n in repo_numbers(cli, config) {
+        match Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
+            .and_then(|ctx| job(&ctx))
+        {
+            Ok(Some(found)) => return Ok(Some(found)),
+            Ok(None) => answered = true,
+            Err(e) => {
+                tracing::warn!("repository {n}: {e:#}; trying the next repository");
+                failure = Some(e.context(format!("repository {n}")));
+            }
+        }
+    }
+    match failure {
+        Some(e) if !answered => Err(e),
+        _ => Ok(None),
+    }
+}
+
 fn run(cli: &Cli) -> Result<i32> {
     let source = if cli.config == std::path::Path::new(DEFAULT_CONFIG) {
         ConfigSource::Default
@@ -469,106 +545,243 @@ fn run(cli: &Cli) -> Result<i32> {
         ConfigSource::Given
     };
     let config = Config::load(&cli.config, source)?;
-    let mode = if matches!(cli.command, Command::Init) {
-        OpenMode::MaybeNew
-    } else {
-        OpenMode::Existing
-    };
-    let ctx = Context::new(&config, cli.cluster.as_deref(), mode)?;
+    let existing = OpenMode::Existing;
     match &cli.command {
-        Command::Init => println!("{}", setup::init(&ctx)?),
-        Command::Check => {
-            let report = setup::check(&ctx)?;
-            for w in &report.warnings {
-                eprintln!("warning: {w}");
-            }
-            if !report.problems.is_empty() {
-                for p in &report.problems {
-                    eprintln!("problem: {p}");
-                }
-                return Ok(1);
-            }
-            println!(
-                "ok: configuration, connection and WAL archiving all work for cluster '{}'",
-                ctx.cluster_name
-            );
-        }
-        Command::Backup { full } => {
-            let bar = progress::bar("backup");
-            let started = std::time::Instant::now();
-            let outcome = backup::backup(&ctx, *full, &bar)?;
-            print_backup_summary(&outcome, started.elapsed().as_secs_f64());
-            let policy = &config.retention;
-            if policy.has_rules() && policy.expire_after_backup {
-                let report = expire::expire(&ctx, chrono::Utc::now(), false).map_err(|e| {
-                    e.context("the backup succeeded, but expiring old backups after it failed")
-                })?;
-                print_expire(&report, false);
-            }
-        }
+        Command::Init => each_repository(cli, &config, OpenMode::MaybeNew, |ctx| {
+            println!("{}", setup::init(ctx)?);
+            Ok(0)
+        }),
+        Command::Check => each_repository(cli, &config, existing, run_check),
+        Command::Backup { full } => run_backup(cli, &config, *full),
         Command::Expire { dry_run, now } => {
             let now = match now {
                 Some(t) => target::parse_time(t)?.with_timezone(&chrono::Utc),
                 None => chrono::Utc::now(),
             };
-            print_expire(&expire::expire(&ctx, now, *dry_run)?, *dry_run);
+            each_repository(cli, &config, existing, |ctx| {
+                print_expire(&expire::expire(ctx, now, *dry_run)?, *dry_run);
+                Ok(0)
+            })
         }
-        Command::Key { action } => run_key(&ctx, action)?,
-        Command::Pin { label } => {
+        Command::Key { action } => {
+            // Keys belong to one repository: the one named, else the first encrypted.
+            let n = cli.repo.unwrap_or_else(|| {
+                let encrypted = config
+                    .repositories
+                    .iter()
+                    .position(|r| r.encryption != Encryption::None);
+                encrypted.map_or(1, |i| i + 1)
+            });
+            let ctx = Context::on_repository(&config, cli.cluster.as_deref(), n, existing)?;
+            run_key(&ctx, action)?;
+            Ok(0)
+        }
+        Command::Pin { label } => each_repository(cli, &config, existing, |ctx| {
             ctx.repo.set_pinned(label, true)?;
             println!("backup {label} is pinned: no retention rule removes it");
-        }
-        Command::Unpin { label } => {
+            Ok(0)
+        }),
+        Command::Unpin { label } => each_repository(cli, &config, existing, |ctx| {
             ctx.repo.set_pinned(label, false)?;
             println!("backup {label} is no longer pinned");
-        }
-        Command::ArchivePush { path } => archive::push(&ctx, path)?,
+            Ok(0)
+        }),
+        Command::ArchivePush { path } => run_archive_push(cli, &config, path),
         Command::ArchiveGet { name, dest } => {
-            if !archive::get(&ctx, name, dest)? {
+            let found = first_repository(cli, &config, |ctx| {
+                Ok(archive::get(ctx, name, dest)?.then_some(()))
+            })?;
+            if found.is_none() {
                 tracing::info!("{name} is not in the archive");
                 return Ok(1);
             }
+            Ok(0)
         }
-        Command::Restore(args) => {
-            let opts = restore_options(args)?;
-            let bar = progress::bar("restore");
-            let s = restore::restore(&ctx, &opts, &bar)?;
-            print_restore_summary(&s, &opts);
+        Command::Restore(args) => run_restore(cli, &config, args),
+        Command::Info { json: true } => {
+            let report = first_repository(cli, &config, |ctx| {
+                let manifests = ctx.repo.readable_manifests(None)?;
+                Ok(Some(info::report(ctx, &manifests)?))
+            })?
+            .expect("first_repository returns a report or an error");
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(0)
         }
-        Command::Info { json } => {
+        Command::Info { json: false } => each_repository(cli, &config, existing, |ctx| {
             let manifests = ctx.repo.readable_manifests(None)?;
-            let report = info::report(&ctx, &manifests)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", info::render(&report));
-            }
+            print!("{}", info::render(&info::report(ctx, &manifests)?));
+            Ok(0)
+        }),
+        Command::Verify => each_repository(cli, &config, existing, run_verify),
+    }
+}
+
+fn run_check(ctx: &Context) -> Result<i32> {
+    let report = setup::check(ctx)?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !report.problems.is_empty() {
+        for p in &report.problems {
+            eprintln!("problem: {p}");
         }
-        Command::Verify => {
-            let r = verify::verify(&ctx)?;
-            for p in &r.problems {
-                let breaks = if p.breaks.is_empty() {
-                    "no backup".to_string()
-                } else {
-                    p.breaks.join(", ")
-                };
-                eprintln!("problem: {} (affects: {breaks})", p.what);
+        return Ok(1);
+    }
+    println!(
+        "ok: configuration, connection and WAL archiving all work for cluster '{}'",
+        ctx.cluster_name
+    );
+    Ok(0)
+}
+
+/// Backs up into the first repository that opens, copies the backup into every other
+/// one, then expires in each if the policy says so.
+fn run_backup(cli: &Cli, config: &Config, full: bool) -> Result<i32> {
+    let cluster = cli.cluster.as_deref();
+    let mut others = Vec::new();
+    let mut first = None;
+    let mut failed = Vec::new();
+    for n in repo_numbers(cli, config) {
+        match Context::on_repository(config, cluster, n, OpenMode::Existing) {
+            Ok(ctx) if first.is_none() => first = Some(ctx),
+            Ok(ctx) => others.push(ctx),
+            Err(e) => {
+                eprintln!("pgkeep: error: repository {n}: {e:#}");
+                failed.push(n);
             }
-            if !r.problems.is_empty() {
-                eprintln!("verify found {} problem(s)", r.problems.len());
-                if r.full_backup_heals {
-                    eprintln!(
-                        "to heal: run `pgkeep backup --full`; it stores again every damaged chunk whose data the database still holds, \
-                         and backups that need other damaged data stay damaged"
-                    );
-                }
-                return Ok(1);
-            }
-            println!(
-                "verify ok: {} backups, {} chunks, {} WAL files checked",
-                r.backups, r.chunks, r.wal_files
-            );
         }
     }
+    let Some(ctx) = first else {
+        bail!("no repository could be opened (errors above); the backup was not taken");
+    };
+    let bar = progress::bar("backup");
+    let started = std::time::Instant::now();
+    let outcome = backup::backup(&ctx, full, &bar)?;
+    print_backup_summary(&outcome, started.elapsed().as_secs_f64());
+    let mut written = vec![&ctx];
+    for other in &others {
+        let started = std::time::Instant::now();
+        match backup::replicate(&ctx, &outcome.manifest, other) {
+            Ok(r) => {
+                println!(
+                    "backup {} copied to repository {} ({}): read {} from repository {}, stored {} new{}, {:.1} s",
+                    r.manifest.label,
+                    other.repo_number,
+                    other.repo_config.path,
+                    human_bytes(r.read),
+                    ctx.repo_number,
+                    human_bytes(r.manifest.stored_size),
+                    match r.wal_copied {
+                        0 => String::new(),
+                        n => format!(", {n} missing WAL files copied"),
+                    },
+                    started.elapsed().as_secs_f64()
+                );
+                written.push(other);
+            }
+            Err(e) => {
+                eprintln!("pgkeep: error: repository {}: {e:#}", other.repo_number);
+                failed.push(other.repo_number);
+            }
+        }
+    }
+    let policy = &config.retention;
+    if policy.has_rules() && policy.expire_after_backup {
+        for ctx in written {
+            let report = expire::expire(ctx, chrono::Utc::now(), false).map_err(|e| {
+                e.context(format!(
+                    "the backup succeeded, but expiring old backups in repository {} after it failed",
+                    ctx.repo_number
+                ))
+            })?;
+            print_expire(&report, false);
+        }
+    }
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(|n| n.to_string()).collect();
+        bail!(
+            "backup {} is not in repository {} (errors above); fix it, and the next backup goes there too",
+            outcome.manifest.label,
+            list.join(", ")
+        );
+    }
+    Ok(0)
+}
+
+/// Archives the file in every repository; it is archived only once every one has it.
+fn run_archive_push(cli: &Cli, config: &Config, path: &std::path::Path) -> Result<i32> {
+    let mut failed = Vec::new();
+    for n in repo_numbers(cli, config) {
+        let pushed = Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
+            .and_then(|ctx| archive::push(&ctx, path));
+        if let Err(e) = pushed {
+            eprintln!(
+                "pgkeep: error: repository {n} ({}): {e:#}",
+                config.repositories[n - 1].path
+            );
+            failed.push(n.to_string());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} is not archived in repository {} (errors above); PostgreSQL keeps it and tries again",
+            path.display(),
+            failed.join(", ")
+        );
+    }
+    Ok(0)
+}
+
+/// Restores from the first repository that can: one that fails before writing anything
+/// is passed over for the next.
+fn run_restore(cli: &Cli, config: &Config, args: &RestoreArgs) -> Result<i32> {
+    let opts = restore_options(args)?;
+    let numbers = repo_numbers(cli, config);
+    for (i, &n) in numbers.iter().enumerate() {
+        let bar = progress::bar("restore");
+        let restored =
+            Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
+                .and_then(|ctx| restore::restore(&ctx, &opts, &bar));
+        match restored {
+            Ok(s) => {
+                print_restore_summary(&s, &opts);
+                return Ok(0);
+            }
+            Err(e) if i + 1 < numbers.len() && restore::nothing_written(&opts.pgdata) => {
+                eprintln!(
+                    "warning: repository {n}: {e:#}; restoring from repository {} instead",
+                    numbers[i + 1]
+                );
+            }
+            Err(e) => return Err(e.context(format!("repository {n}"))),
+        }
+    }
+    unreachable!("the config has at least one repository")
+}
+
+fn run_verify(ctx: &Context) -> Result<i32> {
+    let r = verify::verify(ctx)?;
+    for p in &r.problems {
+        let breaks = if p.breaks.is_empty() {
+            "no backup".to_string()
+        } else {
+            p.breaks.join(", ")
+        };
+        eprintln!("problem: {} (affects: {breaks})", p.what);
+    }
+    if !r.problems.is_empty() {
+        eprintln!("verify found {} problem(s)", r.problems.len());
+        if r.full_backup_heals {
+            eprintln!(
+                "to heal: run `pgkeep backup --full`; it stores again every damaged chunk whose data the database still holds, \
+                 and backups that need other damaged data stay damaged"
+            );
+        }
+        return Ok(1);
+    }
+    println!(
+        "verify ok: {} backups, {} chunks, {} WAL files checked",
+        r.backups, r.chunks, r.wal_files
+    );
     Ok(0)
 }

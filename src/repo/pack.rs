@@ -36,7 +36,7 @@ impl ChunkId {
 /// How chunk ids are computed: BLAKE3 of the chunk, keyed with the repository's chunk-id
 /// key in an encrypted repository, so that no id is a hash anyone could compute from
 /// data they guess.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChunkHasher {
     key: Option<[u8; 32]>,
 }

@@ -128,6 +128,8 @@ pub struct Env {
     pub faults: Option<faults::FaultProxy>,
     /// The `[repository]` lines that encrypt it, if it is encrypted.
     pub encryption: String,
+    /// Whether a local repository (`repo`) comes first, before the object-storage one.
+    local_first: bool,
     bucket: String,
     servers: std::sync::Mutex<Vec<PathBuf>>,
 }
@@ -155,6 +157,7 @@ impl Env {
             objects: None,
             faults: None,
             encryption: String::new(),
+            local_first: false,
             bucket: String::new(),
             servers: Default::default(),
         }
@@ -183,16 +186,29 @@ impl Env {
         self
     }
 
-    /// The `[repository]` section of the config.
+    /// This environment with two repositories: the local `repo` first, then the one on
+    /// object storage (encrypted, if that is asked).
+    pub fn and_local_first(mut self) -> Env {
+        assert!(
+            self.objects.is_some(),
+            "a second repository needs object storage"
+        );
+        self.local_first = true;
+        self
+    }
+
+    /// The `[repository]` section (or sections) of the config.
     fn repository_toml(&self) -> String {
-        let section = match &self.objects {
-            Some(server) => {
-                let port = self.faults.as_ref().map_or(server.port, |f| f.port);
-                server.repository_toml(&self.bucket, "backups", port)
-            }
-            None => format!("[repository]\npath = \"{}\"\n", self.repo.display()),
+        let local = format!("[repository]\npath = \"{}\"\n", self.repo.display());
+        let Some(server) = &self.objects else {
+            return local + &self.encryption;
         };
-        section + &self.encryption
+        let port = self.faults.as_ref().map_or(server.port, |f| f.port);
+        let object = server.repository_toml(&self.bucket, "backups", port) + &self.encryption;
+        match self.local_first {
+            true => (local + "\n" + &object).replace("[repository]", "[[repository]]"),
+            false => object,
+        }
     }
 
     /// Writes the pgkeep config for `server` (cluster name `main`) plus `extra` TOML.
@@ -262,8 +278,17 @@ impl Env {
 
     /// Labels of the published backups, oldest first, as `info` lists them.
     pub fn labels(&self) -> Vec<String> {
-        let info: serde_json::Value =
-            serde_json::from_str(&self.pgkeep_ok(&["info", "--json"])).unwrap();
+        self.labels_with(&[])
+    }
+
+    /// Labels of the backups in repository `n`.
+    pub fn labels_in(&self, n: &str) -> Vec<String> {
+        self.labels_with(&["--repo", n])
+    }
+
+    fn labels_with(&self, options: &[&str]) -> Vec<String> {
+        let args = [options, &["info", "--json"]].concat();
+        let info: serde_json::Value = serde_json::from_str(&self.pgkeep_ok(&args)).unwrap();
         info["backups"]
             .as_array()
             .unwrap()
@@ -309,7 +334,13 @@ impl Env {
         let mut all = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
         all.extend_from_slice(args);
         self.pgkeep_ok(&all);
-        let mut server = self.restored(&pgdata);
+        self.start_restored(&pgdata)
+    }
+
+    /// Starts the server restored into `pgdata` without archiving and waits until
+    /// recovery has ended.
+    pub fn start_restored(&self, pgdata: &Path) -> Server {
+        let mut server = self.restored(pgdata);
         server.options = "-c archive_mode=off".into();
         server.start();
         server.wait_promoted();

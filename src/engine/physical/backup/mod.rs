@@ -11,6 +11,7 @@
 mod changes;
 mod parent;
 mod reader;
+mod replicate;
 mod source;
 mod summary;
 mod walchanges;
@@ -26,6 +27,7 @@ use indicatif::ProgressBar;
 use self::changes::ChangedBlocks;
 use self::parent::Parent;
 use self::reader::{FileReader, Stats};
+pub use self::replicate::{Replicated, replicate};
 use self::source::{DataDirectory, Server, Source, Stop, epoch_to_time};
 use crate::engine::wal::archive::{self, wait_for_wal};
 use crate::engine::wal::timelines;

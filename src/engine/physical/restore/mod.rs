@@ -72,6 +72,12 @@ fn same_directory(a: &Path, b: &Path) -> bool {
     resolve(a) == resolve(b)
 }
 
+/// Whether a failed restore into `pgdata` left it as an empty or missing directory, so
+/// that another repository may restore there.
+pub fn nothing_written(pgdata: &Path) -> bool {
+    is_empty_dir(pgdata).unwrap_or(false)
+}
+
 fn is_empty_dir(path: &Path) -> Result<bool> {
     match fs::read_dir(path) {
         Ok(mut entries) => Ok(entries.next().is_none()),

@@ -69,10 +69,13 @@ pub(super) fn write_recovery_settings(
     if !archiving {
         text.push_str(&format!("archive_mode = 'off' {ARCHIVE_OFF_MARK}\n"));
     }
-    let restore_command = format!(
-        "{} archive-get %f \"%p\"",
-        guc::escape_percent(&ctx.self_command()?)
-    );
+    // Restored from another than the first repository (which failed, or was passed
+    // over by --repo): recovery reads WAL from that one only.
+    let mut pgkeep = ctx.self_command()?;
+    if ctx.repo_number != 1 {
+        pgkeep.push_str(&format!(" --repo {}", ctx.repo_number));
+    }
+    let restore_command = format!("{} archive-get %f \"%p\"", guc::escape_percent(&pgkeep));
     text.push_str(&format!(
         "restore_command = {}\n",
         guc::quote(&restore_command)
