@@ -1,5 +1,6 @@
-//! Repositories on object storage: every command on Azure Blob Storage (Azurite), and on
-//! S3 (moto) with faults injected between pgkeep and the service. (The PITR test runs on
+//! Repositories on object storage: every command on Azure Blob Storage (Azurite) and on
+//! Google Cloud Storage (fake-gcs-server), and on S3 (moto) with faults injected between
+//! pgkeep and the service. (The PITR test runs on
 //! S3, and so does expire beside running backups, coordinated by lease objects.)
 
 mod common;
@@ -17,11 +18,21 @@ fn restores_exactly(env: &Env, name: &str, label: &str, expected: &str) {
     server.stop();
 }
 
-/// Every command on Azure Blob Storage: init, check, backup (full and incremental),
-/// archive-push and archive-get, info, verify, pin, expire and restore.
+/// Every command on Azure Blob Storage (Azurite).
 #[test]
 fn azure_round_trip() {
-    let env = Env::on_object_storage("azure", Pg::new(15), Service::Azure);
+    round_trip(Env::on_object_storage("azure", Pg::new(15), Service::Azure));
+}
+
+/// Every command on Google Cloud Storage (fake-gcs-server).
+#[test]
+fn gcs_round_trip() {
+    round_trip(Env::on_object_storage("gcs", Pg::new(18), Service::Gcs));
+}
+
+/// Every command: init, check, backup (full and incremental), archive-push and
+/// archive-get, info, verify, pin, expire and restore.
+fn round_trip(env: Env) {
     let main = env.primary();
     env.write_config(
         &main,

@@ -218,7 +218,12 @@ pub fn pack_key(prefix: &str, name: &str, ext: &str) -> String {
     format!("{prefix}/{}/{name}.{ext}", &name[..2])
 }
 
-/// Collects compressed chunks into packs and stores each pack when it is full.
+/// Collects compressed chunks into packs and stores each pack when it is full, while the
+/// next one fills: up to [`Storage::parallel_puts`] packs are stored at once, so memory
+/// stays bounded by that many packs plus the one filling.
+///
+/// Invariant: when [`PackWriter::flush`] returns, every pack added so far is durable
+/// (callers publish manifests or remove old packs only after it).
 pub struct PackWriter {
     storage: Arc<dyn Storage>,
     prefix: String,
@@ -226,6 +231,8 @@ pub struct PackWriter {
     hasher: ChunkHasher,
     buf: Vec<u8>,
     entries: Vec<IndexEntry>,
+    /// Packs being stored, oldest first.
+    storing: std::collections::VecDeque<std::thread::JoinHandle<Result<()>>>,
     /// Bytes of packs stored so far (chunk payloads plus index).
     pub stored_bytes: u64,
     /// Names of the packs stored so far. A pack's name is its content hash, so a pack
@@ -248,6 +255,7 @@ impl PackWriter {
             target_size,
             buf: Vec::new(),
             entries: Vec::new(),
+            storing: Default::default(),
             stored_bytes: 0,
             stored: Vec::new(),
         }
@@ -271,13 +279,19 @@ impl PackWriter {
         });
         self.buf.extend_from_slice(payload);
         if self.buf.len() >= self.target_size {
-            self.flush()?;
+            self.seal()?;
         }
         Ok(())
     }
 
-    /// Stores the pack being filled, then its index.
+    /// Stores the pack being filled and waits until every pack is durable.
     pub fn flush(&mut self) -> Result<()> {
+        self.seal()?;
+        self.wait_until_at_most(0)
+    }
+
+    /// Closes the pack being filled and starts storing it (pack, then index).
+    fn seal(&mut self) -> Result<()> {
         if self.entries.is_empty() {
             return Ok(());
         }
@@ -286,43 +300,65 @@ impl PackWriter {
             pack_size(self.entries.len(), self.buf.len() as u64),
             (self.buf.len() + index.len() + 8) as u64
         );
-        self.buf.extend_from_slice(&index);
-        self.buf
-            .extend_from_slice(&(index.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(PACK_MAGIC);
-        let name = self.hasher.pack_name(&self.buf);
-        self.store_pack(&name)?;
-        self.storage.put(
-            &pack_key(&self.prefix, &name, "idx"),
-            &object::encode(&index, 3)?,
-        )?;
-        self.stored_bytes += self.buf.len() as u64;
-        self.stored.push(name);
-        self.buf.clear();
+        let mut pack = std::mem::take(&mut self.buf);
+        pack.extend_from_slice(&index);
+        pack.extend_from_slice(&(index.len() as u32).to_le_bytes());
+        pack.extend_from_slice(PACK_MAGIC);
         self.entries.clear();
+        let name = self.hasher.pack_name(&pack);
+        self.stored_bytes += pack.len() as u64;
+        self.stored.push(name.clone());
+        self.wait_until_at_most(self.storage.parallel_puts().max(1) - 1)?;
+        let (storage, prefix, hasher) = (self.storage.clone(), self.prefix.clone(), self.hasher);
+        self.storing.push_back(std::thread::spawn(move || {
+            store_pack(&*storage, &prefix, hasher, &name, &pack)?;
+            storage.put(
+                &pack_key(&prefix, &name, "idx"),
+                &object::encode(&index, 3)?,
+            )
+        }));
         Ok(())
     }
 
-    /// Stores the pack being filled as `name`. A pack of that name is these very bytes
-    /// (the name is their hash), unless it was damaged: then it is replaced by its true
-    /// content, and its damage record goes.
-    fn store_pack(&self, name: &str) -> Result<()> {
-        let key = pack_key(&self.prefix, name, "pack");
-        if self.storage.put_new(&key, &self.buf)? {
-            return Ok(());
-        }
-        let intact = self
-            .storage
-            .get(&key)?
-            .is_some_and(|stored| self.hasher.pack_name(&stored) == name);
-        if !intact {
-            tracing::warn!("pack {key} was damaged; it is written again");
-            self.storage.put(&key, &self.buf)?;
-            self.storage
-                .delete(&pack_key(&self.prefix, name, "damaged"))?;
+    /// Waits for the oldest packs being stored until at most `n` are; the first failure
+    /// is the error.
+    fn wait_until_at_most(&mut self, n: usize) -> Result<()> {
+        while self.storing.len() > n {
+            let oldest = self
+                .storing
+                .pop_front()
+                .expect("more than n >= 0 are stored");
+            oldest
+                .join()
+                .map_err(|_| anyhow::anyhow!("storing a pack panicked"))??;
         }
         Ok(())
     }
+}
+
+/// Stores pack `name` with content `pack`. A pack of that name is these very bytes (the
+/// name is their hash), unless it was damaged: then it is replaced by its true content,
+/// and its damage record goes.
+fn store_pack(
+    storage: &dyn Storage,
+    prefix: &str,
+    hasher: ChunkHasher,
+    name: &str,
+    pack: &[u8],
+) -> Result<()> {
+    let key = pack_key(prefix, name, "pack");
+    if storage.put_new(&key, pack)? {
+        return Ok(());
+    }
+    let intact = storage
+        .get(&key)?
+        .is_some_and(|stored| hasher.pack_name(&stored) == name);
+    if !intact {
+        tracing::warn!("pack {key} was damaged; it is written again");
+        storage.put(&key, pack)?;
+        storage.delete(&pack_key(prefix, name, "damaged"))?;
+    }
+    Ok(())
 }
 
 /// Reads the index stored at the end of a pack of `size` bytes through `read(offset,

@@ -1,5 +1,6 @@
-//! Object-storage servers for tests: moto (S3) and Azurite (Azure Blob Storage), started
-//! on a free loopback port and stopped when dropped.
+//! Object-storage servers for tests: moto (S3), Azurite (Azure Blob Storage) and
+//! fake-gcs-server (Google Cloud Storage, behind `support/gcs_front.py`), started on a
+//! free loopback port and stopped when dropped.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ const AZURITE_KEY: &str =
 pub enum Service {
     S3,
     Azure,
+    Gcs,
 }
 
 /// A running object-storage server.
@@ -66,6 +68,15 @@ impl ObjectServer {
                 c.args(["--blobHost", "127.0.0.1", "--blobPort", &port, "--silent"])
                     .args(["--skipApiVersionCheck", "--location"])
                     .arg(location);
+                c
+            }
+            Service::Gcs => {
+                let mut c = Command::new("python3");
+                c.arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/support/gcs_front.py"
+                ))
+                .arg(&port);
                 c
             }
         };
@@ -117,6 +128,15 @@ impl ObjectServer {
                 );
                 run_ok(Command::new("python3").args([script, &port, name]));
             }
+            Service::Gcs => {
+                run_ok(
+                    Command::new("curl")
+                        .args(["-sf", "-X", "POST", "-H", "Content-Type: application/json"])
+                        .arg("--data")
+                        .arg(format!("{{\"name\": \"{name}\"}}"))
+                        .arg(format!("http://127.0.0.1:{port}/storage/v1/b")),
+                );
+            }
         }
     }
 
@@ -133,6 +153,10 @@ impl ObjectServer {
             Service::Azure => format!(
                 "[repository]\npath = \"az://{bucket}/{prefix}\"\noptions = {{ account_name = \"{AZURITE_ACCOUNT}\", access_key = \"{AZURITE_KEY}\", \
                  endpoint = \"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}\", allow_http = \"true\" }}\n"
+            ),
+            Service::Gcs => format!(
+                "[repository]\npath = \"gs://{bucket}/{prefix}\"\noptions = {{ base_url = \"http://127.0.0.1:{port}\", bearer_token = \"test\", \
+                 allow_http = \"true\" }}\n"
             ),
         };
         section + retry

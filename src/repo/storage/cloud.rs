@@ -286,6 +286,10 @@ impl Storage for ObjectStorage {
         }
     }
 
+    fn parallel_puts(&self) -> usize {
+        3
+    }
+
     fn describe(&self) -> String {
         self.url.to_string()
     }

@@ -109,6 +109,10 @@ impl Storage for EncryptedStorage {
         self.inner.delete(key)
     }
 
+    fn parallel_puts(&self) -> usize {
+        self.inner.parallel_puts()
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }

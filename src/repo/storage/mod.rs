@@ -30,6 +30,11 @@ pub trait Storage: Send + Sync {
     fn delete(&self, key: &str) -> Result<()>;
     /// Where this storage is, for messages.
     fn describe(&self) -> String;
+    /// How many large objects (packs) may be stored at once: one on a local disk, a few
+    /// on object storage, where each PUT waits on the network more than on the machine.
+    fn parallel_puts(&self) -> usize {
+        1
+    }
     /// Removes what writes that never finished left under `prefix` (temporary files on
     /// a local disk, incomplete uploads on object storage), if older than `min_age`;
     /// returns how many. Such leftovers are never listed or read as objects.
