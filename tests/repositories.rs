@@ -37,6 +37,10 @@ fn local_and_s3() {
     env.pgkeep_ok(&["check"]);
     main.pgbench_init(4);
 
+    // A table that changes between the first and second backups only.
+    main.sql("CREATE TABLE steady AS SELECT g AS id, 0 AS v FROM generate_series(1, 100000) g");
+    main.sql("VACUUM FREEZE steady");
+
     // The first backup is copied whole; the data directory is read once.
     let out = env.pgkeep_ok(&["backup"]);
     let first = label_of(&out);
@@ -49,6 +53,8 @@ fn local_and_s3() {
 
     // An incremental backup copies only what changed, and reads only that from repository 1.
     main.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 2000");
+    main.sql("UPDATE steady SET v = 1");
+    main.sql("VACUUM FREEZE steady");
     let out = env.pgkeep_ok(&["backup"]);
     let second = label_of(&out);
     let copy_line = &out[out.find("copied to repository 2").unwrap()..];
@@ -57,33 +63,44 @@ fn local_and_s3() {
         copied < size / 4.0,
         "the copy read {copied} bytes of {size}: {out}"
     );
+    // A third backup, whose parent is not the oldest backup of repository 2: its copy
+    // takes the unchanged chunks from repository 2's copy of that parent.
+    main.sql(
+        "UPDATE pgbench_accounts SET abalance = abalance + 3 WHERE aid BETWEEN 300000 AND 302000",
+    );
+    let third = env.backup();
     let expected = main.sql(ACCOUNTS_FINGERPRINT);
     env.pgkeep_ok(&["check"]);
     for repo in ["1", "2"] {
         assert_eq!(
             env.labels_in(repo),
-            [first.clone(), second.clone()],
+            [first.clone(), second.clone(), third.clone()],
             "repository {repo}"
         );
     }
     let verified = env.pgkeep_ok(&["verify"]);
     assert_eq!(
-        verified.matches("verify ok: 2 backups").count(),
+        verified.matches("verify ok: 3 backups").count(),
         2,
         "{verified}"
     );
-    let server = env.restore_and_start(
-        "from-s3",
-        &[
-            "--repo",
-            "2",
-            "--backup",
-            &second,
-            "--target-action",
-            "promote",
-        ],
-    );
+    // To its consistency point, so the copied data itself is what is checked.
+    let args = [
+        "--repo",
+        "2",
+        "--backup",
+        &third,
+        "--target",
+        "immediate",
+        "--target-action",
+        "promote",
+    ];
+    let server = env.restore_and_start("from-s3", &args);
     assert_eq!(server.sql(ACCOUNTS_FINGERPRINT), expected);
+    assert_eq!(
+        server.sql("SELECT count(*), sum(v) FROM steady"),
+        "100000|100000"
+    );
     server.stop();
 
     // S3 down: the segment reaches the local repository, but archive-push fails and

@@ -98,7 +98,11 @@ pub fn replicate(from: &Context, manifest: &Manifest, to: &Context) -> Result<Re
         None => None,
     };
     let to_parent = match &manifest.parent {
-        Some(label) => to.repo.readable_manifests(Some(label))?.into_iter().next(),
+        Some(label) => to
+            .repo
+            .readable_manifests(Some(label))?
+            .into_iter()
+            .find(|m| &m.label == label),
         None => None,
     };
     let known = Known {
