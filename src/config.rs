@@ -19,6 +19,8 @@ pub struct Config {
     #[serde(default)]
     pub retention: Retention,
     #[serde(default)]
+    pub archive: ArchiveConfig,
+    #[serde(default)]
     pub cluster: BTreeMap<String, ClusterConfig>,
     /// Absolute path of the file this came from, for `archive_command` and
     /// `restore_command` lines.
@@ -197,6 +199,60 @@ impl Default for BackupConfig {
     }
 }
 
+/// `[archive]`: how archive-push and archive-get work with PostgreSQL.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// archive-push answers from a background pusher that stores the segments marked
+    /// ready ahead of PostgreSQL's calls, and archive-get from segments fetched ahead.
+    #[serde(default, rename = "async")]
+    pub asynchronous: bool,
+    /// Local directory for the pusher's status files and prefetched segments (one
+    /// subdirectory per cluster); must be writable by the user running PostgreSQL.
+    #[serde(default = "default_spool_path")]
+    pub spool_path: PathBuf,
+    /// Segments the background pusher stores at once.
+    #[serde(default = "default_push_jobs")]
+    pub push_jobs: usize,
+    /// Seconds an asynchronous archive-push waits for its segment before failing (and
+    /// PostgreSQL trying again).
+    #[serde(default = "default_push_timeout")]
+    pub push_timeout: u64,
+    /// Segments archive-get fetches ahead of recovery when `async` is on.
+    #[serde(default = "default_get_ahead")]
+    pub get_ahead: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            asynchronous: false,
+            spool_path: default_spool_path(),
+            push_jobs: default_push_jobs(),
+            push_timeout: default_push_timeout(),
+            get_ahead: default_get_ahead(),
+        }
+    }
+}
+
+fn default_spool_path() -> PathBuf {
+    PathBuf::from("/var/spool/pgkeep")
+}
+
+/// Four uploads in flight hide object storage's per-request latency without
+/// outrunning a server's WAL rate on two cores.
+fn default_push_jobs() -> usize {
+    4
+}
+
+fn default_push_timeout() -> u64 {
+    60
+}
+
+fn default_get_ahead() -> usize {
+    8
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
@@ -300,6 +356,7 @@ impl Config {
             .cluster
             .iter()
             .map(|(n, c)| (format!("cluster.{n}.pgdata"), &c.pgdata))
+            .chain([("archive.spool_path".to_string(), &config.archive.spool_path)])
         {
             if !p.is_absolute() {
                 bail!(
@@ -308,6 +365,9 @@ impl Config {
                     p.display()
                 );
             }
+        }
+        if config.archive.push_jobs == 0 {
+            bail!("archive.push_jobs in {} must be at least 1", path.display());
         }
         for name in config.cluster.keys() {
             let ok = !name.is_empty()

@@ -94,25 +94,7 @@ fn s3_faults() {
     assert!(injected > 20, "only {injected} faults were injected");
     let expected = main.sql(ACCOUNTS_FINGERPRINT);
     env.pgkeep_ok(&["check"]);
-    // Every segment PostgreSQL was told is archived is in the repository, byte for byte.
-    let status = main.pgdata.join("pg_wal/archive_status");
-    let mut checked = 0;
-    for entry in std::fs::read_dir(&status).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().to_string();
-        let Some(segment) = name.strip_suffix(".done") else {
-            continue;
-        };
-        let Ok(original) = std::fs::read(main.pgdata.join("pg_wal").join(segment)) else {
-            continue; // recycled since
-        };
-        let fetched = env.path(&format!("fetched-{segment}"));
-        env.pgkeep_ok(&["archive-get", segment, fetched.to_str().unwrap()]);
-        assert!(
-            std::fs::read(&fetched).unwrap() == original,
-            "{segment} differs"
-        );
-        checked += 1;
-    }
+    let checked = common::archived_exactly(&env, &main);
     assert!(
         checked > 3,
         "only {checked} archived segments were still in pg_wal"

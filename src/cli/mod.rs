@@ -11,8 +11,9 @@ use crate::config::{Config, ConfigSource, Encryption};
 use crate::engine::physical::backup;
 use crate::engine::physical::restore::{self, RestoreOptions};
 use crate::engine::physical::target::{self, Target, TimelineChoice};
+use crate::engine::repositories::Repositories;
 use crate::engine::retention::expire;
-use crate::engine::wal::archive;
+use crate::engine::wal::{archive, spool};
 use crate::engine::{Context, human_bytes, info, setup, verify};
 use crate::repo::OpenMode;
 use crate::repo::encryption::secret::SecretSource;
@@ -65,6 +66,12 @@ enum Command {
     ArchivePush { path: PathBuf },
     /// Fetch one archived WAL file (for restore_command = '... archive-get %f "%p"').
     ArchiveGet { name: String, dest: PathBuf },
+    /// The background pusher of asynchronous archive-push (started by archive-push).
+    #[command(hide = true)]
+    ArchivePusher { pg_wal: PathBuf },
+    /// The background WAL fetcher of asynchronous archive-get (started by archive-get).
+    #[command(hide = true)]
+    ArchiveFetcher { after: String },
     /// Restore a backup into a new data directory, set up to recover to a target.
     Restore(Box<RestoreArgs>),
     /// Show backups, the WAL archive and the recoverable window.
@@ -518,24 +525,7 @@ fn first_repository<T>(
     config: &Config,
     job: impl Fn(&Context) -> Result<Option<T>>,
 ) -> Result<Option<T>> {
-    let mut failure = None;
-    let mut answered = false;
-    for n in repo_numbers(cli, config) {
-        match Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
-            .and_then(|ctx| job(&ctx))
-        {
-            Ok(Some(found)) => return Ok(Some(found)),
-            Ok(None) => answered = true,
-            Err(e) => {
-                tracing::warn!("repository {n}: {e:#}; trying the next repository");
-                failure = Some(e.context(format!("repository {n}")));
-            }
-        }
-    }
-    match failure {
-        Some(e) if !answered => Err(e),
-        _ => Ok(None),
-    }
+    all_repositories(cli, config).first(job)
 }
 
 fn run(cli: &Cli) -> Result<i32> {
@@ -587,7 +577,25 @@ fn run(cli: &Cli) -> Result<i32> {
             Ok(0)
         }),
         Command::ArchivePush { path } => run_archive_push(cli, &config, path),
+        Command::ArchivePusher { pg_wal } => {
+            let spool = open_spool(cli, &config)?;
+            let repos = all_repositories(cli, &config);
+            spool::run_pusher(&spool, &repos, pg_wal, config.archive.push_jobs)?;
+            Ok(0)
+        }
+        Command::ArchiveFetcher { after } => {
+            let spool = open_spool(cli, &config)?;
+            let repos = all_repositories(cli, &config);
+            spool::run_fetcher(&spool, &repos, after, config.archive.get_ahead)?;
+            Ok(0)
+        }
         Command::ArchiveGet { name, dest } => {
+            if config.archive.asynchronous {
+                let spool = open_spool(cli, &config)?;
+                if spool::take_prefetched(&spool, &helper(cli, &config)?, name, dest)? {
+                    return Ok(0);
+                }
+            }
             let found = first_repository(cli, &config, |ctx| {
                 Ok(archive::get(ctx, name, dest)?.then_some(()))
             })?;
@@ -710,26 +718,44 @@ fn run_backup(cli: &Cli, config: &Config, full: bool) -> Result<i32> {
 
 /// Archives the file in every repository; it is archived only once every one has it.
 fn run_archive_push(cli: &Cli, config: &Config, path: &std::path::Path) -> Result<i32> {
-    let mut failed = Vec::new();
-    for n in repo_numbers(cli, config) {
-        let pushed = Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
-            .and_then(|ctx| archive::push(&ctx, path));
-        if let Err(e) = pushed {
-            eprintln!(
-                "pgkeep: error: repository {n} ({}): {e:#}",
-                config.repositories[n - 1].path
-            );
-            failed.push(n.to_string());
-        }
-    }
-    if !failed.is_empty() {
-        bail!(
-            "{} is not archived in repository {} (errors above); PostgreSQL keeps it and tries again",
-            path.display(),
-            failed.join(", ")
-        );
+    if config.archive.asynchronous && spool::ready_marker(path).is_some() {
+        let timeout = std::time::Duration::from_secs(config.archive.push_timeout);
+        spool::push(
+            &open_spool(cli, config)?,
+            &helper(cli, config)?,
+            path,
+            timeout,
+        )?;
+    } else {
+        archive::push(&all_repositories(cli, config), path)?;
     }
     Ok(0)
+}
+
+/// The repositories the command works on (`--repo`, or every one), opened on first use.
+fn all_repositories<'a>(cli: &'a Cli, config: &'a Config) -> Repositories<'a> {
+    Repositories::new(
+        config,
+        cli.cluster.as_deref(),
+        &repo_numbers(cli, config),
+        OpenMode::Existing,
+    )
+}
+
+/// The spool of the selected cluster, for asynchronous archiving.
+fn open_spool(cli: &Cli, config: &Config) -> Result<spool::Spool> {
+    let (cluster, _) = config.select_cluster(cli.cluster.as_deref())?;
+    spool::Spool::open(&config.archive, cluster)
+}
+
+/// How this command starts its background pusher or fetcher.
+fn helper<'a>(cli: &Cli, config: &'a Config) -> Result<spool::Helper<'a>> {
+    let (cluster, _) = config.select_cluster(cli.cluster.as_deref())?;
+    Ok(spool::Helper {
+        config,
+        cluster,
+        repo: cli.repo,
+    })
 }
 
 /// Restores from the first repository that can: one that fails before writing anything

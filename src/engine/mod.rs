@@ -3,6 +3,7 @@
 
 pub mod info;
 pub mod physical;
+pub mod repositories;
 pub mod retention;
 pub mod setup;
 pub mod verify;

@@ -629,6 +629,39 @@ pub const ACCOUNTS_FINGERPRINT: &str =
 
 /// The label in a backup's summary line (`backup LABEL (full): ...`).
 /// Every object of a local repository, sorted (lock files are not objects).
+/// The segments PostgreSQL counts as archived (`.done`) that pg_wal still has, in order.
+pub fn done_segments(server: &Server) -> Vec<String> {
+    let status = server.pgdata.join("pg_wal/archive_status");
+    let mut names: Vec<String> = std::fs::read_dir(&status)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            let segment = name.strip_suffix(".done")?.to_string();
+            let kept = segment.len() == 24 && server.pgdata.join("pg_wal").join(&segment).exists();
+            kept.then_some(segment)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Checks that every segment PostgreSQL counts as archived (`.done`) and still has in
+/// pg_wal is in the archive byte for byte; returns how many were checked.
+pub fn archived_exactly(env: &Env, server: &Server) -> usize {
+    let segments = done_segments(server);
+    for segment in &segments {
+        let fetched = env.path(&format!("fetched-{segment}"));
+        env.pgkeep_ok(&["archive-get", segment, fetched.to_str().unwrap()]);
+        let original = std::fs::read(server.pgdata.join("pg_wal").join(segment));
+        // (A segment recycled since is no longer the one archived.)
+        assert!(
+            original.is_err() || std::fs::read(&fetched).unwrap() == original.unwrap(),
+            "{segment} differs"
+        );
+    }
+    segments.len()
+}
+
 pub fn repository_objects(repo: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![repo.to_path_buf()];

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::engine::Context;
+use crate::engine::repositories::Repositories;
 use crate::format::wal::{self, WalFile};
 use crate::repo::object;
 
@@ -23,8 +24,9 @@ fn read_mapped(path: &Path) -> std::io::Result<memmap2::Mmap> {
     unsafe { memmap2::MmapOptions::new().populate().map(&file) }
 }
 
-/// Archives one WAL file (segment, `.partial`, `.backup` or `.history`).
-pub fn push(ctx: &Context, path: &Path) -> Result<()> {
+/// Archives one WAL file (segment, `.partial`, `.backup` or `.history`) in every
+/// repository, reading it once. Returns the BLAKE3 hash of what was stored.
+pub fn push(repos: &Repositories, path: &Path) -> Result<blake3::Hash> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let file = WalFile::parse(name).with_context(|| {
         format!(
@@ -34,7 +36,20 @@ pub fn push(ctx: &Context, path: &Path) -> Result<()> {
     })?;
     let data =
         read_mapped(path).with_context(|| format!("cannot read WAL file {}", path.display()))?;
-    store(ctx, name, &file, &data)
+    if let Err(failures) = repos.every(|ctx| store(ctx, name, &file, &data)) {
+        bail!(
+            "{} is not archived in {failures:#}; PostgreSQL keeps it and tries again",
+            path.display()
+        );
+    }
+    Ok(blake3::hash(&data))
+}
+
+/// The BLAKE3 hash of the WAL file at `path`, to compare with what was pushed.
+pub fn hash_file(path: &Path) -> Result<blake3::Hash> {
+    let data =
+        read_mapped(path).with_context(|| format!("cannot read WAL file {}", path.display()))?;
+    Ok(blake3::hash(&data))
 }
 
 /// Archives WAL file `name` (parsed as `file`) with content `data`, from any source:

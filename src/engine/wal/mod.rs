@@ -4,4 +4,5 @@
 pub mod archive;
 pub mod need;
 pub mod scan;
+pub mod spool;
 pub mod timelines;

@@ -10,6 +10,7 @@ use super::files::sync_file;
 use super::{Plan, RestoreOptions};
 use crate::engine::Context;
 use crate::engine::physical::target::{self, Target, TimelineChoice};
+use crate::engine::wal::spool;
 use crate::format::{guc, tablespace_map};
 use crate::repo::manifest::Manifest;
 
@@ -74,6 +75,11 @@ pub(super) fn write_recovery_settings(
     let mut pgkeep = ctx.self_command()?;
     if ctx.repo_number != 1 {
         pgkeep.push_str(&format!(" --repo {}", ctx.repo_number));
+    }
+    if ctx.config.archive.asynchronous
+        && let Err(e) = spool::clear_prefetched(&ctx.config.archive, ctx.cluster_name)
+    {
+        tracing::warn!("{e:#}; remove it before starting the restored server");
     }
     let restore_command = format!("{} archive-get %f \"%p\"", guc::escape_percent(&pgkeep));
     text.push_str(&format!(
