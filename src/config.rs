@@ -54,6 +54,9 @@ pub struct RepositoryConfig {
     pub passphrase_file: Option<PathBuf>,
     /// A shell command that prints the secret (from a KMS or a vault).
     pub key_command: Option<String>,
+    /// Where pack indexes of an object-storage repository are cached (default
+    /// `$XDG_CACHE_HOME/pgkeep`, else `~/.cache/pgkeep`).
+    pub cache_path: Option<PathBuf>,
 }
 
 /// A `[repository]` table or an array of them. (Not an untagged enum: its error would

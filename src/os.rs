@@ -1,5 +1,5 @@
-//! What pgkeep needs of the operating system beyond `std`: user names and durable
-//! directory entries.
+//! What pgkeep needs of the operating system beyond `std`: user names and home
+//! directories, and durable directory entries.
 
 use std::fs::File;
 use std::path::Path;
@@ -8,6 +8,19 @@ use anyhow::{Context, Result};
 
 /// The name of the OS user `uid` (the number if it has none).
 pub fn user_name(uid: u32) -> String {
+    with_passwd(uid, |pwd| pwd.pw_name).unwrap_or_else(|| uid.to_string())
+}
+
+/// The home directory of the user this process runs as, from the user database (not
+/// `$HOME`, which `sudo -u` may leave pointing at the caller's).
+pub fn home_dir() -> Option<std::path::PathBuf> {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    with_passwd(uid, |pwd| pwd.pw_dir).map(std::path::PathBuf::from)
+}
+
+/// A string field (`field` picks it) of user `uid`'s entry in the user database.
+fn with_passwd(uid: u32, field: impl Fn(&libc::passwd) -> *mut libc::c_char) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut found: *mut libc::passwd = std::ptr::null_mut();
@@ -21,13 +34,16 @@ pub fn user_name(uid: u32) -> String {
             &mut found,
         )
     };
-    if rc != 0 || found.is_null() {
-        return uid.to_string();
+    let value = field(&pwd);
+    if rc != 0 || found.is_null() || value.is_null() {
+        return None;
     }
-    // SAFETY: pw_name points into `buf`, NUL-terminated.
-    unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
-        .to_string_lossy()
-        .into_owned()
+    // SAFETY: the field points into `buf`, NUL-terminated.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(value) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// fsyncs a directory so that a rename or link inside it survives a crash.

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use common::{ACCOUNTS_FINGERPRINT, Env, Pg};
-use pgkeep::repo::index::ChunkIndex;
+use pgkeep::repo::index::{ChunkIndex, IndexReads};
 use pgkeep::repo::pack::{ChunkHasher, ChunkId};
 use pgkeep::repo::storage::LocalStorage;
 
@@ -36,6 +36,7 @@ fn corruption(pg: Pg) {
         &LocalStorage::new(&env.repo),
         "main/packs",
         ChunkHasher::default(),
+        IndexReads::Fresh,
     )
     .unwrap();
     let mut chunks: Vec<_> = index.chunks.iter().collect();
@@ -114,6 +115,7 @@ fn largest_pack(env: &Env) -> (ChunkIndex, u32) {
         &LocalStorage::new(&env.repo),
         "main/packs",
         ChunkHasher::default(),
+        IndexReads::Fresh,
     )
     .unwrap();
     let size = |p: u32| {
@@ -195,6 +197,7 @@ fn damage_table(env: &Env, main: &common::Server, label: &str, table: &str) -> C
         &LocalStorage::new(&env.repo),
         "main/packs",
         ChunkHasher::default(),
+        IndexReads::Fresh,
     )
     .unwrap();
     let loc = index.chunks[&id];

@@ -31,7 +31,7 @@ fn gcs_round_trip() {
 }
 
 /// Every command: init, check, backup (full and incremental), archive-push and
-/// archive-get, info, verify, pin, expire and restore.
+/// archive-get, info, verify, pin, expire and restore; pack indexes are fetched once.
 fn round_trip(env: Env) {
     let main = env.primary();
     env.write_config(
@@ -44,7 +44,13 @@ fn round_trip(env: Env) {
     let first = env.backup();
     env.pgkeep_ok(&["pin", &first]);
     main.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 7 = 0");
+    let index_gets = || env.faults.as_ref().unwrap().index_gets();
+    let before = index_gets();
     let second = env.backup();
+    assert!(
+        index_gets() > before,
+        "the second backup fetches the pack indexes of the first"
+    );
     main.sql("UPDATE pgbench_accounts SET abalance = abalance + 2 WHERE aid % 5 = 0");
     let third = env.backup();
     let expected = main.sql(ACCOUNTS_FINGERPRINT);
@@ -58,7 +64,14 @@ fn round_trip(env: Env) {
     );
     env.pgkeep_ok(&["verify"]);
     restores_exactly(&env, "restored", &third, &expected);
+    // Packs never change, so their indexes are fetched once and then read locally.
+    let before = index_gets();
     restores_exactly(&env, "from-pinned", &first, &expected);
+    assert_eq!(
+        index_gets(),
+        before,
+        "a restore fetched pack indexes it had fetched before"
+    );
 }
 
 /// Archive-push and backups on S3 with random faults under a pgbench load: nothing that

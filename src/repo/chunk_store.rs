@@ -18,7 +18,7 @@ use crossbeam_channel::{Sender, bounded};
 
 use super::ClusterRepo;
 use super::codec;
-use super::index::{ChunkIndex, ChunkLocation, CorruptCopy, write_damage_record};
+use super::index::{ChunkIndex, ChunkLocation, CorruptCopy, IndexReads, write_damage_record};
 use super::object::Compression;
 use super::pack::{ChunkId, Delta, DeltaMethod, MAX_DELTA_DEPTH, PACK_SIZE, PackWriter, pack_key};
 use super::storage::{ObjectMeta, Storage};
@@ -31,10 +31,21 @@ pub struct ChunkStore {
 }
 
 impl ChunkStore {
-    /// Loads the index of every stored copy.
+    /// Loads the index of every stored copy (pack indexes from the local cache where
+    /// it has them, see `storage/cache.rs`).
     pub fn open(repo: &ClusterRepo) -> Result<ChunkStore> {
+        ChunkStore::open_reading(repo, IndexReads::Cached)
+    }
+
+    /// Loads the index of every stored copy, every pack index from the repository
+    /// itself: `verify` checks what is stored, not a local copy.
+    pub fn open_fresh(repo: &ClusterRepo) -> Result<ChunkStore> {
+        ChunkStore::open_reading(repo, IndexReads::Fresh)
+    }
+
+    fn open_reading(repo: &ClusterRepo, reads: IndexReads) -> Result<ChunkStore> {
         let prefix = repo.packs_prefix();
-        let index = ChunkIndex::load(&*repo.storage, &prefix, repo.hasher)?;
+        let index = ChunkIndex::load(&*repo.storage, &prefix, repo.hasher, reads)?;
         Ok(ChunkStore {
             storage: repo.storage.clone(),
             prefix,

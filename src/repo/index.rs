@@ -15,6 +15,8 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -93,6 +95,15 @@ struct DamageRecord {
     chunks: Vec<ChunkId>,
 }
 
+/// Where pack indexes are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexReads {
+    /// A local copy will do (packs never change once written).
+    Cached,
+    /// From the repository itself, as `verify` must.
+    Fresh,
+}
+
 /// What the listing holds for one pack name.
 #[derive(Default)]
 struct Listed {
@@ -138,13 +149,22 @@ enum PackIndex {
     Unreadable(String),
 }
 
-fn read_pack_index(storage: &dyn Storage, prefix: &str, name: &str, l: &Listed) -> PackIndex {
+fn read_pack_index(
+    storage: &dyn Storage,
+    prefix: &str,
+    name: &str,
+    l: &Listed,
+    reads: IndexReads,
+) -> PackIndex {
     let from_idx = l.idx.then(|| {
-        storage
-            .get(&pack_key(prefix, name, "idx"))
-            .and_then(|bytes| bytes.context("it vanished while being read"))
-            .and_then(|bytes| object::decode(&bytes))
-            .and_then(|plain| decode_index(&plain))
+        let key = pack_key(prefix, name, "idx");
+        match reads {
+            IndexReads::Cached => storage.get_immutable(&key),
+            IndexReads::Fresh => storage.get(&key),
+        }
+        .and_then(|bytes| bytes.context("it vanished while being read"))
+        .and_then(|bytes| object::decode(&bytes))
+        .and_then(|plain| decode_index(&plain))
     });
     let Some(size) = l.pack_size else {
         return match from_idx {
@@ -164,6 +184,35 @@ fn read_pack_index(storage: &dyn Storage, prefix: &str, name: &str, l: &Listed) 
     }
 }
 
+/// The indexes of the `listed` packs, in their order, read `storage.parallel_gets()`
+/// at a time (on object storage each is a round trip).
+fn read_pack_indexes(
+    storage: &dyn Storage,
+    prefix: &str,
+    listed: &[(&String, &Listed)],
+    reads: IndexReads,
+) -> Vec<PackIndex> {
+    let next = AtomicUsize::new(0);
+    let read: Vec<Mutex<Option<PackIndex>>> = listed.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..storage.parallel_gets().clamp(1, listed.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((name, l)) = listed.get(i) else {
+                        break;
+                    };
+                    *read[i].lock().unwrap() =
+                        Some(read_pack_index(storage, prefix, name, l, reads));
+                }
+            });
+        }
+    });
+    read.into_iter()
+        .map(|slot| slot.into_inner().unwrap().expect("every pack was read"))
+        .collect()
+}
+
 fn read_damage_record(storage: &dyn Storage, key: &str) -> Result<BTreeSet<ChunkId>> {
     let bytes = storage.get(key)?.context("it vanished while being read")?;
     let record: DamageRecord = serde_json::from_slice(&object::decode(&bytes)?)?;
@@ -174,7 +223,12 @@ impl ChunkIndex {
     /// Reads every pack index under `prefix`, and the damage records. One bad object
     /// never blocks backups or restores that do not need it: a pack whose index cannot
     /// be read is set aside in `unreadable`.
-    pub fn load(storage: &dyn Storage, prefix: &str, hasher: ChunkHasher) -> Result<ChunkIndex> {
+    pub fn load(
+        storage: &dyn Storage,
+        prefix: &str,
+        hasher: ChunkHasher,
+        reads: IndexReads,
+    ) -> Result<ChunkIndex> {
         let listed = list_packs(storage, prefix)?;
         let mut index = ChunkIndex {
             hasher,
@@ -192,11 +246,14 @@ impl ChunkIndex {
         }
         // Deltas are placed once every whole chunk is known.
         let mut deltas: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
-        for (name, l) in &listed {
-            if l.pack_size.is_none() && !l.idx {
-                continue; // only a damage record left
-            }
-            let entries = match read_pack_index(storage, prefix, name, l) {
+        // (A name with only a damage record left has no index to read.)
+        let with_index: Vec<(&String, &Listed)> = listed
+            .iter()
+            .filter(|(_, l)| l.pack_size.is_some() || l.idx)
+            .collect();
+        let read = read_pack_indexes(storage, prefix, &with_index, reads);
+        for ((name, _), pack_index) in with_index.into_iter().zip(read) {
+            let entries = match pack_index {
                 PackIndex::FromIdx(entries) => entries,
                 PackIndex::FromPack(entries, why) => {
                     tracing::warn!("pack {name}: {why}; using the copy of its index inside it");
@@ -500,6 +557,17 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// The index of the packs under `c/packs`, read from the storage itself.
+    fn load(storage: &dyn Storage) -> ChunkIndex {
+        ChunkIndex::load(
+            storage,
+            "c/packs",
+            ChunkHasher::default(),
+            IndexReads::Fresh,
+        )
+        .unwrap()
+    }
     use crate::repo::codec::encode_delta;
     use crate::repo::pack::{DeltaMethod, PackWriter};
     use crate::repo::storage::LocalStorage;
@@ -522,7 +590,7 @@ mod tests {
                 .unwrap();
         }
         writer.flush().unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         assert_eq!(index.chunks.len(), 10);
         // A delta of the first chunk reads back through its base.
         let mut changed = chunks[0].clone();
@@ -536,7 +604,7 @@ mod tests {
             delta_len < 40,
             "a one-byte change costs a few bytes: {delta_len}"
         );
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         assert_eq!(
             index
                 .read(&*storage, "c/packs", &ChunkId::of(&changed))
@@ -565,7 +633,7 @@ mod tests {
             )
             .unwrap();
         writer.flush().unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         assert_eq!(
             index
                 .read(&*storage, "c/packs", &ChunkId::of(&older))
@@ -578,7 +646,7 @@ mod tests {
         idx[20] ^= 1;
         std::fs::write(&idx_path, idx).unwrap();
         std::fs::write(dir.path().join("c/packs/zz.idx"), b"stray").unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         assert_eq!(index.chunks.len(), 12);
         assert!(index.unreadable.is_empty());
         for c in &chunks {
@@ -651,18 +719,18 @@ mod tests {
         store_delta(&mut writer, &chunk, &gone);
         store_whole(&mut writer, &kept);
         store_delta(&mut writer, &chunk, &kept);
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         let id = ChunkId::of(&chunk);
         assert_eq!(index.read(&*storage, "c/packs", &id).unwrap(), chunk);
         // Stored whole as well: read whole, whatever the order of the packs.
         store_whole(&mut writer, &chunk);
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         assert_eq!(index.chunks[&id].delta, None);
         // Only through a missing base: the chunk is unknown, so it is stored again.
         let mut lost = gone.clone();
         lost[5] = 9;
         store_delta(&mut writer, &lost, &gone);
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         assert!(!index.chunks.contains_key(&ChunkId::of(&lost)));
     }
 
@@ -688,7 +756,7 @@ mod tests {
         let chunk: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
         let id = ChunkId::of(&chunk);
         store_whole(&mut writer, &chunk);
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         damage_first_copy(dir.path(), &index, &id);
         let err = index.read(&*storage, "c/packs", &id).unwrap_err();
         let corrupt = err.downcast_ref::<CorruptCopy>().unwrap();
@@ -700,7 +768,7 @@ mod tests {
         let mut changed = chunk.clone();
         changed[10] ^= 0x55;
         store_delta(&mut writer, &changed, &chunk);
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         let err = index
             .read(&*storage, "c/packs", &ChunkId::of(&changed))
             .unwrap_err();
@@ -715,7 +783,7 @@ mod tests {
             .add(id, chunk.len(), Compression::None, None, &chunk)
             .unwrap();
         store_whole(&mut writer, b"other data");
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         assert_eq!(index.read(&*storage, "c/packs", &id).unwrap(), chunk);
         assert_eq!(
             index
@@ -733,7 +801,7 @@ mod tests {
             let mut only: BTreeSet<ChunkId> = BTreeSet::new();
             only.insert(id);
             write_damage_record(&*storage, "c/packs", pack, &only).unwrap();
-            let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+            let index = load(&*storage);
             assert_ne!(index.pack_name(index.chunks[&id].pack), pack);
             assert_eq!(index.damaged[&id].len(), 1);
             write_damage_record(&*storage, "c/packs", pack, &BTreeSet::new()).unwrap();
@@ -753,7 +821,7 @@ mod tests {
         let chunk = vec![9u8; 30000];
         let id = ChunkId::of(&chunk);
         store_whole(&mut writer, &chunk);
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         damage_first_copy(dir.path(), &index, &id);
         assert!(index.read(&*storage, "c/packs", &id).is_err());
         store_whole(&mut writer, &chunk); // the very same pack bytes, hence name
@@ -775,7 +843,7 @@ mod tests {
         let name = writer.stored[0].clone();
         let idx = dir.path().join(pack_key("c/packs", &name, "idx"));
         std::fs::remove_file(&idx).unwrap();
-        let index = ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default()).unwrap();
+        let index = load(&*storage);
         assert_eq!(
             index
                 .read(&*storage, "c/packs", &ChunkId::of(&chunk))
@@ -786,11 +854,6 @@ mod tests {
         assert!(index.index_from_pack[0].1.contains("missing"));
         assert_eq!(index.rewrite_indexes(&*storage, "c/packs").unwrap(), [name]);
         assert!(idx.exists());
-        assert!(
-            ChunkIndex::load(&*storage, "c/packs", ChunkHasher::default())
-                .unwrap()
-                .index_from_pack
-                .is_empty()
-        );
+        assert!(load(&*storage).index_from_pack.is_empty());
     }
 }

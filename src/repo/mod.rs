@@ -97,6 +97,7 @@ impl Backend {
                     url,
                     &config.options,
                     Duration::from_secs(config.retry_timeout),
+                    config.cache_path.as_deref(),
                 )?);
                 Backend {
                     locks: Arc::new(LeaseLocks::new(storage.clone())),

@@ -30,6 +30,8 @@ struct Shared {
     stop: AtomicBool,
     /// Connections that got a fault.
     faults: AtomicU64,
+    /// Requests for a pack index (`GET ....idx`) that passed.
+    index_gets: AtomicU64,
 }
 
 /// The proxy; stops when dropped.
@@ -49,6 +51,7 @@ impl FaultProxy {
             seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             stop: AtomicBool::new(false),
             faults: AtomicU64::new(0),
+            index_gets: AtomicU64::new(0),
         });
         let s = shared.clone();
         listener.set_nonblocking(true).unwrap();
@@ -76,6 +79,11 @@ impl FaultProxy {
             Faults::Random(p) => 100 + p.min(100),
         };
         self.shared.mode.store(mode, Ordering::SeqCst);
+    }
+
+    /// How many pack indexes were fetched so far.
+    pub fn index_gets(&self) -> u64 {
+        self.shared.index_gets.load(Ordering::Relaxed)
     }
 
     /// How many connections got a fault so far.
@@ -125,19 +133,21 @@ fn serve(s: &Shared, mut client: TcpStream) {
     let generation = s.generation.load(Ordering::SeqCst);
     let (c2, u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
     std::thread::scope(|scope| {
-        scope.spawn(|| pump(s, client, upstream, generation, cut_after));
-        scope.spawn(|| pump(s, u2, c2, generation, cut_after));
+        scope.spawn(|| pump(s, client, upstream, generation, cut_after, true));
+        scope.spawn(|| pump(s, u2, c2, generation, cut_after, false));
     });
 }
 
 /// Copies `from` to `to` until either closes, the service goes down, or `cut_after`
-/// bytes have passed; then closes both.
+/// bytes have passed; then closes both. On the way to the service (`requests`) it
+/// counts the pack indexes asked for.
 fn pump(
     s: &Shared,
     mut from: TcpStream,
     mut to: TcpStream,
     generation: u64,
     cut_after: Option<u64>,
+    requests: bool,
 ) {
     from.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
@@ -154,6 +164,10 @@ fn pump(
                     Some(limit) if passed + n as u64 >= limit => (limit - passed) as usize,
                     _ => n,
                 };
+                if requests {
+                    s.index_gets
+                        .fetch_add(index_gets(&buf[..n]), Ordering::Relaxed);
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
@@ -172,4 +186,16 @@ fn pump(
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+/// The request lines in `bytes` that GET a pack index (`GET /....idx...`, the dot
+/// percent-encoded on GCS).
+fn index_gets(bytes: &[u8]) -> u64 {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|line| {
+            let names_index = |ext: &[u8]| line.windows(ext.len()).any(|w| w == ext);
+            line.starts_with(b"GET /") && (names_index(b".idx") || names_index(b"%2Eidx"))
+        })
+        .count() as u64
 }

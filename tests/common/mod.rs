@@ -204,7 +204,9 @@ impl Env {
             return local + &self.encryption;
         };
         let port = self.faults.as_ref().map_or(server.port, |f| f.port);
-        let object = server.repository_toml(&self.bucket, "backups", port) + &self.encryption;
+        let cache = format!("cache_path = \"{}\"\n", self.dir.join("cache").display());
+        let object =
+            server.repository_toml(&self.bucket, "backups", port) + &cache + &self.encryption;
         match self.local_first {
             true => (local + "\n" + &object).replace("[repository]", "[[repository]]"),
             false => object,

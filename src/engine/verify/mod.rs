@@ -69,7 +69,7 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
             breaks: Vec::new(),
         });
     }
-    let (chunks, full_backup_heals) = match ChunkStore::open(&ctx.repo) {
+    let (chunks, full_backup_heals) = match ChunkStore::open_fresh(&ctx.repo) {
         Ok(store) => {
             for (name, why) in &store.index.unreadable {
                 problems.push(Problem {

@@ -25,6 +25,7 @@ use object_store::{
     BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 
+use super::cache::ObjectCache;
 use super::{ObjectMeta, Storage, TooShort, aws_files, check_key};
 use crate::config::{ObjectService, ObjectUrl};
 
@@ -59,6 +60,7 @@ pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
     url: ObjectUrl,
     retry_timeout: Duration,
+    cache: Option<ObjectCache>,
 }
 
 impl ObjectStorage {
@@ -68,6 +70,7 @@ impl ObjectStorage {
         url: &ObjectUrl,
         options: &BTreeMap<String, String>,
         retry_timeout: Duration,
+        cache_root: Option<&std::path::Path>,
     ) -> Result<ObjectStorage> {
         // One process-wide TLS provider: ring, chosen at build time (see Cargo.toml).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -77,6 +80,7 @@ impl ObjectStorage {
             store,
             url: url.clone(),
             retry_timeout,
+            cache: ObjectCache::for_repository(cache_root, &url.to_string()),
         })
     }
 
@@ -123,6 +127,14 @@ impl ObjectStorage {
                 }
                 done => return done,
             }
+        }
+    }
+
+    /// Drops the cached copy of `key`, which is being replaced or removed (a mended
+    /// index replaces a damaged one).
+    fn forget_cached(&self, key: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget(key);
         }
     }
 
@@ -193,6 +205,7 @@ fn is_transport(e: &object_store::Error) -> bool {
 
 impl Storage for ObjectStorage {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.forget_cached(key);
         let path = self.path(key)?;
         let payload = PutPayload::from(data.to_vec());
         self.run(|| self.store.put(&path, payload.clone()))
@@ -278,7 +291,22 @@ impl Storage for ObjectStorage {
         }
     }
 
+    fn get_immutable(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let Some(cache) = &self.cache else {
+            return self.get(key);
+        };
+        if let Some(cached) = cache.get(key) {
+            return Ok(Some(cached));
+        }
+        let fetched = self.get(key)?;
+        if let Some(bytes) = &fetched {
+            cache.put(key, bytes);
+        }
+        Ok(fetched)
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
+        self.forget_cached(key);
         let path = self.path(key)?;
         match self.run(|| self.store.delete(&path)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -288,6 +316,11 @@ impl Storage for ObjectStorage {
 
     fn parallel_puts(&self) -> usize {
         3
+    }
+
+    /// Small GETs wait almost only on the round trip.
+    fn parallel_gets(&self) -> usize {
+        16
     }
 
     fn describe(&self) -> String {

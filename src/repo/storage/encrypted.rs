@@ -63,6 +63,13 @@ impl Storage for EncryptedStorage {
         }
     }
 
+    fn get_immutable(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.inner.get_immutable(key)? {
+            Some(stored) => Ok(Some(self.keys.open(key, &stored)?)),
+            None => Ok(None),
+        }
+    }
+
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let (header, plain_len) = self.header(key)?;
         if offset + len as u64 > plain_len {
@@ -111,6 +118,10 @@ impl Storage for EncryptedStorage {
 
     fn parallel_puts(&self) -> usize {
         self.inner.parallel_puts()
+    }
+
+    fn parallel_gets(&self) -> usize {
+        self.inner.parallel_gets()
     }
 
     fn describe(&self) -> String {

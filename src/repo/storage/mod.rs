@@ -4,6 +4,7 @@
 //! ([`crate::repo::lock`]).
 
 mod aws_files;
+mod cache;
 mod cloud;
 mod encrypted;
 mod local;
@@ -22,6 +23,11 @@ pub trait Storage: Send + Sync {
     /// written) if one is. Durable when it returns `Ok(true)`.
     fn put_new(&self, key: &str, data: &[u8]) -> Result<bool>;
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// `get` of an object that never changes once written (a pack index): the backend
+    /// may answer from a local copy.
+    fn get_immutable(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get(key)
+    }
     /// `len` bytes from `offset`; [`TooShort`] if the object is shorter.
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// All objects under `prefix` (a folder), recursively, sorted by key.
@@ -33,6 +39,10 @@ pub trait Storage: Send + Sync {
     /// How many large objects (packs) may be stored at once: one on a local disk, a few
     /// on object storage, where each PUT waits on the network more than on the machine.
     fn parallel_puts(&self) -> usize {
+        1
+    }
+    /// How many small objects (indexes) are best fetched at once.
+    fn parallel_gets(&self) -> usize {
         1
     }
     /// Removes what writes that never finished left under `prefix` (temporary files on
