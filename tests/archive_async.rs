@@ -86,6 +86,9 @@ fn async_archiving_on_s3() {
         "PostgreSQL's log does not name the failing repository"
     );
     faults.set(Faults::None);
+    // (After three failures the archiver waits a minute, unless new WAL wakes it.)
+    main.sql("INSERT INTO while_down VALUES (2)");
+    main.sql("SELECT pg_switch_wal()");
     main.wait_archived();
 
     // A file that changes after the pusher stored it is refused, then compared.
@@ -159,6 +162,6 @@ fn async_archiving_on_s3() {
         &["--backup", &base, "--target-action", "promote"],
     );
     assert_eq!(restored.sql(ACCOUNTS_FINGERPRINT), expected);
-    assert_eq!(restored.sql("SELECT count(*) FROM while_down"), "1");
+    assert_eq!(restored.sql("SELECT count(*) FROM while_down"), "2");
     restored.stop();
 }

@@ -368,6 +368,12 @@ fn print_restore_summary(s: &restore::RestoreSummary, opts: &RestoreOptions) {
              restore with --archive on for a copy that replaces the cluster"
         );
     }
+    if s.tde_keys {
+        println!(
+            "note: the backup holds pg_tde's keys (pg_tde/); PostgreSQL starts only if the key providers they name \
+             (keyring files, certificates, the KMS or Vault) are reachable from this host at the same paths"
+        );
+    }
     if !s.in_place {
         println!(
             "note: the copy keeps the original's port and socket settings; if the original runs on this host, \

@@ -53,6 +53,12 @@ impl ChunkStore {
         })
     }
 
+    /// How many chunks are best read at once: many on object storage, where each read
+    /// waits on a round trip.
+    pub fn parallel_reads(&self) -> usize {
+        self.storage.parallel_gets()
+    }
+
     /// Chunk `id`, from any copy that reads back right.
     pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
         self.index.read(&*self.storage, &self.prefix, id)

@@ -14,9 +14,9 @@
 //!   copy right. Such a pack is never taken for unreferenced.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,43 @@ pub struct ChunkIndex {
     pub packs_missing: Vec<(String, Vec<ChunkId>)>,
     /// How the ids of chunks read are checked.
     pub hasher: ChunkHasher,
+    /// Delta bases read lately, so a base several deltas share is fetched once.
+    bases: BaseCache,
+}
+
+/// The plaintext of recently read delta bases, up to [`BaseCache::LIMIT`] bytes; the
+/// oldest go first.
+#[derive(Default)]
+struct BaseCache(Mutex<Bases>);
+
+#[derive(Default)]
+struct Bases {
+    plain: HashMap<ChunkId, Arc<Vec<u8>>>,
+    oldest_first: VecDeque<ChunkId>,
+    bytes: usize,
+}
+
+impl BaseCache {
+    const LIMIT: usize = 64 << 20;
+
+    fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        self.0.lock().unwrap().plain.get(id).cloned()
+    }
+
+    fn put(&self, id: ChunkId, plain: Arc<Vec<u8>>) {
+        let mut bases = self.0.lock().unwrap();
+        bases.bytes += plain.len();
+        match bases.plain.insert(id, plain) {
+            Some(replaced) => bases.bytes -= replaced.len(),
+            None => bases.oldest_first.push_back(id),
+        }
+        while bases.bytes > Self::LIMIT
+            && let Some(old) = bases.oldest_first.pop_front()
+        {
+            let freed = bases.plain.remove(&old).map_or(0, |p| p.len());
+            bases.bytes -= freed;
+        }
+    }
 }
 
 /// `NAME.damaged`: the chunks whose copies in pack `NAME` do not decode.
@@ -441,7 +478,7 @@ impl ChunkIndex {
             bail!("chunk {id} sits on a delta chain that is too long or loops");
         }
         let fast = self
-            .read_unchecked(storage, prefix, &delta.base, depth_left - 1)
+            .base(storage, prefix, &delta.base, depth_left - 1)
             .and_then(|base| codec::decode(loc.encoding(), payload, Some(&base)));
         if let Ok(plain) = fast
             && matches(&plain)
@@ -481,9 +518,30 @@ impl ChunkIndex {
             Some(_) if depth_left == 0 => {
                 bail!("chunk {id} sits on a delta chain that is too long or loops")
             }
-            Some(d) => Some(self.read_unchecked(storage, prefix, &d.base, depth_left - 1)?),
+            Some(d) => Some(self.base(storage, prefix, &d.base, depth_left - 1)?),
         };
-        codec::decode(loc.encoding(), &payload, base.as_deref())
+        codec::decode(
+            loc.encoding(),
+            &payload,
+            base.as_ref().map(|b| b.as_slice()),
+        )
+    }
+
+    /// A delta base's plaintext, unchecked: from the cache of bases read lately, else
+    /// read and kept there.
+    fn base(
+        &self,
+        storage: &dyn Storage,
+        prefix: &str,
+        id: &ChunkId,
+        depth_left: u8,
+    ) -> Result<Arc<Vec<u8>>> {
+        if let Some(plain) = self.bases.get(id) {
+            return Ok(plain);
+        }
+        let plain = Arc::new(self.read_unchecked(storage, prefix, id, depth_left)?);
+        self.bases.put(*id, plain.clone());
+        Ok(plain)
     }
 
     /// The chosen copies in each pack, by pack number.

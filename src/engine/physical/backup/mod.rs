@@ -14,6 +14,7 @@ mod reader;
 mod replicate;
 mod source;
 mod summary;
+mod tde;
 mod walchanges;
 
 use std::collections::{HashMap, HashSet};
@@ -127,6 +128,7 @@ fn changed_blocks(
     }: Range<Lsn>,
     tablespace_dir: &str,
     data_size: u64,
+    wal_encrypted: bool,
 ) -> Result<Option<ChangedBlocks>> {
     let started = Instant::now();
     // Block numbers map to files and chunks only with 8 KiB pages in 1 GB files.
@@ -150,6 +152,10 @@ fn changed_blocks(
     let wait = Duration::from_secs(ctx.config.backup.archive_timeout);
     let changes = match summary::query(session, from, to, &timelines, wait, empty())? {
         Some(changes) => Some(changes),
+        None if wal_encrypted => {
+            tracing::info!("pg_tde encrypts the WAL: reading every changed file");
+            None
+        }
         None if to.0.saturating_sub(from.0) > data_size => {
             tracing::info!(
                 "{} of WAL since the parent, more than the data: reading every changed file",
@@ -235,6 +241,7 @@ fn take(
     let size = source.size();
     progress.set_length(size);
     let tablespace_dir = source.server().tablespace_dir.clone();
+    let wal_encrypted = source.wal_encrypted();
     let changed = match &parent {
         Some(p) => changed_blocks(
             ctx,
@@ -244,6 +251,7 @@ fn take(
             p.start_lsn()..start.lsn,
             &tablespace_dir,
             size,
+            wal_encrypted,
         )?,
         None => None,
     };

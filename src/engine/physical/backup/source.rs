@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Utc};
 
 use super::reader::{FileReader, store_file};
+use super::tde;
 use crate::engine::physical::walk::{self, SourceDir, SourceFile};
 use crate::engine::{Context, parallel_map};
 use crate::format::lsn::Lsn;
@@ -68,6 +69,8 @@ pub trait Source {
     fn stop(&mut self, chunks: &ChunkWriter) -> Result<Stop>;
     /// The directories of the backup, for the manifest.
     fn directories(&self) -> Vec<DirectoryEntry>;
+    /// Whether pg_tde encrypts the WAL the backup's changes are in.
+    fn wal_encrypted(&self) -> bool;
 }
 
 /// The data directory of the configured cluster, read while the SQL session that called
@@ -79,6 +82,8 @@ pub struct DataDirectory {
     files: Vec<SourceFile>,
     pg_control: Option<SourceFile>,
     dirs: Vec<SourceDir>,
+    /// pg_tde's key files as they were before the backup started.
+    tde_keys: Option<tde::KeyFiles>,
 }
 
 impl DataDirectory {
@@ -122,6 +127,7 @@ impl DataDirectory {
             files: Vec::new(),
             pg_control: None,
             dirs: Vec::new(),
+            tde_keys: None,
         })
     }
 }
@@ -151,6 +157,7 @@ impl Source for DataDirectory {
 
     fn start(&mut self, label: &str) -> Result<Start> {
         let time = epoch_to_time(self.session.now()?);
+        self.tde_keys = tde::KeyFiles::read(&self.pgdata)?;
         let lsn = self.session.backup_start(label)?;
         let timeline = self
             .session
@@ -202,6 +209,7 @@ impl Source for DataDirectory {
             control_src.mtime,
         )?];
         let stop = self.session.backup_stop()?;
+        tde::check_unchanged(self.tde_keys.as_ref(), &self.pgdata)?;
         let snapshot = self.session.snapshot()?;
         let time = self.session.now()?;
         entries.push(store_file(
@@ -227,6 +235,10 @@ impl Source for DataDirectory {
             time,
             control,
         })
+    }
+
+    fn wal_encrypted(&self) -> bool {
+        tde::wal_encrypted(&self.pgdata)
     }
 
     fn directories(&self) -> Vec<DirectoryEntry> {

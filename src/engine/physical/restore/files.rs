@@ -3,7 +3,6 @@
 //! cannot report errors).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,12 +16,14 @@ use crate::engine::{Context, parallel_map, stopped};
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::manifest::FileEntry;
 
-/// How much of a file is written before its writeback is started.
-const WRITEBACK_EVERY: u64 = 8 << 20;
+/// Chunks per piece, the unit restored in parallel (8 MiB of 256 KiB chunks): a large
+/// file is fetched over many connections at once, and each piece's writeback is started
+/// as soon as it is written.
+const PIECE_CHUNKS: usize = 32;
 
-/// Starts writing back `len` bytes from `offset` (0: to the end) without waiting, as
-/// PostgreSQL's `pg_flush_data` does: the disk works while the next chunks decode, and
-/// the sync at the end has little left to wait for.
+/// Starts writing back `len` bytes from `offset` without waiting, as PostgreSQL's
+/// `pg_flush_data` does: the disk works while the next chunks decode, and the sync at
+/// the end has little left to wait for.
 fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: sync_file_range on a descriptor we own; only a hint, so errors are ignored
@@ -37,43 +38,66 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// Writes one file from its chunks (all-zero chunks become holes), its writeback started
-/// but not waited for unless `fsync` (where a later syncfs would not report errors).
-pub(super) fn restore_file(
-    chunks: &ChunkStore,
-    entry: &FileEntry,
-    dest: &Path,
-    fsync: bool,
-    progress: &ProgressBar,
-    stop: &AtomicBool,
-) -> Result<()> {
-    let mut file = OpenOptions::new()
+/// A run of a file's chunks, from chunk `first` on.
+struct Piece<'a> {
+    entry: &'a FileEntry,
+    dest: PathBuf,
+    first: usize,
+    count: usize,
+}
+
+/// Creates `dest` at its full size, sparse: chunks are written at their offsets, and
+/// all-zero chunks stay holes.
+fn create_file(entry: &FileEntry, dest: &Path) -> Result<()> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(dest)
-        .with_context(|| format!("cannot create {}", dest.display()))?;
-    let (mut written, mut flushed_to) = (0, 0);
-    for id in &entry.chunks {
+        .and_then(|f| f.set_len(entry.size))
+        .with_context(|| format!("cannot create {}", dest.display()))
+}
+
+/// Writes one piece of a created file (chunks of `chunk_size` bytes).
+fn write_piece(
+    chunks: &ChunkStore,
+    piece: &Piece,
+    chunk_size: u64,
+    progress: &ProgressBar,
+    stop: &AtomicBool,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let dest = &piece.dest;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(dest)
+        .with_context(|| format!("cannot open {}", dest.display()))?;
+    let start = piece.first as u64 * chunk_size;
+    let mut offset = start;
+    for id in &piece.entry.chunks[piece.first..piece.first + piece.count] {
         if stop.load(Ordering::Relaxed) {
             return Err(stopped());
         }
         let data = chunks
             .read(id)
-            .with_context(|| format!("cannot restore {}", entry.path))?;
-        if data.iter().all(|&b| b == 0) {
-            file.seek(SeekFrom::Current(data.len() as i64))?;
-        } else {
-            file.write_all(&data)
+            .with_context(|| format!("cannot restore {}", piece.entry.path))?;
+        if data.iter().any(|&b| b != 0) {
+            file.write_all_at(&data, offset)
                 .with_context(|| format!("cannot write {}", dest.display()))?;
         }
-        written += data.len() as u64;
-        if written - flushed_to >= WRITEBACK_EVERY {
-            start_writeback(&file, flushed_to, written - flushed_to);
-            flushed_to = written;
-        }
+        offset += data.len() as u64;
         progress.inc(data.len() as u64);
     }
-    start_writeback(&file, flushed_to, 0);
+    start_writeback(&file, start, offset - start);
+    Ok(())
+}
+
+/// Gives a written file its size, mode and time, and fsyncs it if `fsync` (where a
+/// later syncfs would not report errors).
+fn finish_file(entry: &FileEntry, dest: &Path, fsync: bool) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(dest)
+        .with_context(|| format!("cannot open {}", dest.display()))?;
     file.set_len(entry.size)?;
     file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
     file.set_modified(UNIX_EPOCH + Duration::from_secs(entry.mtime.max(0) as u64))?;
@@ -84,7 +108,34 @@ pub(super) fn restore_file(
     Ok(())
 }
 
-/// Writes the files in parallel, largest first; [`Filesystems::sync`] makes them
+/// Restores one file from its chunks into `dest`.
+pub(super) fn restore_file(
+    chunks: &ChunkStore,
+    entry: &FileEntry,
+    dest: &Path,
+    chunk_size: u64,
+    fsync: bool,
+    progress: &ProgressBar,
+) -> Result<()> {
+    create_file(entry, dest)?;
+    let whole = Piece {
+        entry,
+        dest: dest.to_path_buf(),
+        first: 0,
+        count: entry.chunks.len(),
+    };
+    write_piece(
+        chunks,
+        &whole,
+        chunk_size,
+        progress,
+        &AtomicBool::new(false),
+    )?;
+    finish_file(entry, dest, fsync)
+}
+
+/// Writes the files, pieces of them in parallel (largest files first; on object
+/// storage as many at once as its round trips want); [`Filesystems::sync`] makes them
 /// durable, or an fsync of each where that would not report errors.
 pub(super) fn write_files(
     ctx: &Context,
@@ -95,9 +146,26 @@ pub(super) fn write_files(
 ) -> Result<()> {
     let mut files = files.to_vec();
     files.sort_by_key(|f| std::cmp::Reverse(f.size));
-    parallel_map(files, ctx.config.jobs(), |entry, stop| {
-        let dest = plan.pgdata.join(entry.fs_path());
-        restore_file(&plan.chunks, entry, &dest, fsync, progress, stop)
+    let dest = |entry: &FileEntry| plan.pgdata.join(entry.fs_path());
+    let mut pieces = Vec::new();
+    for &entry in &files {
+        create_file(entry, &dest(entry))?;
+        for first in (0..entry.chunks.len()).step_by(PIECE_CHUNKS) {
+            pieces.push(Piece {
+                entry,
+                dest: dest(entry),
+                first,
+                count: PIECE_CHUNKS.min(entry.chunks.len() - first),
+            });
+        }
+    }
+    let chunk_size = plan.manifest.chunk_size;
+    let jobs = ctx.config.jobs().max(plan.chunks.parallel_reads());
+    parallel_map(pieces, jobs, |piece, stop| {
+        write_piece(&plan.chunks, &piece, chunk_size, progress, stop)
+    })?;
+    parallel_map(files, ctx.config.jobs(), |entry, _| {
+        finish_file(entry, &dest(entry), fsync)
     })?;
     Ok(())
 }

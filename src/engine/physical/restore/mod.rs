@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::fs::{self};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
@@ -55,6 +54,8 @@ pub struct RestoreSummary {
     pub in_place: bool,
     /// The restored server keeps `archive_mode` as the backup had it.
     pub archiving: bool,
+    /// The backup holds pg_tde's keys (`pg_tde/`), which need their key provider.
+    pub tde_keys: bool,
 }
 
 /// Whether two paths name the same directory. Either may not exist yet: then its
@@ -265,6 +266,11 @@ pub fn restore(
         seconds: started.elapsed().as_secs_f64(),
         in_place: plan.in_place,
         archiving: plan.archiving,
+        tde_keys: plan
+            .manifest
+            .files
+            .iter()
+            .any(|f| f.path.starts_with("pg_tde/")),
     })
 }
 
@@ -275,9 +281,9 @@ fn write_control_file(plan: &Plan, entry: &FileEntry, progress: &ProgressBar) ->
         &plan.chunks,
         entry,
         &temp,
+        plan.manifest.chunk_size,
         true,
         progress,
-        &AtomicBool::new(false),
     )?;
     fs::rename(&temp, plan.pgdata.join(entry.fs_path()))?;
     sync_dir(&plan.pgdata.join("global"))
