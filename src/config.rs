@@ -360,6 +360,13 @@ impl Config {
             .iter()
             .map(|(n, c)| (format!("cluster.{n}.pgdata"), &c.pgdata))
             .chain([("archive.spool_path".to_string(), &config.archive.spool_path)])
+            .chain(
+                config
+                    .repositories
+                    .iter()
+                    .filter_map(|r| r.cache_path.as_ref())
+                    .map(|p| ("repository.cache_path".to_string(), p)),
+            )
         {
             if !p.is_absolute() {
                 bail!(
@@ -369,8 +376,11 @@ impl Config {
                 );
             }
         }
-        if config.archive.push_jobs == 0 {
-            bail!("archive.push_jobs in {} must be at least 1", path.display());
+        if config.archive.push_jobs == 0 || config.archive.push_timeout == 0 {
+            bail!(
+                "archive.push_jobs and archive.push_timeout in {} must be at least 1",
+                path.display()
+            );
         }
         for name in config.cluster.keys() {
             let ok = !name.is_empty()

@@ -135,9 +135,14 @@ fn async_archiving_on_s3() {
     ];
     let dest = env.path("got");
     env.pgkeep_ok(&["archive-get", first, dest.to_str().unwrap()]);
-    let inbox = spool.join("main/in");
+    // (Each data directory has its spool; this one is the test's working directory's.)
+    let prefetched = |name: &str| {
+        std::fs::read_dir(spool.join("main"))
+            .unwrap()
+            .any(|d| d.unwrap().path().join("in").join(name).exists())
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !next.iter().all(|n| inbox.join(n).exists()) {
+    while !next.iter().all(|n| prefetched(n)) {
         assert!(
             Instant::now() < deadline,
             "the next segments were not fetched ahead"

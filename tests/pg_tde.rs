@@ -51,8 +51,9 @@ fn pg_tde_key_files() {
         err
     });
     assert!(
-        failed.contains("pg_tde's key files changed during the backup (pg_tde/wal_keys:")
-            && failed.contains("the backup was not published"),
+        failed.contains(
+            "pg_tde's WAL key or global key files changed during the backup (pg_tde/wal_keys:"
+        ) && failed.contains("the backup was not published"),
         "{failed}"
     );
     assert_eq!(env.labels().len(), 2, "the failed backup published nothing");

@@ -584,22 +584,29 @@ fn run(cli: &Cli) -> Result<i32> {
         }),
         Command::ArchivePush { path } => run_archive_push(cli, &config, path),
         Command::ArchivePusher { pg_wal } => {
-            let spool = open_spool(cli, &config)?;
+            let spool = open_spool(cli, &config, pg_wal.parent().unwrap_or(pg_wal))?;
             let repos = all_repositories(cli, &config);
-            spool::run_pusher(&spool, &repos, pg_wal, config.archive.push_jobs)?;
+            let jobs = config.archive.push_jobs;
+            spool::run_pusher(&spool, &helper(cli, &config)?, &repos, pg_wal, jobs)?;
             Ok(0)
         }
         Command::ArchiveFetcher { after } => {
-            let spool = open_spool(cli, &config)?;
+            let spool = open_spool(cli, &config, &std::env::current_dir()?)?;
             let repos = all_repositories(cli, &config);
             spool::run_fetcher(&spool, &repos, after, config.archive.get_ahead)?;
             Ok(0)
         }
         Command::ArchiveGet { name, dest } => {
             if config.archive.asynchronous {
-                let spool = open_spool(cli, &config)?;
-                if spool::take_prefetched(&spool, &helper(cli, &config)?, name, dest)? {
-                    return Ok(0);
+                // The spool only saves time: any trouble with it, and the repository serves.
+                let prefetched =
+                    open_spool(cli, &config, &std::env::current_dir()?).and_then(|spool| {
+                        spool::take_prefetched(&spool, &helper(cli, &config)?, name, dest)
+                    });
+                match prefetched {
+                    Ok(true) => return Ok(0),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("{e:#}; fetching {name} from the repository"),
                 }
             }
             let found = first_repository(cli, &config, |ctx| {
@@ -724,14 +731,10 @@ fn run_backup(cli: &Cli, config: &Config, full: bool) -> Result<i32> {
 
 /// Archives the file in every repository; it is archived only once every one has it.
 fn run_archive_push(cli: &Cli, config: &Config, path: &std::path::Path) -> Result<i32> {
-    if config.archive.asynchronous && spool::ready_marker(path).is_some() {
+    if config.archive.asynchronous && spool::is_marked_ready(path) {
         let timeout = std::time::Duration::from_secs(config.archive.push_timeout);
-        spool::push(
-            &open_spool(cli, config)?,
-            &helper(cli, config)?,
-            path,
-            timeout,
-        )?;
+        let spool = open_spool(cli, config, &spool::data_directory_of(path)?)?;
+        spool::push(&spool, &helper(cli, config)?, path, timeout)?;
     } else {
         archive::push(&all_repositories(cli, config), path)?;
     }
@@ -748,10 +751,11 @@ fn all_repositories<'a>(cli: &'a Cli, config: &'a Config) -> Repositories<'a> {
     )
 }
 
-/// The spool of the selected cluster, for asynchronous archiving.
-fn open_spool(cli: &Cli, config: &Config) -> Result<spool::Spool> {
+/// The spool of the selected cluster's data directory `pgdata`, for asynchronous
+/// archiving.
+fn open_spool(cli: &Cli, config: &Config, pgdata: &std::path::Path) -> Result<spool::Spool> {
     let (cluster, _) = config.select_cluster(cli.cluster.as_deref())?;
-    spool::Spool::open(&config.archive, cluster)
+    spool::Spool::open(&config.archive, cluster, pgdata)
 }
 
 /// How this command starts its background pusher or fetcher.

@@ -1,7 +1,8 @@
 //! The repositories one command works on: writers go to every one, readers take the
 //! first that has what they need. Each is opened on first use and then kept, so a
 //! process that stores or fetches many files (the background pusher, the WAL
-//! prefetcher) opens each repository once.
+//! prefetcher) opens each repository once; one that fails to open is tried again at
+//! its next use, so a long-lived process outlasts an outage.
 
 use std::sync::OnceLock;
 
@@ -15,7 +16,7 @@ pub struct Repositories<'a> {
     config: &'a Config,
     cluster: Option<&'a str>,
     mode: OpenMode,
-    opened: Vec<(usize, OnceLock<Result<Context<'a>>>)>,
+    opened: Vec<(usize, OnceLock<Context<'a>>)>,
 }
 
 impl<'a> Repositories<'a> {
@@ -34,15 +35,15 @@ impl<'a> Repositories<'a> {
         }
     }
 
-    /// Repository `n` opened, or why it cannot be (the same error for every use).
-    fn context<'s>(
-        &self,
-        n: usize,
-        cell: &'s OnceLock<Result<Context<'a>>>,
-    ) -> Result<&'s Context<'a>> {
-        cell.get_or_init(|| Context::on_repository(self.config, self.cluster, n, self.mode))
-            .as_ref()
-            .map_err(|e| anyhow!("{e:#}"))
+    /// Repository `n`, opened now if it is not yet, or why it cannot be.
+    fn context<'s>(&self, n: usize, cell: &'s OnceLock<Context<'a>>) -> Result<&'s Context<'a>> {
+        if let Some(ctx) = cell.get() {
+            return Ok(ctx);
+        }
+        let ctx = Context::on_repository(self.config, self.cluster, n, self.mode)?;
+        // (Another thread may have opened it meanwhile; either copy will do.)
+        let _ = cell.set(ctx);
+        Ok(cell.get().expect("set above"))
     }
 
     /// The first answer of `job` over the repositories in order. A repository that fails
@@ -75,10 +76,11 @@ impl<'a> Repositories<'a> {
             .iter()
             .filter_map(|(n, cell)| {
                 let err = self.context(*n, cell).and_then(&job).err()?;
-                Some(format!(
-                    "repository {n} ({}): {err:#}",
-                    self.config.repositories[n - 1].path
-                ))
+                let location = self.config.repositories.get(n.wrapping_sub(1));
+                Some(match location {
+                    Some(r) => format!("repository {n} ({}): {err:#}", r.path),
+                    None => format!("repository {n}: {err:#}"),
+                })
             })
             .collect();
         if failures.is_empty() {

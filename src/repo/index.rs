@@ -193,15 +193,18 @@ fn read_pack_index(
     l: &Listed,
     reads: IndexReads,
 ) -> PackIndex {
-    let from_idx = l.idx.then(|| {
-        let key = pack_key(prefix, name, "idx");
-        match reads {
-            IndexReads::Cached => storage.get_immutable(&key),
-            IndexReads::Fresh => storage.get(&key),
-        }
-        .and_then(|bytes| bytes.context("it vanished while being read"))
-        .and_then(|bytes| object::decode(&bytes))
-        .and_then(|plain| decode_index(&plain))
+    let key = pack_key(prefix, name, "idx");
+    let decoded = |bytes: Result<Option<Vec<u8>>>| {
+        bytes
+            .and_then(|bytes| bytes.context("it vanished while being read"))
+            .and_then(|bytes| object::decode(&bytes))
+            .and_then(|plain| decode_index(&plain))
+    };
+    let from_idx = l.idx.then(|| match reads {
+        IndexReads::Fresh => decoded(storage.get(&key)),
+        // A local copy that does not decode is fetched again, replacing it.
+        IndexReads::Cached => decoded(storage.get_immutable(&key))
+            .or_else(|_| decoded(storage.refresh_immutable(&key))),
     });
     let Some(size) = l.pack_size else {
         return match from_idx {
@@ -488,6 +491,8 @@ impl ChunkIndex {
         let base = self
             .read_any(storage, prefix, &delta.base, depth_left - 1)
             .with_context(|| format!("cannot read the base of chunk {id}"))?;
+        // The base as checked replaces what the fast path read (and cached).
+        self.bases.put(delta.base, Arc::new(base.clone()));
         match codec::decode(loc.encoding(), payload, Some(&base)) {
             Ok(plain) if matches(&plain) => Ok(plain),
             _ => Err(corrupt().into()),

@@ -2,22 +2,26 @@
 //! background pusher stores the files PostgreSQL marked ready
 //! (`pg_wal/archive_status/*.ready`), `push_jobs` at a time, and archive-push only
 //! waits for its file's status; archive-get takes segments a background fetcher brought
-//! ahead of recovery.
+//! ahead of recovery. Each data directory has a spool of its own
+//! (`SPOOL/CLUSTER/HASH-OF-PGDATA`), so two servers never share one.
 //!
 //! Invariants:
 //! - A `.ok` status file is written only once its WAL file is durable in every
-//!   repository, and records the BLAKE3 hash of what was stored: archive-push returns 0
-//!   only for a file whose content has exactly that hash. A damaged or stale status file
-//!   is never taken for success. Status files are not fsynced: a crash can only lose
-//!   them, and a lost one means the file is stored again (an identical copy is success).
+//!   repository the pusher's config names, and records the BLAKE3 hash of what was
+//!   stored and that config (its file's hash and `--repo`): archive-push returns 0 only
+//!   for a file whose content has exactly that hash, under the config it runs with. A
+//!   pusher exits when the config changes. A damaged or stale status file is never
+//!   taken for success; status files are not fsynced, so a crash can lose or empty
+//!   them, and then the file is stored again (an identical copy is success).
 //! - The pusher reads only files still marked ready that have no status yet, so it
 //!   never reads a segment PostgreSQL may have recycled (it recycles only what
 //!   archive-push acknowledged, which needs a status).
-//! - The spool holds status files and at most `get_ahead` prefetched segments, never WAL
-//!   waiting for upload: pg_wal stays the one queue, and the spool's size is bounded.
-//! - A prefetched segment is written under a temporary name and renamed, so archive-get
-//!   never hands PostgreSQL a partial one.
-//! - One pusher and one fetcher per cluster (locks in the spool); a call that finds none
+//! - The spool never holds WAL waiting for upload: pg_wal stays the one queue. It holds
+//!   status files and prefetched segments (`get_ahead` beyond the last asked for).
+//! - A prefetched segment is fsynced under a temporary name and renamed, and is taken
+//!   only if its long page header matches its name and length; anything else is
+//!   fetched from the repository instead.
+//! - One pusher and one fetcher per spool (locks in it); a call that finds none
 //!   running starts one.
 
 use std::fs;
@@ -31,7 +35,7 @@ use crate::config::{ArchiveConfig, Config};
 use crate::engine::parallel_map;
 use crate::engine::repositories::Repositories;
 use crate::engine::wal::archive;
-use crate::format::wal::{SegmentSize, WalFile};
+use crate::format::wal::{self, SegmentSize, WalFile};
 use crate::repo::lock::{LockGuard, LockMode, LockService};
 use crate::repo::storage::LocalLocks;
 
@@ -61,6 +65,17 @@ pub struct Helper<'a> {
 }
 
 impl Helper<'_> {
+    /// What a status file must have been written under: the config file's content and
+    /// the repository choice.
+    fn identity(&self) -> Result<String> {
+        let text = fs::read(&self.config.path)
+            .with_context(|| format!("cannot read {}", self.config.path.display()))?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&text);
+        hasher.update(format!("{:?}", self.repo).as_bytes());
+        Ok(hasher.finalize().to_hex()[..16].to_string())
+    }
+
     /// Starts `pgkeep ... ARGS` in its own process group, detached from the caller's
     /// terminal and output, with its errors appended to `log`.
     fn start(&self, args: &[&std::ffi::OsStr], log: &Path) -> Result<Child> {
@@ -89,19 +104,28 @@ impl Helper<'_> {
 }
 
 impl Spool {
-    /// The spool of cluster `cluster`, created if missing.
-    pub fn open(archive: &ArchiveConfig, cluster: &str) -> Result<Spool> {
-        let dir = archive.spool_path.join(cluster);
+    /// The spool of cluster `cluster`'s data directory `pgdata`, created if missing.
+    pub fn open(archive: &ArchiveConfig, cluster: &str, pgdata: &Path) -> Result<Spool> {
+        let spool = Spool::of(archive, cluster, pgdata)?;
         for sub in ["out", "in"] {
-            fs::create_dir_all(dir.join(sub)).with_context(|| {
+            let dir = spool.dir.join(sub);
+            fs::create_dir_all(&dir).with_context(|| {
                 format!(
                     "cannot create the spool directory {} (archive.spool_path); create {} writable by the user running PostgreSQL, or set archive.spool_path",
-                    dir.join(sub).display(),
+                    dir.display(),
                     archive.spool_path.display()
                 )
             })?;
         }
-        Ok(Spool { dir })
+        Ok(spool)
+    }
+
+    fn of(archive: &ArchiveConfig, cluster: &str, pgdata: &Path) -> Result<Spool> {
+        let pgdata = std::path::absolute(pgdata)?;
+        let id = blake3::hash(pgdata.as_os_str().as_encoded_bytes()).to_hex();
+        Ok(Spool {
+            dir: archive.spool_path.join(cluster).join(&id.as_str()[..16]),
+        })
     }
 
     fn status(&self, name: &str, ok: bool) -> PathBuf {
@@ -127,33 +151,71 @@ impl Spool {
         Ok(self.lock(name)?.is_none())
     }
 
-    /// Records the outcome of pushing `name`: its hash, or the error.
-    fn record(&self, name: &str, outcome: &Result<blake3::Hash>) -> Result<()> {
+    /// Records the outcome of pushing `name` under config `identity`: the hash of what
+    /// was stored, or the error.
+    fn record(&self, name: &str, identity: &str, outcome: &Result<blake3::Hash>) -> Result<()> {
         let (path, text) = match outcome {
-            Ok(hash) => (self.status(name, true), hash.to_hex().to_string()),
+            Ok(hash) => (
+                self.status(name, true),
+                format!("{} {identity}", hash.to_hex()),
+            ),
             Err(e) => (self.status(name, false), format!("{e:#}")),
         };
-        write_renamed(&path, text.as_bytes())
+        write_renamed(&path, text.as_bytes(), false)
+    }
+
+    /// Removes every error status: they are retried by a new pusher.
+    fn clear_errors(&self) -> Result<()> {
+        self.remove_in("out", |file| file.ends_with(".error"))
+    }
+
+    /// Removes the files in `sub` whose names `remove` picks.
+    fn remove_in(&self, sub: &str, remove: impl Fn(&str) -> bool) -> Result<()> {
+        let dir = self.dir.join(sub);
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_name().to_str().is_some_and(&remove) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 }
 
-/// Writes `data` to `path` through a temporary name, so a reader sees all or nothing.
-fn write_renamed(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes `data` to `path` through a temporary name, so a reader sees all or nothing;
+/// fsynced first if `durable`.
+fn write_renamed(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let temp = path.with_extension(format!("tmp{}", std::process::id()));
-    fs::write(&temp, data)
-        .and_then(|()| fs::rename(&temp, path))
-        .with_context(|| format!("cannot write {}", path.display()))
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&temp)?;
+        std::io::Write::write_all(&mut file, data)?;
+        if durable {
+            file.sync_all()?;
+        }
+        fs::rename(&temp, path)
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))?;
+    if durable {
+        crate::os::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
 }
 
-/// The `.ready` marker PostgreSQL made for the WAL file at `path`, if it made one: only
-/// such files are pushed ahead.
-pub fn ready_marker(path: &Path) -> Option<PathBuf> {
-    let name = path.file_name()?.to_str()?;
-    let marker = path
-        .parent()?
-        .join("archive_status")
-        .join(format!("{name}.ready"));
-    marker.exists().then_some(marker)
+/// Whether PostgreSQL marked the WAL file at `path` ready: only such files are pushed
+/// ahead.
+pub fn is_marked_ready(path: &Path) -> bool {
+    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else {
+        return false;
+    };
+    let mut marker = name.to_os_string();
+    marker.push(".ready");
+    dir.join("archive_status").join(marker).exists()
+}
+
+/// The data directory whose pg_wal holds the WAL file at `path`.
+pub fn data_directory_of(path: &Path) -> Result<PathBuf> {
+    let pg_wal = std::path::absolute(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(pg_wal.parent().unwrap_or(&pg_wal).to_path_buf())
 }
 
 /// archive-push of a file marked ready, answered from the pusher's status: waits up to
@@ -161,24 +223,33 @@ pub fn ready_marker(path: &Path) -> Option<PathBuf> {
 pub fn push(spool: &Spool, helper: &Helper, path: &Path, timeout: Duration) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let pg_wal = std::path::absolute(path.parent().unwrap_or(Path::new(".")))?;
+    let identity = helper.identity()?;
     let deadline = Instant::now() + timeout;
     let mut pusher: Option<Child> = None;
     let mut started: Option<Instant> = None;
     loop {
         if let Ok(recorded) = fs::read_to_string(spool.status(name, true)) {
-            if blake3::Hash::from_hex(recorded.trim()).ok() == Some(archive::hash_file(path)?) {
-                return Ok(());
+            match recorded.trim().split_once(' ') {
+                Some((hash, by)) if by == identity => {
+                    if blake3::Hash::from_hex(hash).ok() == Some(archive::hash_file(path)?) {
+                        return Ok(());
+                    }
+                    // Stored from other content: let the next attempt compare the file
+                    // with the repository's copy.
+                    let _ = fs::remove_file(spool.status(name, true));
+                    bail!(
+                        "{name} changed after the background pusher stored it; PostgreSQL tries again, and the next attempt compares it with the archived copy"
+                    );
+                }
+                // Written under another config (or damaged): stored again under this one.
+                _ => {
+                    let _ = fs::remove_file(spool.status(name, true));
+                }
             }
-            // Stored from other content (or damaged): drop it, and let a synchronous
-            // push compare the file with the repository's copy.
-            let _ = fs::remove_file(spool.status(name, true));
-            bail!(
-                "{name} changed after the background pusher stored it; PostgreSQL tries again, and the next attempt compares it with the archived copy"
-            );
         }
         if let Ok(error) = fs::read_to_string(spool.status(name, false)) {
             let _ = fs::remove_file(spool.status(name, false));
-            bail!("{error}");
+            bail!("{}", error.trim());
         }
         let exited = match &mut pusher {
             Some(child) => child.try_wait()?,
@@ -214,16 +285,37 @@ pub fn push(spool: &Spool, helper: &Helper, path: &Path, timeout: Duration) -> R
 
 /// The background pusher: stores every file marked ready in `pg_wal` that has no
 /// status yet, `jobs` at a time, oldest first (history files before segments, as
-/// PostgreSQL's archiver orders them), and exits once nothing new came for a while.
-/// Returns at once if another pusher runs.
-pub fn run_pusher(spool: &Spool, repos: &Repositories, pg_wal: &Path, jobs: usize) -> Result<()> {
+/// PostgreSQL's archiver orders them), and exits once nothing new came for a while or
+/// the config changed. Returns at once if another pusher runs.
+pub fn run_pusher(
+    spool: &Spool,
+    helper: &Helper,
+    repos: &Repositories,
+    pg_wal: &Path,
+    jobs: usize,
+) -> Result<()> {
     let Some(_alone) = spool.lock("pusher")? else {
         return Ok(());
     };
+    let identity = helper.identity()?;
+    spool.clear_errors()?;
     let mut idle_since = Instant::now();
     loop {
+        if helper.identity()? != identity {
+            return Ok(()); // the next archive-push starts a pusher on the new config
+        }
         let ready = ready_files(pg_wal)?;
-        forget_acknowledged(spool, &ready)?;
+        // The status of files PostgreSQL now has as done goes, and so do temporary files
+        // a killed pusher left.
+        spool.remove_in("out", |file| {
+            match file
+                .strip_suffix(".ok")
+                .or_else(|| file.strip_suffix(".error"))
+            {
+                Some(name) => !ready.iter().any(|r| r == name),
+                None => true,
+            }
+        })?;
         let todo: Vec<String> = ready
             .into_iter()
             .filter(|n| !spool.status(n, true).exists() && !spool.status(n, false).exists())
@@ -236,7 +328,8 @@ pub fn run_pusher(spool: &Spool, repos: &Repositories, pg_wal: &Path, jobs: usiz
             continue;
         }
         parallel_map(todo, jobs, |name, _| {
-            spool.record(&name, &archive::push(repos, &pg_wal.join(&name)))
+            let pushed = archive::push(repos, &pg_wal.join(&name));
+            spool.record(&name, &identity, &pushed)
         })?;
         idle_since = Instant::now();
     }
@@ -258,58 +351,46 @@ fn ready_files(pg_wal: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Removes the status of files no longer marked ready: PostgreSQL has them as done (or
-/// a synchronous push stored them).
-fn forget_acknowledged(spool: &Spool, ready: &[String]) -> Result<()> {
-    let out = spool.dir.join("out");
-    for entry in fs::read_dir(&out).with_context(|| format!("cannot list {}", out.display()))? {
-        let entry = entry?;
-        let file = entry.file_name();
-        let Some(file) = file.to_str() else { continue };
-        let Some((name, _)) = file.rsplit_once('.') else {
-            continue;
-        };
-        if !ready.iter().any(|r| r == name) {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-    Ok(())
-}
-
-/// archive-get from the spool: moves the prefetched `name` to `dest` if there is one
-/// (`Ok(false)` if not), and starts a fetcher for the segments after `name`.
+/// archive-get from the spool: moves the prefetched `name` to `dest` if there is a
+/// sound one (`Ok(false)` if not), and starts a fetcher for the segments after `name`.
 pub fn take_prefetched(spool: &Spool, helper: &Helper, name: &str, dest: &Path) -> Result<bool> {
-    let taken = take(&spool.prefetched(name), dest)?;
-    if WalFile::parse(name).is_some_and(|f| matches!(f, WalFile::Segment { .. }))
-        && !spool.running("fetcher")?
-    {
+    let Some(WalFile::Segment { log, seg, .. }) = WalFile::parse(name) else {
+        return Ok(false);
+    };
+    let path = spool.prefetched(name);
+    let taken = match fs::read(&path) {
+        Ok(data) if is_sound_segment(&data, log, seg) => {
+            write_renamed(dest, &data, false)?;
+            true
+        }
+        Ok(_) => {
+            tracing::warn!("prefetched {name} is damaged; fetching it from the repository");
+            false
+        }
+        Err(_) => false,
+    };
+    let _ = fs::remove_file(&path);
+    if !spool.running("fetcher")? {
         helper.start(&["archive-fetcher".as_ref(), name.as_ref()], &spool.log())?;
     }
     Ok(taken)
 }
 
-/// Moves `from` to `dest` (copying if they are on different filesystems).
-fn take(from: &Path, dest: &Path) -> Result<bool> {
-    match fs::rename(from, dest) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let temp = dest.with_extension(format!("pgkeep{}", std::process::id()));
-            fs::copy(from, &temp)
-                .and_then(|_| fs::rename(&temp, dest))
-                .with_context(|| format!("cannot write {}", dest.display()))?;
-            let _ = fs::remove_file(from);
-            Ok(true)
-        }
-        Err(e) => {
-            Err(e).with_context(|| format!("cannot move {} to {}", from.display(), dest.display()))
-        }
-    }
+/// Whether `data` is a whole segment `log`/`seg`: its long page header says so, and its
+/// length is the segment size the header names.
+fn is_sound_segment(data: &[u8], log: u32, seg: u32) -> bool {
+    wal::parse_long_header(data).is_some_and(|h| {
+        let size = SegmentSize(u64::from(h.segment_size));
+        h.segment_size as usize == data.len()
+            && wal::valid_segment_size(size.0)
+            && h.page_address == size.start_lsn(size.segno_of(log, seg))
+    })
 }
 
 /// The background fetcher: brings the `ahead` segments after `after` (on its timeline)
-/// into the spool, in parallel, skipping those the archive lacks; removes
-/// prefetched segments recovery has passed. Returns at once if another fetcher runs.
+/// into the spool, in parallel, skipping those the archive lacks, each fsynced before
+/// it is renamed into place; removes prefetched segments recovery has passed. Returns
+/// at once if another fetcher runs.
 pub fn run_fetcher(spool: &Spool, repos: &Repositories, after: &str, ahead: usize) -> Result<()> {
     let Some(_alone) = spool.lock("fetcher")? else {
         return Ok(());
@@ -326,7 +407,9 @@ pub fn run_fetcher(spool: &Spool, repos: &Repositories, after: &str, ahead: usiz
     let wanted: Vec<String> = (first..first + ahead as u64)
         .map(|segno| size.name(timeline, segno))
         .collect();
-    remove_passed(spool, after)?;
+    // Passed by recovery (or taken from elsewhere), and temporary files of a killed
+    // fetcher.
+    spool.remove_in("in", |file| file <= after || file.contains(".tmp"))?;
     let missing: Vec<String> = wanted
         .into_iter()
         .filter(|n| !spool.prefetched(n).exists())
@@ -335,28 +418,15 @@ pub fn run_fetcher(spool: &Spool, repos: &Repositories, after: &str, ahead: usiz
         let Some(data) = repos.first(|ctx| ctx.repo.get_wal(&name))? else {
             return Ok(());
         };
-        write_renamed(&spool.prefetched(&name), &data)
+        write_renamed(&spool.prefetched(&name), &data, true)
     })?;
     Ok(())
 }
 
-/// Removes prefetched segments at or before `name`: recovery has moved past them (or
-/// took them from elsewhere).
-fn remove_passed(spool: &Spool, name: &str) -> Result<()> {
-    let dir = spool.dir.join("in");
-    for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry?;
-        if entry.file_name().to_str().is_some_and(|f| f <= name) {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-    Ok(())
-}
-
-/// Empties the prefetched segments, so a restore never recovers from segments fetched
-/// for an earlier one (from a repository since re-created, say).
-pub fn clear_prefetched(archive: &ArchiveConfig, cluster: &str) -> Result<()> {
-    let dir = archive.spool_path.join(cluster).join("in");
+/// Empties the prefetched segments of the data directory `pgdata`, so a restore there
+/// never recovers from segments fetched for an earlier one.
+pub fn clear_prefetched(archive: &ArchiveConfig, cluster: &str, pgdata: &Path) -> Result<()> {
+    let dir = Spool::of(archive, cluster, pgdata)?.dir.join("in");
     match fs::remove_dir_all(&dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -305,6 +305,11 @@ impl Storage for ObjectStorage {
         Ok(fetched)
     }
 
+    fn refresh_immutable(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.forget_cached(key);
+        self.get_immutable(key)
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         self.forget_cached(key);
         let path = self.path(key)?;

@@ -70,6 +70,13 @@ impl Storage for EncryptedStorage {
         }
     }
 
+    fn refresh_immutable(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.inner.refresh_immutable(key)? {
+            Some(stored) => Ok(Some(self.keys.open(key, &stored)?)),
+            None => Ok(None),
+        }
+    }
+
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let (header, plain_len) = self.header(key)?;
         if offset + len as u64 > plain_len {

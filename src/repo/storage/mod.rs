@@ -28,6 +28,10 @@ pub trait Storage: Send + Sync {
     fn get_immutable(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.get(key)
     }
+    /// `get_immutable` that replaces any local copy: for when that copy was damaged.
+    fn refresh_immutable(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get(key)
+    }
     /// `len` bytes from `offset`; [`TooShort`] if the object is shorter.
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// All objects under `prefix` (a folder), recursively, sorted by key.

@@ -37,7 +37,7 @@ use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
 use crate::format::{control, label, tablespace_map};
-use crate::pg::session::{BackupStop, Session};
+use crate::pg::session::BackupStop;
 use crate::repo::ClusterInfo;
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::manifest::{FileEntry, MANIFEST_VERSION, Manifest, TablespaceEntry};
@@ -116,21 +116,22 @@ fn archive_history_file(ctx: &Context, source: &mut impl Source, timeline: u32) 
 /// The blocks changed between the parent's start (`from`) and this backup's (`to`), from
 /// WAL summaries where the server keeps them, or else from the WAL; `None` if neither
 /// can show every change. The WAL is not scanned when there is more of it than data
-/// (`data_size`): reading the changed files is then cheaper.
+/// (the source's size): reading the changed files is then cheaper; nor when pg_tde
+/// encrypts it.
 fn changed_blocks(
     ctx: &Context,
-    session: &mut Session,
+    source: &mut impl Source,
     path: &TimelinePath,
     seg: SegmentSize,
     Range {
         start: from,
         end: to,
     }: Range<Lsn>,
-    tablespace_dir: &str,
-    data_size: u64,
-    wal_encrypted: bool,
 ) -> Result<Option<ChangedBlocks>> {
     let started = Instant::now();
+    let tablespace_dir = source.server().tablespace_dir.clone();
+    let (data_size, wal_encrypted) = (source.size(), source.wal_encrypted());
+    let session = source.session();
     // Block numbers map to files and chunks only with 8 KiB pages in 1 GB files.
     let layout = session.text(
         "SELECT current_setting('block_size') || ' ' || pg_size_bytes(current_setting('segment_size'))",
@@ -141,7 +142,7 @@ fn changed_blocks(
         );
         return Ok(None);
     }
-    let empty = || ChangedBlocks::new(tablespace_dir, CHUNK_SIZE as u64);
+    let empty = || ChangedBlocks::new(&tablespace_dir, CHUNK_SIZE as u64);
     // Changes on the current timeline's history: its ancestors and itself.
     let timelines: Vec<u32> = path
         .ancestors
@@ -240,19 +241,8 @@ fn take(
     };
     let size = source.size();
     progress.set_length(size);
-    let tablespace_dir = source.server().tablespace_dir.clone();
-    let wal_encrypted = source.wal_encrypted();
     let changed = match &parent {
-        Some(p) => changed_blocks(
-            ctx,
-            source.session(),
-            &path,
-            seg,
-            p.start_lsn()..start.lsn,
-            &tablespace_dir,
-            size,
-            wal_encrypted,
-        )?,
+        Some(p) => changed_blocks(ctx, source, &path, seg, p.start_lsn()..start.lsn)?,
         None => None,
     };
 

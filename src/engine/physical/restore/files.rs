@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use indicatif::ProgressBar;
 
 use super::Plan;
@@ -80,6 +80,14 @@ fn write_piece(
         let data = chunks
             .read(id)
             .with_context(|| format!("cannot restore {}", piece.entry.path))?;
+        let expected = chunk_size.min(piece.entry.size.saturating_sub(offset));
+        if data.len() as u64 != expected {
+            bail!(
+                "chunk {id} of {} holds {} bytes where the manifest has {expected}; the backup's manifest is damaged",
+                piece.entry.path,
+                data.len()
+            );
+        }
         if data.iter().any(|&b| b != 0) {
             file.write_all_at(&data, offset)
                 .with_context(|| format!("cannot write {}", dest.display()))?;

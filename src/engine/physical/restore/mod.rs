@@ -170,6 +170,12 @@ fn check_time_reachable(
     choice: TimelineChoice,
     time: &DateTime<FixedOffset>,
 ) -> Result<()> {
+    if manifest.files.iter().any(|f| f.path == "pg_tde/wal_keys") {
+        tracing::warn!(
+            "pg_tde encrypts this cluster's WAL, so pgkeep cannot check that {time} is reached; PostgreSQL will"
+        );
+        return Ok(());
+    }
     let seg = SegmentSize(manifest.wal_segment_size);
     let tli = match choice {
         TimelineChoice::Current => manifest.timeline,

@@ -77,7 +77,7 @@ pub(super) fn write_recovery_settings(
         pgkeep.push_str(&format!(" --repo {}", ctx.repo_number));
     }
     if ctx.config.archive.asynchronous
-        && let Err(e) = spool::clear_prefetched(&ctx.config.archive, ctx.cluster_name)
+        && let Err(e) = spool::clear_prefetched(&ctx.config.archive, ctx.cluster_name, pgdata)
     {
         tracing::warn!("{e:#}; remove it before starting the restored server");
     }
