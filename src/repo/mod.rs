@@ -41,7 +41,7 @@ pub use self::open::{FORMAT_VERSION, OpenMode, SlotInfo, open};
 use self::lock::{LockGuard, LockMode, LockService};
 use self::manifest::Manifest;
 use self::pack::ChunkHasher;
-use self::storage::{LocalLocks, LocalStorage, ObjectMeta, ObjectStorage, Storage};
+use self::storage::{LocalLocks, LocalStorage, ObjectMeta, ObjectStorage, RangeWindows, Storage};
 use crate::config::{Location, RepositoryConfig};
 use crate::format::wal::{WalFile, valid_segment_size};
 
@@ -93,12 +93,13 @@ impl Backend {
                 locks: Arc::new(LocalLocks::new(path)),
             },
             Location::Object(url) => {
-                let storage: Arc<dyn Storage> = Arc::new(ObjectStorage::open(
-                    url,
-                    &config.options,
-                    Duration::from_secs(config.retry_timeout),
-                    config.cache_path.as_deref(),
-                )?);
+                let storage: Arc<dyn Storage> =
+                    Arc::new(RangeWindows::new(Arc::new(ObjectStorage::open(
+                        url,
+                        &config.options,
+                        Duration::from_secs(config.retry_timeout),
+                        config.cache_path.as_deref(),
+                    )?)));
                 Backend {
                     locks: Arc::new(LeaseLocks::new(storage.clone())),
                     storage,

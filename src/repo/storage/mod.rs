@@ -8,10 +8,12 @@ mod cache;
 mod cloud;
 mod encrypted;
 mod local;
+mod windows;
 
 pub use cloud::ObjectStorage;
 pub use encrypted::EncryptedStorage;
 pub use local::{LocalLocks, LocalStorage};
+pub use windows::RangeWindows;
 
 use anyhow::{Result, bail};
 
