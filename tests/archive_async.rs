@@ -101,6 +101,20 @@ fn async_archiving_on_s3() {
     common::chown_postgres(&env.path("handmade"));
     let file = pg_wal.join(name);
     env.pgkeep_ok(&["archive-push", file.to_str().unwrap()]);
+    // A status written under another config is not taken: the file is stored again.
+    let status = |f: &str| {
+        let dirs = std::fs::read_dir(spool.join("main")).unwrap();
+        dirs.map(|d| d.unwrap().path().join("out").join(f))
+            .find(|p| p.exists())
+            .map(|p| std::fs::read_to_string(p).unwrap())
+    };
+    let before = status(&format!("{name}.ok")).expect("a status for the pushed file");
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str("\n# changed\n");
+    std::fs::write(&env.config, config).unwrap();
+    env.pgkeep_ok(&["archive-push", file.to_str().unwrap()]);
+    let after = status(&format!("{name}.ok")).expect("a status for the pushed file");
+    assert_ne!(before, after, "the status of the old config was taken");
     let mut changed = segment.clone();
     changed[20_000] ^= 0xFF;
     std::fs::write(&file, &changed).unwrap();
