@@ -629,8 +629,6 @@ impl Drop for Load {
 pub const ACCOUNTS_FINGERPRINT: &str =
     "SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts";
 
-/// The label in a backup's summary line (`backup LABEL (full): ...`).
-/// Every object of a local repository, sorted (lock files are not objects).
 /// The segments PostgreSQL counts as archived (`.done`) that pg_wal still has, in order.
 pub fn done_segments(server: &Server) -> Vec<String> {
     let status = server.pgdata.join("pg_wal/archive_status");
@@ -664,6 +662,7 @@ pub fn archived_exactly(env: &Env, server: &Server) -> usize {
     segments.len()
 }
 
+/// Every object of a local repository, sorted (lock files are not objects).
 pub fn repository_objects(repo: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![repo.to_path_buf()];
@@ -683,6 +682,7 @@ pub fn repository_objects(repo: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The label in a backup's summary line (`backup LABEL (full): ...`).
 pub fn label_of(summary: &str) -> String {
     summary
         .split_whitespace()

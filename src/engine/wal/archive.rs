@@ -34,8 +34,7 @@ pub fn push(repos: &Repositories, path: &Path) -> Result<blake3::Hash> {
             path.display()
         )
     })?;
-    let data =
-        read_mapped(path).with_context(|| format!("cannot read WAL file {}", path.display()))?;
+    let data = read_wal_file(path)?;
     if let Err(failures) = repos.every(|ctx| store(ctx, name, &file, &data)) {
         bail!(
             "{} is not archived in {failures:#}; PostgreSQL keeps it and tries again",
@@ -47,9 +46,11 @@ pub fn push(repos: &Repositories, path: &Path) -> Result<blake3::Hash> {
 
 /// The BLAKE3 hash of the WAL file at `path`, to compare with what was pushed.
 pub fn hash_file(path: &Path) -> Result<blake3::Hash> {
-    let data =
-        read_mapped(path).with_context(|| format!("cannot read WAL file {}", path.display()))?;
-    Ok(blake3::hash(&data))
+    Ok(blake3::hash(&read_wal_file(path)?))
+}
+
+fn read_wal_file(path: &Path) -> Result<memmap2::Mmap> {
+    read_mapped(path).with_context(|| format!("cannot read WAL file {}", path.display()))
 }
 
 /// Archives WAL file `name` (parsed as `file`) with content `data`, from any source:
