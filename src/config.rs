@@ -263,6 +263,10 @@ pub struct ClusterConfig {
     /// libpq-style connection string or URI.
     #[serde(default)]
     pub connection: String,
+    /// Where PostgreSQL's client programs (pg_dump, pg_restore, psql) are; unset, the
+    /// oldest installed one new enough for the server is used.
+    #[serde(default)]
+    pub pg_bin: Option<PathBuf>,
 }
 
 /// zstd level 1: on WAL it stores within 1% of level 3 at twice the speed, and on data

@@ -1,5 +1,6 @@
 //! Command-line parsing, output and exit codes. Everything else lives in the library.
 
+mod logical;
 mod progress;
 
 use std::path::PathBuf;
@@ -97,6 +98,10 @@ enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Store a logical backup of one database (runs pg_dump).
+    Dump(Box<logical::DumpArgs>),
+    /// Restore a logical backup into a database (runs pg_restore).
+    DumpRestore(Box<logical::DumpRestoreArgs>),
     /// Keep a backup whatever the retention policy says.
     Pin { label: String },
     /// Let the retention policy remove a backup again.
@@ -619,6 +624,8 @@ fn run(cli: &Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Restore(args) => run_restore(cli, &config, args),
+        Command::Dump(args) => logical::run_dump(cli, &config, args),
+        Command::DumpRestore(args) => logical::run_dump_restore(cli, &config, args),
         Command::Info { json: true } => {
             let report = first_repository(cli, &config, |ctx| {
                 let manifests = ctx.repo.readable_manifests(None)?;

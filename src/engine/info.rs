@@ -14,6 +14,7 @@ use super::wal::timelines;
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
+use crate::repo::logical::DumpManifest;
 use crate::repo::manifest::Manifest;
 
 #[derive(Serialize)]
@@ -24,6 +25,8 @@ pub struct InfoReport {
     pub pg_version: u32,
     pub status: Status,
     pub backups: Vec<BackupInfo>,
+    /// Logical backups (pg_dump archives), oldest first.
+    pub dumps: Vec<DumpInfo>,
     pub wal: Vec<TimelineInfo>,
     pub recoverable: Option<Window>,
 }
@@ -54,6 +57,35 @@ pub struct BackupInfo {
     pub bad_blocks: usize,
     /// Whether the cluster had page checksums, so the backup validated its pages.
     pub data_checksums: bool,
+}
+
+#[derive(Serialize)]
+pub struct DumpInfo {
+    pub label: String,
+    pub database: String,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    /// The server's `server_version_num`.
+    pub pg_version: u32,
+    pub size: u64,
+    pub stored_size: u64,
+    /// What was dumped, in pg_dump's options ("all" when nothing was narrowed).
+    pub selection: String,
+}
+
+impl DumpInfo {
+    fn of(d: &DumpManifest) -> DumpInfo {
+        DumpInfo {
+            label: d.label.clone(),
+            database: d.database.clone(),
+            start_time: d.start_time,
+            stop_time: d.stop_time,
+            pg_version: d.pg_version,
+            size: d.size,
+            stored_size: d.stored_size,
+            selection: d.selection.describe(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -176,9 +208,23 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
                 data_checksums: m.data_checksums,
             })
             .collect(),
+        dumps: readable_dumps(ctx)?.iter().map(DumpInfo::of).collect(),
         wal,
         recoverable,
     })
+}
+
+/// Every logical backup whose manifest reads; the others are reported and left out
+/// (`verify` names them).
+fn readable_dumps(ctx: &Context) -> Result<Vec<DumpManifest>> {
+    let mut out = Vec::new();
+    for label in ctx.repo.dump_labels()? {
+        match ctx.repo.load_dump(&label) {
+            Ok(d) => out.push(d),
+            Err(e) => tracing::warn!("skipping logical backup {label}: {e:#}"),
+        }
+    }
+    Ok(out)
 }
 
 /// What needs the DBA's attention, one sentence each.
@@ -268,6 +314,22 @@ pub fn render(r: &InfoReport) -> String {
             } else {
                 String::new()
             }
+        ));
+    }
+    out.push_str("\nlogical backups (times UTC):\n");
+    if r.dumps.is_empty() {
+        out.push_str("  none\n");
+    }
+    for d in &r.dumps {
+        out.push_str(&format!(
+            "  {}  {} .. {}  database {}  size {}  stored {}  {}\n",
+            d.label,
+            d.start_time.format("%Y-%m-%d %H:%M:%S"),
+            d.stop_time.format("%H:%M:%S"),
+            d.database,
+            human_bytes(d.size),
+            human_bytes(d.stored_size),
+            d.selection
         ));
     }
     out.push_str("\nWAL archive:\n");

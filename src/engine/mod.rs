@@ -2,6 +2,7 @@
 //! (or its reverse) for one job.
 
 pub mod info;
+pub mod logical;
 pub mod physical;
 pub mod repositories;
 pub mod retention;
@@ -9,6 +10,7 @@ pub mod setup;
 pub mod verify;
 pub mod wal;
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -94,6 +96,21 @@ impl<'a> Context<'a> {
             );
         }
         Ok(())
+    }
+
+    /// A label that sorts by time, ends in `suffix`, and is unique among the
+    /// repository's backups and dumps.
+    pub fn new_label(&self, suffix: &str) -> Result<String> {
+        let base = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        let mut existing: HashSet<String> = self.repo.backup_labels()?.into_iter().collect();
+        existing.extend(self.repo.dump_labels()?);
+        let mut label = format!("{base}{suffix}");
+        let mut n = 1;
+        while existing.contains(&label) {
+            label = format!("{base}-{n}{suffix}");
+            n += 1;
+        }
+        Ok(label)
     }
 
     /// The command line that runs pgkeep with this config and cluster, shell-quoted, for

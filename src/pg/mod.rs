@@ -1,4 +1,6 @@
-//! PostgreSQL connectivity: libpq-compatible settings resolution and SQL sessions.
+//! PostgreSQL connectivity: libpq-compatible settings resolution, SQL sessions, and
+//! PostgreSQL's own client programs.
 
 pub mod conninfo;
 pub mod session;
+pub mod tools;

@@ -99,6 +99,26 @@ impl Session {
             .collect())
     }
 
+    /// Runs a query with text parameters (`$1`, ...) that returns one text value.
+    pub fn text_with(&mut self, sql: &str, params: &[&str]) -> Result<String> {
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        let row = self
+            .client
+            .query_one(sql, &params)
+            .map_err(|e| anyhow!("query `{sql}` failed: {}", describe(&e)))?;
+        Ok(row.get(0))
+    }
+
+    /// Runs statements that return nothing.
+    pub fn execute(&mut self, sql: &str) -> Result<()> {
+        self.client
+            .batch_execute(sql)
+            .map_err(|e| anyhow!("`{sql}` failed: {}", describe(&e)))
+    }
+
     pub fn setting(&mut self, name: &str) -> Result<String> {
         let row = self
             .client
@@ -193,4 +213,9 @@ impl Session {
         self.text("SELECT pg_create_restore_point('pgkeep check')::text")?;
         self.text("SELECT pg_walfile_name(pg_switch_wal())")
     }
+}
+
+/// `name` as an SQL identifier, quoted as `quote_ident` would (always, which is never wrong).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use crossbeam_channel::{Sender, bounded};
 
 use super::ClusterRepo;
@@ -22,6 +22,12 @@ use super::index::{ChunkIndex, ChunkLocation, CorruptCopy, IndexReads, write_dam
 use super::object::Compression;
 use super::pack::{ChunkId, Delta, DeltaMethod, MAX_DELTA_DEPTH, PACK_SIZE, PackWriter, pack_key};
 use super::storage::{ObjectMeta, Storage};
+
+/// Bounds of content-defined chunks of streams: an average of 256 KiB, as the
+/// fixed chunks of data files, so the index costs the same per byte.
+const STREAM_CHUNK_MIN: usize = 64 * 1024;
+const STREAM_CHUNK_AVG: usize = 256 * 1024;
+const STREAM_CHUNK_MAX: usize = 1024 * 1024;
 
 /// The stored chunks of one cluster, with the index of every copy.
 pub struct ChunkStore {
@@ -62,6 +68,18 @@ impl ChunkStore {
     /// Chunk `id`, from any copy that reads back right.
     pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
         self.index.read(&*self.storage, &self.prefix, id)
+    }
+
+    /// Chunk `id`, which must be `len` bytes long (as its manifest says).
+    pub fn read_exact(&self, id: &ChunkId, len: u32) -> Result<Vec<u8>> {
+        let data = self.read(id)?;
+        if data.len() != len as usize {
+            bail!(
+                "chunk {id} holds {} bytes where {len} were recorded; run `pgkeep verify`",
+                data.len()
+            );
+        }
+        Ok(data)
     }
 
     /// Checks copy `loc` of `id` whose stored bytes are `payload`: it must decode, through
@@ -353,6 +371,25 @@ impl ChunkWriter<'_> {
                 .map_err(|_| anyhow!("the pack writer stopped"))?;
         }
         Ok((id, new))
+    }
+
+    /// Stores a stream (a dump file) cut at content-defined boundaries, so that bytes
+    /// inserted or removed move only the chunks around them: an unchanged stretch of a
+    /// stream is the same chunks wherever it now starts. Returns the chunks in order,
+    /// each with its length.
+    pub fn store_stream(&self, source: impl std::io::Read) -> Result<Vec<(ChunkId, u32)>> {
+        let mut chunks = Vec::new();
+        for chunk in fastcdc::v2020::StreamCDC::new(
+            source,
+            STREAM_CHUNK_MIN,
+            STREAM_CHUNK_AVG,
+            STREAM_CHUNK_MAX,
+        ) {
+            let chunk = chunk.map_err(|e| anyhow!("cannot read the stream to store: {e}"))?;
+            let (id, _) = self.store(&chunk.data, None)?;
+            chunks.push((id, chunk.length as u32));
+        }
+        Ok(chunks)
     }
 
     /// Whether the repository holds `id` readably. Data taken from the parent unread

@@ -6,6 +6,7 @@
 //! keys/ID.slot                         key slots of an encrypted repository
 //! CLUSTER/cluster.info                 system identifier, version, segment size
 //! CLUSTER/backups/LABEL.manifest       published backups
+//! CLUSTER/dumps/LABEL.dump             published logical backups (pg_dump archives)
 //! CLUSTER/packs/XX/HASH.pack|.idx      chunk packs and their indexes
 //! CLUSTER/packs/XX/HASH.damaged        chunks whose copies in that pack are corrupt
 //! CLUSTER/wal/TTTTTTTT/NAME            WAL segments, .partial and .backup files
@@ -22,6 +23,7 @@ pub mod encryption;
 pub mod index;
 pub mod lease;
 pub mod lock;
+pub mod logical;
 pub mod manifest;
 pub mod object;
 mod open;
@@ -39,6 +41,7 @@ use self::lease::LeaseLocks;
 pub use self::open::{FORMAT_VERSION, OpenMode, SlotInfo, open};
 
 use self::lock::{LockGuard, LockMode, LockService};
+use self::logical::DumpManifest;
 use self::manifest::Manifest;
 use self::pack::ChunkHasher;
 use self::storage::{LocalLocks, LocalStorage, ObjectMeta, ObjectStorage, RangeWindows, Storage};
@@ -166,7 +169,12 @@ impl ClusterRepo {
 
     /// Labels of all published backups, oldest first (labels sort by time).
     pub fn backup_labels(&self) -> Result<Vec<String>> {
-        let prefix = self.key("backups");
+        self.labels_in("backups", ".manifest")
+    }
+
+    /// The labels of the objects `dir/LABEL{suffix}`, sorted.
+    fn labels_in(&self, dir: &str, suffix: &str) -> Result<Vec<String>> {
+        let prefix = self.key(dir);
         let mut labels: Vec<String> = self
             .storage
             .list(&prefix)?
@@ -174,7 +182,7 @@ impl ClusterRepo {
             .filter_map(|o| {
                 o.key
                     .strip_prefix(&format!("{prefix}/"))?
-                    .strip_suffix(".manifest")
+                    .strip_suffix(suffix)
                     .map(str::to_string)
             })
             .collect();
@@ -217,17 +225,63 @@ impl ClusterRepo {
 
     /// Publishes a backup. Called only when everything it refers to is durable.
     pub fn publish_manifest(&self, manifest: &Manifest) -> Result<()> {
-        let json = serde_json::to_vec(manifest)?;
-        let key = self.manifest_key(&manifest.label);
-        if self.storage.put_new(&key, &object::encode(&json, 3)?)? {
+        self.publish_new(
+            &self.manifest_key(&manifest.label),
+            manifest,
+            &manifest.label,
+        )
+    }
+
+    /// Creates `key` holding `value`, never replacing an object.
+    fn publish_new<T: Serialize>(&self, key: &str, value: &T, label: &str) -> Result<()> {
+        let json = serde_json::to_vec(value)?;
+        if self.storage.put_new(key, &object::encode(&json, 3)?)? {
             return Ok(());
         }
         // A create retried after a lost reply finds its own first attempt.
-        let stored = self.storage.get(&key)?.map(|b| object::decode(&b));
+        let stored = self.storage.get(key)?.map(|b| object::decode(&b));
         if !matches!(stored, Some(Ok(ref plain)) if *plain == json) {
-            bail!("backup '{}' already exists", manifest.label);
+            bail!("backup '{label}' already exists");
         }
         Ok(())
+    }
+
+    fn dump_key(&self, label: &str) -> String {
+        self.key(&format!("dumps/{label}.dump"))
+    }
+
+    /// Labels of all published logical backups, oldest first.
+    pub fn dump_labels(&self) -> Result<Vec<String>> {
+        self.labels_in("dumps", ".dump")
+    }
+
+    /// A logical backup's manifest; a physical backup's label gets its own error.
+    pub fn load_dump(&self, label: &str) -> Result<DumpManifest> {
+        let Some(dump) = self.get_json::<DumpManifest>(&self.dump_key(label))? else {
+            if self.storage.exists(&self.manifest_key(label))? {
+                bail!(
+                    "'{label}' is a physical backup, not a logical one; restore it with `pgkeep restore --backup {label}`"
+                );
+            }
+            bail!("logical backup '{label}' does not exist; `pgkeep info` lists the dumps");
+        };
+        dump.validate().map_err(|e| {
+            anyhow::anyhow!("logical backup '{label}' has an invalid manifest: {e}")
+        })?;
+        Ok(dump)
+    }
+
+    /// Every logical backup's manifest; any unreadable one is an error.
+    pub fn dumps(&self) -> Result<Vec<DumpManifest>> {
+        self.dump_labels()?
+            .iter()
+            .map(|l| self.load_dump(l))
+            .collect()
+    }
+
+    /// Publishes a logical backup. Called only when every chunk it refers to is durable.
+    pub fn publish_dump(&self, dump: &DumpManifest) -> Result<()> {
+        self.publish_new(&self.dump_key(&dump.label), dump, &dump.label)
     }
 
     /// Removes a backup's manifest: the backup no longer exists, its data stays until
@@ -289,6 +343,9 @@ impl ClusterRepo {
             + self
                 .storage
                 .remove_interrupted_writes(&self.key("backups"), Duration::ZERO)?
+            + self
+                .storage
+                .remove_interrupted_writes(&self.key("dumps"), Duration::ZERO)?
             + self
                 .storage
                 .remove_interrupted_writes(&self.key("wal"), WAL_WRITE_AGE)?)

@@ -294,6 +294,9 @@ fn copy_live(
 /// packs that are gone. The caller holds the data lock exclusively.
 fn collect_garbage(ctx: &Context) -> Result<GcReport> {
     let manifests = ctx.repo.manifests()?;
+    let dumps = ctx.repo.dumps().context(
+        "collection needs every logical backup's manifest to be readable; run `pgkeep verify`",
+    )?;
     let store = ChunkStore::open(&ctx.repo)?;
     let index = &store.index;
     let mut report = GcReport {
@@ -301,10 +304,11 @@ fn collect_garbage(ctx: &Context) -> Result<GcReport> {
         ..GcReport::default()
     };
     let mut live: HashSet<ChunkId> = HashSet::new();
-    for m in &manifests {
-        for id in m.files.iter().flat_map(|f| f.chunks.iter()) {
-            keep_with_bases(index, &mut live, *id);
-        }
+    let physical = manifests
+        .iter()
+        .flat_map(|m| m.files.iter().flat_map(|f| f.chunks.iter()));
+    for id in physical.chain(dumps.iter().flat_map(|d| d.chunk_ids())) {
+        keep_with_bases(index, &mut live, *id);
     }
     let sizes = store.pack_sizes()?;
     let packs = index.by_pack();

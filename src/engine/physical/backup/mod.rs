@@ -17,12 +17,11 @@ mod summary;
 mod tde;
 mod walchanges;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use chrono::Utc;
 use indicatif::ProgressBar;
 
 use self::changes::ChangedBlocks;
@@ -45,19 +44,6 @@ use crate::repo::manifest::{FileEntry, MANIFEST_VERSION, Manifest, TablespaceEnt
 /// Files are cut into chunks of this size: small enough that an incremental backup
 /// stores little for a scattered change, large enough to compress well.
 pub const CHUNK_SIZE: usize = 256 * 1024;
-
-/// A label that sorts by time and is unique in the repository.
-fn new_label(ctx: &Context) -> Result<String> {
-    let base = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    let existing: HashSet<String> = ctx.repo.backup_labels()?.into_iter().collect();
-    let mut label = base.clone();
-    let mut n = 1;
-    while existing.contains(&label) {
-        label = format!("{base}-{n}");
-        n += 1;
-    }
-    Ok(label)
-}
 
 /// Checks that the copied `pg_control` belongs to the server that ran the backup: the
 /// same system, in production, with the checkpoint `pg_backup_start` made or a later one.
@@ -217,7 +203,7 @@ fn take(
     let _data_lock = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
     store.write_missing_indexes()?;
-    let label = new_label(ctx)?;
+    let label = ctx.new_label("")?;
     let start = source.start(&label)?;
     tracing::info!(
         "backup {label} started at {} on timeline {}",

@@ -1,0 +1,164 @@
+//! The logical-backup commands: `dump` and `dump-restore`.
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use super::{Cli, repo_numbers};
+use crate::config::Config;
+use crate::engine::logical::dump::{self, DumpOptions};
+use crate::engine::logical::restore::{self, DumpRestoreOptions};
+use crate::engine::{Context, human_bytes};
+use crate::repo::OpenMode;
+use crate::repo::logical::Selection;
+
+#[derive(Args)]
+pub struct DumpArgs {
+    /// The database to dump.
+    #[arg(long, short = 'd')]
+    database: String,
+    /// Dump only tables matching this pattern (pg_dump's -t; repeatable).
+    #[arg(long = "table", short = 't', value_name = "PATTERN")]
+    tables: Vec<String>,
+    /// Leave out tables matching this pattern (pg_dump's -T; repeatable).
+    #[arg(long = "exclude-table", short = 'T', value_name = "PATTERN")]
+    exclude_tables: Vec<String>,
+    /// Dump only schemas matching this pattern (pg_dump's -n; repeatable).
+    #[arg(long = "schema", short = 'n', value_name = "PATTERN")]
+    schemas: Vec<String>,
+    /// Leave out schemas matching this pattern (pg_dump's -N; repeatable).
+    #[arg(long = "exclude-schema", short = 'N', value_name = "PATTERN")]
+    exclude_schemas: Vec<String>,
+    /// Dump only the data, not the schema.
+    #[arg(long, conflicts_with = "schema_only")]
+    data_only: bool,
+    /// Dump only the schema, no data.
+    #[arg(long)]
+    schema_only: bool,
+    /// pg_dump's parallel jobs (default: one per core).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct DumpRestoreArgs {
+    /// The logical backup to restore (`pgkeep info` lists them).
+    label: String,
+    /// The database the dump holds (checked); by default the dump's own.
+    #[arg(long, short = 'd')]
+    database: Option<String>,
+    /// Restore into this database instead of one named as the dumped one.
+    #[arg(long, value_name = "NEWDB")]
+    to: Option<String>,
+    /// Create the target database (with --clean, drop and create it if it exists).
+    #[arg(long, short = 'C')]
+    create: bool,
+    /// Drop the dump's objects in the target before creating them again.
+    #[arg(long, short = 'c')]
+    clean: bool,
+    /// Restore only this table (pg_restore's -t: a name, not a pattern; repeatable).
+    #[arg(long = "table", short = 't', value_name = "TABLE")]
+    tables: Vec<String>,
+    /// Restore only objects in this schema (pg_restore's -n; repeatable).
+    #[arg(long = "schema", short = 'n', value_name = "SCHEMA")]
+    schemas: Vec<String>,
+    /// pg_restore's parallel jobs (default: one per core; 1 with --single-transaction).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+    /// Restore in one transaction: all or nothing.
+    #[arg(long, short = '1')]
+    single_transaction: bool,
+    /// Do not set ownership of objects to match the original database.
+    #[arg(long, short = 'O')]
+    no_owner: bool,
+    /// Skip the ANALYZE that follows the restore.
+    #[arg(long)]
+    no_analyze: bool,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs pg_dump once per repository and stores the archive in each; a repository that
+/// fails is reported and the others still get the dump.
+pub fn run_dump(cli: &Cli, config: &Config, args: &DumpArgs) -> Result<i32> {
+    let opts = DumpOptions {
+        database: args.database.clone(),
+        selection: Selection {
+            tables: args.tables.clone(),
+            exclude_tables: args.exclude_tables.clone(),
+            schemas: args.schemas.clone(),
+            exclude_schemas: args.exclude_schemas.clone(),
+            data_only: args.data_only,
+            schema_only: args.schema_only,
+        },
+        jobs: args.jobs.unwrap_or_else(cores).max(1),
+    };
+    let mut failed = Vec::new();
+    for n in repo_numbers(cli, config) {
+        let started = std::time::Instant::now();
+        let done = Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
+            .and_then(|ctx| dump::dump(&ctx, &opts));
+        match done {
+            Ok(r) => println!(
+                "dump {} of database {}: {} in {} files, stored {} new, {:.1} s",
+                r.label,
+                r.database,
+                human_bytes(r.size),
+                r.files,
+                human_bytes(r.stored_size),
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                eprintln!("pgkeep: error: repository {n}: {e:#}");
+                failed.push(n.to_string());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "the dump was not stored in repository {} (errors above)",
+            failed.join(", ")
+        );
+    }
+    Ok(0)
+}
+
+/// Restores a dump from the first repository (or `--repo N`).
+pub fn run_dump_restore(cli: &Cli, config: &Config, args: &DumpRestoreArgs) -> Result<i32> {
+    let jobs = match (args.jobs, args.single_transaction) {
+        (Some(j), _) => j.max(1),
+        (None, true) => 1,
+        (None, false) => cores(),
+    };
+    let opts = DumpRestoreOptions {
+        label: args.label.clone(),
+        database: args.database.clone(),
+        to: args.to.clone(),
+        create: args.create,
+        clean: args.clean,
+        tables: args.tables.clone(),
+        schemas: args.schemas.clone(),
+        jobs,
+        single_transaction: args.single_transaction,
+        no_owner: args.no_owner,
+        analyze: !args.no_analyze,
+    };
+    let ctx = Context::on_repository(
+        config,
+        cli.cluster.as_deref(),
+        cli.repo.unwrap_or(1),
+        OpenMode::Existing,
+    )?;
+    let started = std::time::Instant::now();
+    let r = restore::dump_restore(&ctx, &opts)?;
+    println!(
+        "restored dump {} ({}) into database {} in {:.1} s{}",
+        r.label,
+        human_bytes(r.size),
+        r.database,
+        started.elapsed().as_secs_f64(),
+        if r.analyzed { ", then ANALYZE" } else { "" }
+    );
+    Ok(0)
+}

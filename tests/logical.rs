@@ -1,0 +1,338 @@
+//! Logical backups: `dump` runs the server's pg_dump into the repository and
+//! `dump-restore` brings it back through pg_restore. One server per version carries the
+//! scenarios: a round trip of a database using most kinds of object (compared with
+//! pg_dump --schema-only and per-table row hashes), selection on both sides,
+//! deduplication of a dump that did not change, collection keeping dumped data, and the
+//! bad inputs each with its error.
+
+mod common;
+
+use common::{Env, Pg, Server, label_of};
+
+/// A database with schemas, types, functions, sequences, large objects, a
+/// materialized view, grants and some bulk.
+const SHOP: &str = "
+CREATE ROLE shop_reader;
+CREATE SCHEMA app;
+CREATE SCHEMA audit;
+CREATE TYPE app.status AS ENUM ('new', 'paid', 'shipped');
+CREATE TYPE app.money_pair AS (amount numeric, currency text);
+CREATE SEQUENCE app.invoice_no START 1000;
+CREATE TABLE app.customers (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL UNIQUE);
+CREATE TABLE app.orders (id bigserial PRIMARY KEY, customer int REFERENCES app.customers,
+    status app.status NOT NULL DEFAULT 'new', total app.money_pair, note text);
+CREATE INDEX orders_status ON app.orders (status);
+CREATE TABLE app.orders_archive (LIKE app.orders);
+CREATE TABLE audit.events (at timestamptz DEFAULT now(), what text);
+CREATE FUNCTION app.order_count(c int) RETURNS bigint LANGUAGE sql STABLE
+    AS 'SELECT count(*) FROM app.orders WHERE customer = c';
+CREATE FUNCTION audit.log() RETURNS trigger LANGUAGE plpgsql AS
+    $$BEGIN INSERT INTO audit.events(what) VALUES (TG_OP || ' ' || NEW.id); RETURN NEW; END$$;
+CREATE TRIGGER orders_audit AFTER INSERT ON app.orders FOR EACH ROW EXECUTE FUNCTION audit.log();
+INSERT INTO app.customers (name) SELECT 'customer ' || g FROM generate_series(1, 500) g;
+INSERT INTO app.orders (customer, status, total, note)
+    SELECT 1 + g % 500, (ARRAY['new','paid','shipped']::app.status[])[1 + g % 3],
+           ROW((g * 1.5)::numeric, 'EUR'::text)::app.money_pair, md5(g::text) || md5((g * 7)::text)
+    FROM generate_series(1, 100000) g;
+INSERT INTO app.orders_archive SELECT * FROM app.orders WHERE id <= 1000;
+CREATE MATERIALIZED VIEW app.revenue AS SELECT customer, count(*) AS n FROM app.orders GROUP BY customer;
+SELECT setval('app.invoice_no', 4242);
+SELECT lo_from_bytea(0, convert_to(repeat('large object ', 1000), 'UTF8'));
+GRANT USAGE ON SCHEMA app TO shop_reader;
+GRANT SELECT ON app.orders, app.customers TO shop_reader;
+COMMENT ON TABLE app.orders IS 'every order';
+";
+
+/// Each table's (and the materialized view's) rows hashed in a fixed order, the
+/// sequence's position and the large objects' contents: equal strings mean equal data.
+fn fingerprint(server: &Server, db: &str) -> String {
+    let relations = server.sql_db(
+        db,
+        "SELECT string_agg(format('%I.%I', n.nspname, c.relname), ' ' ORDER BY n.nspname, c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'm') AND n.nspname IN ('app', 'audit', 'public')",
+    );
+    let mut out = String::new();
+    for rel in relations.split_whitespace() {
+        let hash = server.sql_db(
+            db,
+            &format!("SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {rel} t"),
+        );
+        out.push_str(&format!("{rel}={hash}\n"));
+    }
+    out.push_str(&server.sql_db(db, "SELECT 'seq=' || last_value FROM app.invoice_no"));
+    out.push_str(&server.sql_db(
+        db,
+        "SELECT ' lo=' || count(*) || ':' || coalesce(md5(string_agg(md5(lo_get(oid)), ',' ORDER BY oid)), '') FROM pg_largeobject_metadata",
+    ));
+    out
+}
+
+/// `pg_dump --schema-only` of `db`: the schema, grants and comments as text.
+fn schema_of(server: &Server, db: &str) -> String {
+    let out = server
+        .client("pg_dump")
+        .args(["--schema-only", "-d", db])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The header names the dumping tool's version and a random restrict key (18+).
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Tables of `db` outside the system schemas, sorted.
+fn tables_of(server: &Server, db: &str) -> String {
+    server.sql_db(
+        db,
+        "SELECT coalesce(string_agg(schemaname || '.' || tablename, ' ' ORDER BY schemaname, tablename), '') FROM pg_tables \
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+    )
+}
+
+/// The dump's entry in `info --json`.
+fn dump_info(env: &Env, label: &str) -> serde_json::Value {
+    let info: serde_json::Value =
+        serde_json::from_str(&env.pgkeep_ok(&["info", "--json"])).unwrap();
+    info["dumps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["label"] == label)
+        .unwrap_or_else(|| panic!("dump {label} not in info: {info}"))
+        .clone()
+}
+
+fn logical(pg: Pg) {
+    let env = Env::new(&format!("logical{}", pg.major), pg);
+    let server = env.primary();
+    env.write_config(&server, &format!("pg_bin = \"{}\"\n", env.pg.bin.display()));
+    env.pgkeep_ok(&["init"]);
+    server.sql("CREATE DATABASE shop");
+    server.sql_db("shop", SHOP);
+
+    round_trip(&env, &server);
+    selection(&env, &server);
+    bad_input(&env, &server);
+}
+
+/// A whole database into another name, identical in schema and data; an unchanged
+/// second dump costs next to nothing; expire keeps what dumps refer to.
+fn round_trip(env: &Env, server: &Server) {
+    let out = env.pgkeep_ok(&["dump", "--database", "shop", "--jobs", "2"]);
+    let first = label_of(&out);
+    let out = env.pgkeep_ok(&[
+        "dump-restore",
+        &first,
+        "--to",
+        "shop_copy",
+        "--create",
+        "--jobs",
+        "2",
+    ]);
+    assert!(out.contains("into database shop_copy"), "{out}");
+    assert!(out.contains("ANALYZE"), "{out}");
+    assert_eq!(
+        fingerprint(server, "shop_copy"),
+        fingerprint(server, "shop")
+    );
+    assert_eq!(schema_of(server, "shop_copy"), schema_of(server, "shop"));
+    // ANALYZE ran: the planner knows the restored table's size.
+    let rows = server.sql_db(
+        "shop_copy",
+        "SELECT reltuples::bigint FROM pg_class WHERE oid = 'app.orders'::regclass",
+    );
+    assert_eq!(rows, "100000");
+
+    let info = dump_info(env, &first);
+    assert_eq!(info["database"], "shop");
+    assert_eq!(info["selection"], "all");
+    let size = info["size"].as_u64().unwrap();
+    assert!(size > 8 << 20, "{info}");
+
+    // Nothing changed: the second dump stores under 1% of the first's size.
+    let second = label_of(&env.pgkeep_ok(&["dump", "--database", "shop"]));
+    let stored = dump_info(env, &second)["stored_size"].as_u64().unwrap();
+    assert!(
+        stored * 100 < size,
+        "unchanged dump stored {stored} of {size} bytes"
+    );
+
+    // Collection keeps every chunk a dump refers to (there is no physical backup at all).
+    env.pgkeep_ok(&["expire"]);
+    server.sql("DROP DATABASE shop_copy");
+    env.pgkeep_ok(&["dump-restore", &second, "--to", "shop_copy", "--create"]);
+    assert_eq!(
+        fingerprint(server, "shop_copy"),
+        fingerprint(server, "shop")
+    );
+
+    // --clean replaces what a database holds; --single-transaction restores all or nothing.
+    server.sql_db("shop_copy", "DELETE FROM app.orders_archive");
+    env.pgkeep_ok(&[
+        "dump-restore",
+        &first,
+        "--to",
+        "shop_copy",
+        "--clean",
+        "--single-transaction",
+    ]);
+    assert_eq!(
+        fingerprint(server, "shop_copy"),
+        fingerprint(server, "shop")
+    );
+    server.sql("DROP DATABASE shop_copy");
+}
+
+/// pg_dump's -t (with a wildcard), -T, -n and -N, and pg_restore's -t. (As with
+/// pg_dump itself, -t leaves out the schema and types a table depends on.)
+fn selection(env: &Env, server: &Server) {
+    let out = env.pgkeep_ok(&[
+        "dump",
+        "-d",
+        "shop",
+        "-t",
+        "app.orders*",
+        "-T",
+        "app.orders",
+    ]);
+    let label = label_of(&out);
+    assert_eq!(
+        dump_info(env, &label)["selection"],
+        "-t app.orders* -T app.orders"
+    );
+    server.sql("CREATE DATABASE pick");
+    server.sql_db(
+        "pick",
+        "CREATE SCHEMA app; CREATE TYPE app.status AS ENUM ('new', 'paid', 'shipped'); \
+         CREATE TYPE app.money_pair AS (amount numeric, currency text)",
+    );
+    // A database that holds anything takes a dump only with --clean.
+    env.pgkeep_ok(&[
+        "dump-restore",
+        &label,
+        "--to",
+        "pick",
+        "--no-owner",
+        "--clean",
+    ]);
+    assert_eq!(tables_of(server, "pick"), "app.orders_archive");
+    assert_eq!(
+        server.sql_db("pick", "SELECT count(*) FROM app.orders_archive"),
+        "1000"
+    );
+
+    let label = label_of(&env.pgkeep_ok(&["dump", "-d", "shop", "-n", "app", "-N", "audit"]));
+    let only_app = label_of(&env.pgkeep_ok(&["dump", "-d", "shop", "-N", "app"]));
+    server.sql("CREATE DATABASE pick2");
+    env.pgkeep_ok(&["dump-restore", &only_app, "--to", "pick2"]);
+    assert_eq!(tables_of(server, "pick2"), "audit.events");
+
+    // One table of a whole dump.
+    server.sql("CREATE DATABASE pick3");
+    server.sql_db("pick3", "CREATE SCHEMA app");
+    env.pgkeep_ok(&[
+        "dump-restore",
+        &label,
+        "--to",
+        "pick3",
+        "-n",
+        "app",
+        "-t",
+        "customers",
+        "-c",
+    ]);
+    assert_eq!(tables_of(server, "pick3"), "app.customers");
+    assert_eq!(
+        server.sql_db("pick3", "SELECT count(*) FROM app.customers"),
+        "500"
+    );
+    for db in ["pick", "pick2", "pick3"] {
+        server.sql(&format!("DROP DATABASE {db}"));
+    }
+}
+
+/// Each bad input: one sentence, a non-zero exit, nothing stored or changed.
+fn bad_input(env: &Env, server: &Server) {
+    let dumps_before = env.pgkeep_ok(&["info", "--json"]);
+    let count = |text: &str| {
+        let info: serde_json::Value = serde_json::from_str(text).unwrap();
+        info["dumps"].as_array().unwrap().len()
+    };
+    let err = env.pgkeep_err(&["dump", "-d", "no_such_db"]);
+    assert!(
+        err.contains("database 'no_such_db' does not exist"),
+        "{err}"
+    );
+    let err = env.pgkeep_err(&["dump", "-d", "shop", "-t", "app.nothing_like_this*"]);
+    assert!(err.contains("no matching tables"), "{err}");
+    assert_eq!(
+        count(&env.pgkeep_ok(&["info", "--json"])),
+        count(&dumps_before)
+    );
+
+    let label = label_of(&env.pgkeep_ok(&["dump", "-d", "shop", "-n", "audit"]));
+    let err = env.pgkeep_err(&["dump-restore", &label]);
+    assert!(err.contains("database 'shop' already holds"), "{err}");
+    assert!(err.contains("--clean"), "{err}");
+    let err = env.pgkeep_err(&["dump-restore", &label, "--to", "nowhere"]);
+    assert!(
+        err.contains("does not exist on the server; add --create"),
+        "{err}"
+    );
+    let err = env.pgkeep_err(&["dump-restore", &label, "--to", "shop", "--create"]);
+    assert!(err.contains("already exists; add --clean"), "{err}");
+    let err = env.pgkeep_err(&[
+        "dump-restore",
+        &label,
+        "-d",
+        "other",
+        "--to",
+        "x",
+        "--create",
+    ]);
+    assert!(err.contains("holds database 'shop', not 'other'"), "{err}");
+    let err = env.pgkeep_err(&[
+        "dump-restore",
+        &label,
+        "--to",
+        "x",
+        "--create",
+        "-1",
+        "-j",
+        "2",
+    ]);
+    assert!(err.contains("exclude each other"), "{err}");
+    let err = env.pgkeep_err(&[
+        "dump-restore",
+        "20200101T000000Z-dump",
+        "--to",
+        "x",
+        "--create",
+    ]);
+    assert!(
+        err.contains("does not exist; `pgkeep info` lists the dumps"),
+        "{err}"
+    );
+    assert_eq!(
+        server.sql("SELECT count(*) FROM pg_database WHERE datname IN ('x', 'nowhere')"),
+        "0"
+    );
+
+    // A physical backup's label is not a dump.
+    let backup = label_of(&env.pgkeep_ok(&["backup"]));
+    let err = env.pgkeep_err(&["dump-restore", &backup, "--to", "x", "--create"]);
+    assert!(
+        err.contains("is a physical backup, not a logical one"),
+        "{err}"
+    );
+}
+
+on_each_version!(logical);
