@@ -593,6 +593,44 @@ pub struct Retention {
     /// Run `expire` after every successful backup (default: yes).
     #[serde(default = "yes")]
     pub expire_after_backup: bool,
+    /// `[retention.dumps]`: how many logical backups to keep, counted per database.
+    #[serde(default)]
+    pub dumps: DumpRetention,
+}
+
+/// `[retention.dumps]`: the rules of `[retention]` that apply to logical backups, each
+/// counted per database. Without a rule no dump is removed; the newest dump of each
+/// database and pinned dumps are always kept.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DumpRetention {
+    pub keep_last: Option<usize>,
+    #[serde(default)]
+    pub daily: usize,
+    #[serde(default)]
+    pub weekly: usize,
+    #[serde(default)]
+    pub monthly: usize,
+    #[serde(default)]
+    pub yearly: usize,
+}
+
+impl DumpRetention {
+    pub fn has_rules(&self) -> bool {
+        self.as_policy().has_rules()
+    }
+
+    /// The same rules as a backup policy (no recovery or WAL window: dumps have no WAL).
+    pub fn as_policy(&self) -> Retention {
+        Retention {
+            keep_last: self.keep_last,
+            daily: self.daily,
+            weekly: self.weekly,
+            monthly: self.monthly,
+            yearly: self.yearly,
+            ..Retention::default()
+        }
+    }
 }
 
 fn yes() -> bool {

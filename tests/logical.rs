@@ -118,14 +118,16 @@ fn logical(pg: Pg) {
     server.sql("CREATE DATABASE shop");
     server.sql_db("shop", SHOP);
 
-    round_trip(&env, &server);
+    let first = round_trip(&env, &server);
     selection(&env, &server);
+    retention(&env, &server, &first);
     bad_input(&env, &server);
+    damage(&env, &server);
 }
 
 /// A whole database into another name, identical in schema and data; an unchanged
 /// second dump costs next to nothing; expire keeps what dumps refer to.
-fn round_trip(env: &Env, server: &Server) {
+fn round_trip(env: &Env, server: &Server) -> String {
     let out = env.pgkeep_ok(&["dump", "--database", "shop", "--jobs", "2"]);
     let first = label_of(&out);
     let out = env.pgkeep_ok(&[
@@ -189,6 +191,7 @@ fn round_trip(env: &Env, server: &Server) {
         fingerprint(server, "shop")
     );
     server.sql("DROP DATABASE shop_copy");
+    first
 }
 
 /// pg_dump's -t (with a wildcard), -T, -n and -N, and pg_restore's -t. (As with
@@ -257,6 +260,82 @@ fn selection(env: &Env, server: &Server) {
     for db in ["pick", "pick2", "pick3"] {
         server.sql(&format!("DROP DATABASE {db}"));
     }
+}
+
+/// `[retention.dumps]` counts each database's dumps on its own, spares pinned ones,
+/// runs after a dump, and collection keeps what the survivors need.
+fn retention(env: &Env, server: &Server, pinned: &str) {
+    let config = |after_dump: bool| {
+        let pg_bin = env.pg.bin.display();
+        env.write_config(
+            server,
+            &format!(
+                "pg_bin = \"{pg_bin}\"\n\n[retention]\nexpire_after_backup = {after_dump}\n\n[retention.dumps]\nkeep_last = 2\n"
+            ),
+        )
+    };
+    config(false);
+    server.sql("CREATE DATABASE other");
+    server.sql_db("other", "CREATE TABLE t AS SELECT 1 AS x");
+    let other = label_of(&env.pgkeep_ok(&["dump", "-d", "other"]));
+    env.pgkeep_ok(&["pin", pinned]);
+    let shop_dumps = |env: &Env| {
+        let info: serde_json::Value = serde_json::from_str(&env.pgkeep_ok(&["info", "--json"])).unwrap();
+        info["dumps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["database"] == "shop")
+            .map(|d| d["label"].as_str().unwrap().to_string())
+            .collect::<Vec<String>>()
+    };
+    let before = shop_dumps(env);
+    assert_eq!(before.len(), 5, "{before:?}");
+    let plan = env.pgkeep_ok(&["expire", "--dry-run"]);
+    assert!(plan.contains("logical backups of database shop:"), "{plan}");
+    assert_eq!(plan.matches("expire  ").count(), 2, "{plan}");
+    assert!(plan.contains(&format!("keep    {other}")), "{plan}");
+    assert_eq!(shop_dumps(env), before);
+
+    env.pgkeep_ok(&["expire"]);
+    assert_eq!(shop_dumps(env), [pinned, before[3].as_str(), &before[4]], "{plan}");
+    // A dump expires the others after it.
+    config(true);
+    let newest = label_of(&env.pgkeep_ok(&["dump", "-d", "shop"]));
+    assert_eq!(shop_dumps(env), [pinned, before[4].as_str(), &newest]);
+    server.sql("CREATE DATABASE shop_copy");
+    env.pgkeep_ok(&["dump-restore", pinned, "--to", "shop_copy"]);
+    assert_eq!(fingerprint(server, "shop_copy"), fingerprint(server, "shop"));
+    server.sql("DROP DATABASE shop_copy");
+    let verified = env.pgkeep_ok(&["verify"]);
+    assert!(verified.contains("4 logical backups"), "{verified}");
+}
+
+/// A damaged chunk: verify names the dump it breaks, and dump-restore stops pg_restore
+/// and fails instead of loading a short table.
+fn damage(env: &Env, server: &Server) {
+    server.sql("CREATE DATABASE dmg");
+    server.sql_db(
+        "dmg",
+        "CREATE TABLE noise AS SELECT g, md5(random()::text) AS t FROM generate_series(1, 200000) g",
+    );
+    let label = label_of(&env.pgkeep_ok(&["dump", "-d", "dmg"]));
+    let newest_pack = common::repository_objects(&env.repo)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .unwrap();
+    let mut bytes = std::fs::read(&newest_pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&newest_pack, bytes).unwrap();
+
+    let err = env.pgkeep_err(&["verify"]);
+    assert!(err.contains(&label), "{err}");
+    assert!(err.contains("of the dump of database dmg"), "{err}");
+    let err = env.pgkeep_err(&["dump-restore", &label, "--to", "dmg2", "--create"]);
+    assert!(err.contains("pg_restore was stopped"), "{err}");
+    assert!(err.contains("partial restore"), "{err}");
 }
 
 /// Each bad input: one sentence, a non-zero exit, nothing stored or changed.

@@ -3,10 +3,11 @@
 use anyhow::{Result, bail};
 use clap::Args;
 
-use super::{Cli, repo_numbers};
+use super::{Cli, print_expire, repo_numbers};
 use crate::config::Config;
 use crate::engine::logical::dump::{self, DumpOptions};
 use crate::engine::logical::restore::{self, DumpRestoreOptions};
+use crate::engine::retention::expire;
 use crate::engine::{Context, human_bytes};
 use crate::repo::OpenMode;
 use crate::repo::logical::Selection;
@@ -95,20 +96,31 @@ pub fn run_dump(cli: &Cli, config: &Config, args: &DumpArgs) -> Result<i32> {
         jobs: args.jobs.unwrap_or_else(cores).max(1),
     };
     let mut failed = Vec::new();
+    let policy = &config.retention;
     for n in repo_numbers(cli, config) {
         let started = std::time::Instant::now();
         let done = Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
-            .and_then(|ctx| dump::dump(&ctx, &opts));
+            .and_then(|ctx| {
+                let r = dump::dump(&ctx, &opts)?;
+                println!(
+                    "dump {} of database {}: {} in {} files, stored {} new, {:.1} s",
+                    r.label,
+                    r.database,
+                    human_bytes(r.size),
+                    r.files,
+                    human_bytes(r.stored_size),
+                    started.elapsed().as_secs_f64()
+                );
+                if policy.dumps.has_rules() && policy.expire_after_backup {
+                    let report = expire::expire(&ctx, chrono::Utc::now(), false).map_err(|e| {
+                        e.context("the dump succeeded, but expiring old backups after it failed")
+                    })?;
+                    print_expire(&report, false);
+                }
+                Ok(())
+            });
         match done {
-            Ok(r) => println!(
-                "dump {} of database {}: {} in {} files, stored {} new, {:.1} s",
-                r.label,
-                r.database,
-                human_bytes(r.size),
-                r.files,
-                human_bytes(r.stored_size),
-                started.elapsed().as_secs_f64()
-            ),
+            Ok(()) => {}
             Err(e) => {
                 eprintln!("pgkeep: error: repository {n}: {e:#}");
                 failed.push(n.to_string());

@@ -391,25 +391,10 @@ fn print_restore_summary(s: &restore::RestoreSummary, opts: &RestoreOptions) {
 /// What expire kept, removed and freed.
 fn print_expire(r: &expire::ExpireReport, dry_run: bool) {
     let verb = if dry_run { "would remove" } else { "removed" };
-    let mut backups = r.backups.clone();
-    backups.sort_by_key(|b| b.stop_time);
-    for b in &backups {
-        match r.plan.keep.get(&b.label) {
-            Some(reasons) => {
-                let why: Vec<&str> = reasons.iter().map(|r| r.describe()).collect();
-                println!(
-                    "keep    {}  {}  ({})",
-                    b.label,
-                    b.stop_time.format("%Y-%m-%d %H:%M"),
-                    why.join(", ")
-                );
-            }
-            None => println!(
-                "expire  {}  {}",
-                b.label,
-                b.stop_time.format("%Y-%m-%d %H:%M")
-            ),
-        }
+    let backups = print_plan(&r.backups, &r.plan);
+    for d in &r.dumps {
+        println!("logical backups of database {}:", d.database);
+        print_plan(&d.dumps, &d.plan);
     }
     match (r.wal_removed.first(), r.wal_removed.last()) {
         (Some(first), Some(last)) => println!(
@@ -451,6 +436,34 @@ fn print_expire(r: &expire::ExpireReport, dry_run: bool) {
     if dry_run {
         println!("dry run: nothing was removed");
     }
+}
+
+/// One line per backup, oldest first: kept and why, or expiring. Returns them sorted.
+fn print_plan(
+    backups: &[crate::engine::retention::policy::BackupFacts],
+    plan: &crate::engine::retention::policy::Plan,
+) -> Vec<crate::engine::retention::policy::BackupFacts> {
+    let mut backups = backups.to_vec();
+    backups.sort_by_key(|b| b.stop_time);
+    for b in &backups {
+        match plan.keep.get(&b.label) {
+            Some(reasons) => {
+                let why: Vec<&str> = reasons.iter().map(|r| r.describe()).collect();
+                println!(
+                    "keep    {}  {}  ({})",
+                    b.label,
+                    b.stop_time.format("%Y-%m-%d %H:%M"),
+                    why.join(", ")
+                );
+            }
+            None => println!(
+                "expire  {}  {}",
+                b.label,
+                b.stop_time.format("%Y-%m-%d %H:%M")
+            ),
+        }
+    }
+    backups
 }
 
 fn run_key(ctx: &Context, action: &KeyAction) -> Result<()> {
@@ -816,15 +829,15 @@ fn run_verify(ctx: &Context) -> Result<i32> {
         eprintln!("verify found {} problem(s)", r.problems.len());
         if r.full_backup_heals {
             eprintln!(
-                "to heal: run `pgkeep backup --full`; it stores again every damaged chunk whose data the database still holds, \
-                 and backups that need other damaged data stay damaged"
+                "to heal: run `pgkeep backup --full` (and `pgkeep dump` of a damaged dump's database); each stores again every \
+                 damaged chunk whose data the database still holds, and backups that need other damaged data stay damaged"
             );
         }
         return Ok(1);
     }
     println!(
-        "verify ok: {} backups, {} chunks, {} WAL files checked",
-        r.backups, r.chunks, r.wal_files
+        "verify ok: {} backups, {} logical backups, {} chunks, {} WAL files checked",
+        r.backups, r.dumps, r.chunks, r.wal_files
     );
     Ok(0)
 }

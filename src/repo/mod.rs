@@ -279,6 +279,12 @@ impl ClusterRepo {
             .collect()
     }
 
+    /// Removes a logical backup's manifest; its data stays until collection finds it
+    /// unreferenced.
+    pub fn delete_dump(&self, label: &str) -> Result<()> {
+        self.storage.delete(&self.dump_key(label))
+    }
+
     /// Publishes a logical backup. Called only when every chunk it refers to is durable.
     pub fn publish_dump(&self, dump: &DumpManifest) -> Result<()> {
         self.publish_new(&self.dump_key(&dump.label), dump, &dump.label)
@@ -294,10 +300,12 @@ impl ClusterRepo {
         self.key(&format!("pins/{label}"))
     }
 
-    /// Pins or unpins a backup: no retention rule removes a pinned backup.
+    /// Pins or unpins a backup or logical backup: no retention rule removes a pinned one.
     pub fn set_pinned(&self, label: &str, pinned: bool) -> Result<()> {
         if pinned {
-            self.load_manifest(label)?;
+            if !self.storage.exists(&self.dump_key(label))? {
+                self.load_manifest(label)?;
+            }
             self.storage
                 .put(&self.pin_key(label), &object::encode(b"", 0)?)
         } else {

@@ -33,12 +33,50 @@ use crate::repo::pack::{ChunkId, PackWriter, pack_size};
 pub struct ExpireReport {
     pub plan: Plan,
     pub backups: Vec<BackupFacts>,
+    /// The plan for each database's logical backups (`[retention.dumps]`).
+    pub dumps: Vec<DumpPlan>,
     /// WAL files removed (or, in a dry run, to be removed), oldest first.
     pub wal_removed: Vec<String>,
     pub gc: Option<GcReport>,
     /// WAL removal and collection were skipped because a backup, restore or verify holds
     /// the data lock.
     pub gc_deferred: bool,
+}
+
+/// What `[retention.dumps]` keeps of one database's logical backups.
+pub struct DumpPlan {
+    pub database: String,
+    pub dumps: Vec<BackupFacts>,
+    pub plan: Plan,
+}
+
+/// Plans each database's logical backups on their own, by `[retention.dumps]`.
+fn plan_dumps(
+    ctx: &Context,
+    pinned: &std::collections::BTreeSet<String>,
+    now: DateTime<Utc>,
+) -> Result<Vec<DumpPlan>> {
+    let dumps = ctx
+        .repo
+        .dumps()
+        .context("expire needs every logical backup's manifest to be readable; run `pgkeep verify`")?;
+    let mut by_database: BTreeMap<String, Vec<BackupFacts>> = BTreeMap::new();
+    for d in dumps {
+        by_database.entry(d.database).or_default().push(BackupFacts {
+            pinned: pinned.contains(&d.label),
+            label: d.label,
+            stop_time: d.stop_time,
+        });
+    }
+    let policy = ctx.config.retention.dumps.as_policy();
+    Ok(by_database
+        .into_iter()
+        .map(|(database, dumps)| DumpPlan {
+            plan: retention::plan(&policy, &dumps, now),
+            database,
+            dumps,
+        })
+        .collect())
 }
 
 #[derive(Default)]
@@ -121,6 +159,7 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
         })
         .collect();
     let plan = retention::plan(&ctx.config.retention, &backups, now);
+    let dumps = plan_dumps(ctx, &pinned, now)?;
     let wal_removed = match deferred {
         false => wal_to_remove(ctx, &manifests, &plan, seg)?,
         true => Vec::new(),
@@ -132,6 +171,7 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
     let mut report = ExpireReport {
         plan,
         backups,
+        dumps,
         wal_removed,
         gc: None,
         gc_deferred: deferred,
@@ -141,6 +181,9 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
     }
     for label in &report.plan.expire {
         ctx.repo.delete_manifest(label)?;
+    }
+    for label in report.dumps.iter().flat_map(|d| &d.plan.expire) {
+        ctx.repo.delete_dump(label)?;
     }
     // A running backup has no manifest yet: the WAL it waits for, and the chunks it
     // refers to, are removed only while none runs (the lock taken above says so).

@@ -8,21 +8,30 @@ use super::Problem;
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::encryption::Unauthentic;
 use crate::repo::index::{ChunkLocation, CorruptCopy};
+use crate::repo::logical::DumpManifest;
 use crate::repo::manifest::Manifest;
 use crate::repo::pack::ChunkId;
 
 /// Which backups (and which file) use each chunk, to name what a bad chunk breaks.
 type Users = BTreeMap<ChunkId, (BTreeSet<String>, String)>;
 
-fn chunk_users(manifests: &[Manifest]) -> Users {
+fn chunk_users(manifests: &[Manifest], dumps: &[DumpManifest]) -> Users {
     let mut users = Users::new();
+    let mut add = |label: &str, what: &dyn Fn() -> String, id: &ChunkId| {
+        let entry = users.entry(*id).or_insert_with(|| (BTreeSet::new(), what()));
+        entry.0.insert(label.to_string());
+    };
     for m in manifests {
         for f in &m.files {
             for c in &f.chunks {
-                let entry = users
-                    .entry(*c)
-                    .or_insert_with(|| (BTreeSet::new(), f.path.clone()));
-                entry.0.insert(m.label.clone());
+                add(&m.label, &|| f.path.clone(), c);
+            }
+        }
+    }
+    for d in dumps {
+        for f in &d.files {
+            for (c, _) in &f.chunks {
+                add(&d.label, &|| format!("{} of the dump of database {}", f.name, d.database), c);
             }
         }
     }
@@ -178,10 +187,11 @@ pub fn check_chunks(
     store: &ChunkStore,
     jobs: usize,
     manifests: &[Manifest],
+    dumps: &[DumpManifest],
     problems: &mut Vec<Problem>,
 ) -> (usize, bool) {
     let index = &store.index;
-    let users = chunk_users(manifests);
+    let users = chunk_users(manifests, dumps);
     let checks = check_packs(store, jobs);
     problems.extend(record_damage(store, &checks));
     let good: HashSet<ChunkId> = checks.iter().flat_map(|c| c.good.iter().copied()).collect();

@@ -1,6 +1,7 @@
 //! `verify`: re-reads everything in the repository and checks it against its checksums
 //! (`chunks`), then checks that WAL continues without a gap from every backup. Each
-//! problem names the backups it breaks. It writes only damage records.
+//! problem names the backups (and logical backups) it breaks. It writes only damage
+//! records.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,7 @@ pub struct Problem {
 pub struct VerifyReport {
     pub problems: Vec<Problem>,
     pub backups: usize,
+    pub dumps: usize,
     pub chunks: usize,
     pub wal_files: usize,
     /// Backups lost chunks the database may still hold: a full backup stores them again.
@@ -46,6 +48,16 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
     for label in ctx.repo.backup_labels()? {
         match ctx.repo.load_manifest(&label) {
             Ok(m) => manifests.push(m),
+            Err(e) => problems.push(Problem {
+                what: format!("{e:#}"),
+                breaks: vec![label],
+            }),
+        }
+    }
+    let mut dumps = Vec::new();
+    for label in ctx.repo.dump_labels()? {
+        match ctx.repo.load_dump(&label) {
+            Ok(d) => dumps.push(d),
             Err(e) => problems.push(Problem {
                 what: format!("{e:#}"),
                 breaks: vec![label],
@@ -79,12 +91,16 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
                     breaks: Vec::new(),
                 });
             }
-            chunks::check_chunks(&store, ctx.config.jobs(), &manifests, &mut problems)
+            chunks::check_chunks(&store, ctx.config.jobs(), &manifests, &dumps, &mut problems)
         }
         Err(e) => {
             problems.push(Problem {
                 what: format!("{e:#}"),
-                breaks: manifests.iter().map(|m| m.label.clone()).collect(),
+                breaks: manifests
+                    .iter()
+                    .map(|m| m.label.clone())
+                    .chain(dumps.iter().map(|d| d.label.clone()))
+                    .collect(),
             });
             (0, false)
         }
@@ -137,6 +153,7 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
     Ok(VerifyReport {
         problems,
         backups: manifests.len(),
+        dumps: dumps.len(),
         chunks,
         wal_files: files.len(),
         full_backup_heals,
