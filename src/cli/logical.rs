@@ -1,16 +1,18 @@
-//! The logical-backup commands: `dump` and `dump-restore`.
+//! The logical-backup commands: `dump`, `dump-restore`, `dump-export` and `dump-import`.
 
 use anyhow::{Result, bail};
 use clap::Args;
 
 use super::{Cli, print_expire, repo_numbers};
 use crate::config::Config;
-use crate::engine::logical::dump::{self, DumpOptions};
+use crate::engine::logical::dump::{self, DumpOptions, DumpReport};
+use crate::engine::logical::export::{self, ExportOptions};
+use crate::engine::logical::import::{self, ImportOptions};
 use crate::engine::logical::restore::{self, DumpRestoreOptions};
 use crate::engine::retention::expire;
 use crate::engine::{Context, human_bytes};
 use crate::repo::OpenMode;
-use crate::repo::logical::Selection;
+use crate::repo::logical::{ArchiveFormat, Selection};
 
 #[derive(Args)]
 pub struct DumpArgs {
@@ -76,6 +78,31 @@ pub struct DumpRestoreArgs {
     no_analyze: bool,
 }
 
+#[derive(Args)]
+pub struct DumpExportArgs {
+    /// The logical backup to write out.
+    label: String,
+    /// plain (an SQL script for psql), or the dump's own format (default): directory,
+    /// or custom, tar or plain for an imported archive.
+    #[arg(long, short = 'F')]
+    format: Option<ArchiveFormat>,
+    /// Where to write it (a new file, or a new directory for the directory format).
+    #[arg(long = "file", short = 'f')]
+    path: std::path::PathBuf,
+}
+
+#[derive(Args)]
+pub struct DumpImportArgs {
+    /// A pg_dump archive (directory, custom or tar format) or plain SQL dump.
+    path: std::path::PathBuf,
+    /// The database it is a dump of.
+    #[arg(long, short = 'd')]
+    database: String,
+    /// Threads storing a directory archive's files (default: one per core).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -101,16 +128,7 @@ pub fn run_dump(cli: &Cli, config: &Config, args: &DumpArgs) -> Result<i32> {
         let started = std::time::Instant::now();
         let done = Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
             .and_then(|ctx| {
-                let r = dump::dump(&ctx, &opts)?;
-                println!(
-                    "dump {} of database {}: {} in {} files, stored {} new, {:.1} s",
-                    r.label,
-                    r.database,
-                    human_bytes(r.size),
-                    r.files,
-                    human_bytes(r.stored_size),
-                    started.elapsed().as_secs_f64()
-                );
+                print_stored(&dump::dump(&ctx, &opts)?, started);
                 if policy.dumps.has_rules() && policy.expire_after_backup {
                     let report = expire::expire(&ctx, chrono::Utc::now(), false).map_err(|e| {
                         e.context("the dump succeeded, but expiring old backups after it failed")
@@ -156,12 +174,7 @@ pub fn run_dump_restore(cli: &Cli, config: &Config, args: &DumpRestoreArgs) -> R
         no_owner: args.no_owner,
         analyze: !args.no_analyze,
     };
-    let ctx = Context::on_repository(
-        config,
-        cli.cluster.as_deref(),
-        cli.repo.unwrap_or(1),
-        OpenMode::Existing,
-    )?;
+    let ctx = reading_context(cli, config)?;
     let started = std::time::Instant::now();
     let r = restore::dump_restore(&ctx, &opts)?;
     println!(
@@ -172,5 +185,59 @@ pub fn run_dump_restore(cli: &Cli, config: &Config, args: &DumpRestoreArgs) -> R
         started.elapsed().as_secs_f64(),
         if r.analyzed { ", then ANALYZE" } else { "" }
     );
+    Ok(0)
+}
+
+/// The summary line of a stored dump.
+fn print_stored(r: &DumpReport, started: std::time::Instant) {
+    println!(
+        "dump {} of database {}: {} in {} files, stored {} new, {:.1} s",
+        r.label,
+        r.database,
+        human_bytes(r.size),
+        r.files,
+        human_bytes(r.stored_size),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The repository a reading command uses: `--repo N`, or the first.
+fn reading_context<'c>(cli: &'c Cli, config: &'c Config) -> Result<Context<'c>> {
+    Context::on_repository(
+        config,
+        cli.cluster.as_deref(),
+        cli.repo.unwrap_or(1),
+        OpenMode::Existing,
+    )
+}
+
+pub fn run_dump_export(cli: &Cli, config: &Config, args: &DumpExportArgs) -> Result<i32> {
+    let ctx = reading_context(cli, config)?;
+    let r = export::export(
+        &ctx,
+        &ExportOptions {
+            label: args.label.clone(),
+            format: args.format,
+            path: args.path.clone(),
+        },
+    )?;
+    println!(
+        "exported dump {} as {} to {}",
+        r.label,
+        r.format.name(),
+        r.path.display()
+    );
+    Ok(0)
+}
+
+pub fn run_dump_import(cli: &Cli, config: &Config, args: &DumpImportArgs) -> Result<i32> {
+    let ctx = reading_context(cli, config)?;
+    let started = std::time::Instant::now();
+    let opts = ImportOptions {
+        path: std::path::absolute(&args.path)?,
+        database: args.database.clone(),
+        jobs: args.jobs.unwrap_or_else(cores).max(1),
+    };
+    print_stored(&import::import(&ctx, &opts)?, started);
     Ok(0)
 }

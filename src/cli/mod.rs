@@ -102,6 +102,10 @@ enum Command {
     Dump(Box<logical::DumpArgs>),
     /// Restore a logical backup into a database (runs pg_restore).
     DumpRestore(Box<logical::DumpRestoreArgs>),
+    /// Write a logical backup out for pg_restore or psql.
+    DumpExport(Box<logical::DumpExportArgs>),
+    /// Store an existing pg_dump archive as a logical backup.
+    DumpImport(Box<logical::DumpImportArgs>),
     /// Keep a backup whatever the retention policy says.
     Pin { label: String },
     /// Let the retention policy remove a backup again.
@@ -639,6 +643,8 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Restore(args) => run_restore(cli, &config, args),
         Command::Dump(args) => logical::run_dump(cli, &config, args),
         Command::DumpRestore(args) => logical::run_dump_restore(cli, &config, args),
+        Command::DumpExport(args) => logical::run_dump_export(cli, &config, args),
+        Command::DumpImport(args) => logical::run_dump_import(cli, &config, args),
         Command::Info { json: true } => {
             let report = first_repository(cli, &config, |ctx| {
                 let manifests = ctx.repo.readable_manifests(None)?;

@@ -83,7 +83,10 @@ impl DumpInfo {
             pg_version: d.pg_version,
             size: d.size,
             stored_size: d.stored_size,
-            selection: d.selection.describe(),
+            selection: match &d.imported_from {
+                Some(from) => format!("imported from {from} ({} format)", d.format.name()),
+                None => d.selection.describe(),
+            },
         }
     }
 }

@@ -98,8 +98,8 @@ impl<'a> Context<'a> {
         Ok(())
     }
 
-    /// A label that sorts by time, ends in `suffix`, and is unique among the
-    /// repository's backups and dumps.
+    /// A label that sorts by time, `suffix` after the time, unique among the
+    /// repository's backups and dumps (`-N` appended if taken).
     pub fn new_label(&self, suffix: &str) -> Result<String> {
         let base = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         let mut existing: HashSet<String> = self.repo.backup_labels()?.into_iter().collect();
@@ -107,7 +107,7 @@ impl<'a> Context<'a> {
         let mut label = format!("{base}{suffix}");
         let mut n = 1;
         while existing.contains(&label) {
-            label = format!("{base}-{n}{suffix}");
+            label = format!("{base}{suffix}-{n}");
             n += 1;
         }
         Ok(label)

@@ -105,13 +105,7 @@ pub fn find(name: &str, at_least: u32, pg_bin: Option<&Path>, why: &str) -> Resu
         }
         return Ok(Tool { path, major });
     }
-    let mut found: Vec<Tool> = candidate_dirs()
-        .into_iter()
-        .map(|d| d.join(name))
-        .filter(|p| p.is_file())
-        .filter_map(|path| version_of(&path).map(|major| Tool { path, major }))
-        .collect();
-    found.sort_by_key(|t| t.major);
+    let found = installed(name);
     if let Some(tool) = found.iter().find(|t| t.major >= at_least) {
         return Ok(tool.clone());
     }
@@ -127,6 +121,32 @@ pub fn find(name: &str, at_least: u32, pg_bin: Option<&Path>, why: &str) -> Resu
         "{why} needs {name} {at_least} or newer, and {seen}; install PostgreSQL {at_least}'s \
          client programs (Debian: postgresql-client-{at_least}) or set pg_bin in the cluster's config"
     )
+}
+
+/// Every installed copy of program `name` that runs, oldest version first.
+fn installed(name: &str) -> Vec<Tool> {
+    let mut found: Vec<Tool> = candidate_dirs()
+        .into_iter()
+        .map(|d| d.join(name))
+        .filter(|p| p.is_file())
+        .filter_map(|path| version_of(&path).map(|major| Tool { path, major }))
+        .collect();
+    found.sort_by_key(|t| t.major);
+    found
+}
+
+/// Program `name` from `pg_bin`, or else the newest installed: for reading an archive
+/// whose version is not known yet.
+pub fn newest(name: &str, pg_bin: Option<&Path>) -> Result<Tool> {
+    if pg_bin.is_some() {
+        return find(name, 0, pg_bin, "reading the archive");
+    }
+    installed(name).pop().with_context(|| {
+        format!(
+            "{name} was found neither in /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin nor in PATH; \
+             install PostgreSQL's client programs or set pg_bin in the cluster's config"
+        )
+    })
 }
 
 #[cfg(test)]

@@ -27,11 +27,73 @@ pub struct DumpManifest {
     pub start_time: DateTime<Utc>,
     pub stop_time: DateTime<Utc>,
     pub selection: Selection,
+    /// How the archive is laid out (absent: `directory`, what `pgkeep dump` writes).
+    #[serde(default, skip_serializing_if = "ArchiveFormat::is_directory")]
+    pub format: ArchiveFormat,
+    /// Where an imported archive came from (absent for `pgkeep dump`'s own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
     /// Sum of file sizes.
     pub size: u64,
     /// Bytes this dump added to the repository (new packs).
     pub stored_size: u64,
     pub files: Vec<DumpFile>,
+}
+
+/// pg_dump's output formats. A directory archive is stored file by file; the others
+/// are one file each ([`ArchiveFormat::file_name`]).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveFormat {
+    #[default]
+    Directory,
+    Custom,
+    Tar,
+    Plain,
+}
+
+impl ArchiveFormat {
+    fn is_directory(&self) -> bool {
+        *self == ArchiveFormat::Directory
+    }
+
+    /// The name pg_dump's `--format` and pg_restore's `--format` know it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            ArchiveFormat::Directory => "directory",
+            ArchiveFormat::Custom => "custom",
+            ArchiveFormat::Tar => "tar",
+            ArchiveFormat::Plain => "plain",
+        }
+    }
+
+    /// The one file of a single-file archive.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ArchiveFormat::Directory => "toc.dat",
+            ArchiveFormat::Custom => "archive.dump",
+            ArchiveFormat::Tar => "archive.tar",
+            ArchiveFormat::Plain => "dump.sql",
+        }
+    }
+}
+
+impl std::str::FromStr for ArchiveFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ArchiveFormat, String> {
+        Ok(match s {
+            "directory" | "d" => ArchiveFormat::Directory,
+            "custom" | "c" => ArchiveFormat::Custom,
+            "tar" | "t" => ArchiveFormat::Tar,
+            "plain" | "p" => ArchiveFormat::Plain,
+            other => {
+                return Err(format!(
+                    "format '{other}' is not one of plain, custom, directory, tar"
+                ));
+            }
+        })
+    }
 }
 
 /// What a dump selected, as given to pg_dump.
@@ -97,8 +159,19 @@ impl DumpManifest {
                 self.version
             ));
         }
-        if !self.files.iter().any(|f| f.name == "toc.dat") {
-            return Err("it has no toc.dat".into());
+        let one_file = self.files.len() == 1 && self.files[0].name == self.format.file_name();
+        match self.format {
+            ArchiveFormat::Directory if !self.files.iter().any(|f| f.name == "toc.dat") => {
+                return Err("it has no toc.dat".into());
+            }
+            ArchiveFormat::Custom | ArchiveFormat::Tar | ArchiveFormat::Plain if !one_file => {
+                return Err(format!(
+                    "a {} archive must be the one file {}",
+                    self.format.name(),
+                    self.format.file_name()
+                ));
+            }
+            _ => {}
         }
         for file in &self.files {
             let plain = !file.name.is_empty()
@@ -144,6 +217,8 @@ mod tests {
             start_time: Utc::now(),
             stop_time: Utc::now(),
             selection: Selection::default(),
+            format: ArchiveFormat::Directory,
+            imported_from: None,
             size: 0,
             stored_size: 0,
             files,
@@ -170,6 +245,16 @@ mod tests {
         assert!(escapes.validate().unwrap_err().contains("not a plain name"));
         let short = manifest(vec![file("toc.dat", 6, &[2, 3])]);
         assert!(short.validate().unwrap_err().contains("for a size of 6"));
+        let mut custom = manifest(vec![file("archive.dump", 1, &[1])]);
+        custom.format = ArchiveFormat::Custom;
+        assert!(custom.validate().is_ok());
+        custom.files.push(file("toc.dat", 0, &[]));
+        assert!(
+            custom
+                .validate()
+                .unwrap_err()
+                .contains("the one file archive.dump")
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io::BufReader;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Utc};
@@ -19,7 +20,9 @@ use crate::engine::{Context, parallel_map};
 use crate::pg::session::Session;
 use crate::pg::tools;
 use crate::repo::chunk_store::ChunkStore;
-use crate::repo::logical::{DUMP_MANIFEST_VERSION, DumpFile, DumpManifest, Selection};
+use crate::repo::logical::{
+    ArchiveFormat, DUMP_MANIFEST_VERSION, DumpFile, DumpManifest, Selection,
+};
 
 pub struct DumpOptions {
     pub database: String,
@@ -80,25 +83,32 @@ pub fn dump(ctx: &Context, opts: &DumpOptions) -> Result<DumpReport> {
     let (files, stored_size) = store_archive(ctx, &store, &archive, opts.jobs)?;
     let manifest = DumpManifest {
         version: DUMP_MANIFEST_VERSION,
-        label: label.clone(),
+        label,
         database: opts.database.clone(),
         pg_version,
         pg_dump_major: pg_dump.major,
         start_time,
         stop_time: Utc::now(),
         selection: opts.selection.clone(),
+        format: ArchiveFormat::Directory,
+        imported_from: None,
         size: files.iter().map(|f| f.size).sum(),
         stored_size,
         files,
     };
+    publish(ctx, manifest)
+}
+
+/// Publishes a dump whose chunks are all stored.
+pub(super) fn publish(ctx: &Context, manifest: DumpManifest) -> Result<DumpReport> {
     ctx.repo.publish_dump(&manifest)?;
     Ok(DumpReport {
-        label,
+        label: manifest.label,
         database: manifest.database,
         files: manifest.files.len(),
         size: manifest.size,
-        stored_size,
-        start_time,
+        stored_size: manifest.stored_size,
+        start_time: manifest.start_time,
         stop_time: manifest.stop_time,
     })
 }
@@ -128,7 +138,7 @@ fn run_pg_dump(
     pg_dump: &tools::Tool,
     conn: &crate::pg::conninfo::ConnParams,
     opts: &DumpOptions,
-    archive: &std::path::Path,
+    archive: &Path,
 ) -> Result<()> {
     let mut cmd = pg_dump.command(conn, &opts.database);
     // --strict-names: a -t or -n pattern that matches nothing is an error, not an
@@ -158,33 +168,44 @@ fn run_pg_dump(
     Ok(())
 }
 
-/// Stores every file of the archive directory, largest first on `jobs` threads;
-/// returns them sorted by name, and the bytes of packs stored.
-fn store_archive(
+/// Stores every file of the archive directory; see [`store_files`].
+pub(super) fn store_archive(
     ctx: &Context,
     store: &ChunkStore,
-    archive: &std::path::Path,
+    archive: &Path,
     jobs: usize,
 ) -> Result<(Vec<DumpFile>, u64)> {
-    let mut names = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(archive)
-        .with_context(|| format!("cannot read pg_dump's output in {}", archive.display()))?
+        .with_context(|| format!("cannot read the archive directory {}", archive.display()))?
     {
         let entry = entry?;
         let meta = entry.metadata()?;
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|n| anyhow::anyhow!("pg_dump wrote a file named {n:?}, which is not UTF-8"))?;
+        let name = entry.file_name().into_string().map_err(|n| {
+            anyhow::anyhow!("the archive holds a file named {n:?}, which is not UTF-8")
+        })?;
         if !meta.is_file() {
-            bail!("pg_dump wrote {name}, which is not a regular file; pgkeep stores only files");
+            bail!(
+                "{} holds {name}, which is not a regular file; a pg_dump directory archive holds only files",
+                archive.display()
+            );
         }
-        names.push((name, meta.len()));
+        files.push((entry.path(), name, meta.len()));
     }
-    names.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
+    store_files(ctx, store, files, jobs)
+}
+
+/// Stores each (source, name in the archive, size), largest first on `jobs` threads;
+/// returns them sorted by name, and the bytes of packs stored.
+pub(super) fn store_files(
+    ctx: &Context,
+    store: &ChunkStore,
+    mut sources: Vec<(PathBuf, String, u64)>,
+    jobs: usize,
+) -> Result<(Vec<DumpFile>, u64)> {
+    sources.sort_by_key(|(_, _, size)| std::cmp::Reverse(*size));
     let writer = store.writer(ctx.repo_config.compress_level, false);
-    let files = parallel_map(names, jobs, |(name, size), _| {
-        let path = archive.join(&name);
+    let files = parallel_map(sources, jobs, |(path, name, size), _| {
         let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let chunks = writer.store_stream(BufReader::with_capacity(1 << 20, file))?;
         let stored: u64 = chunks.iter().map(|(_, len)| u64::from(*len)).sum();

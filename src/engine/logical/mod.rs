@@ -1,7 +1,11 @@
-//! Logical backups: pg_dump archives stored through the chunk store (`dump`), restored
-//! through pg_restore (`restore`, with `pipes` feeding it from the repository).
+//! Logical backups: pg_dump archives stored through the chunk store (`dump`, `import`),
+//! restored through pg_restore or psql (`restore`) and written out for the stock tools
+//! (`export`), both fed from the repository (`feed`, `pipes`).
 
 pub mod dump;
+pub mod export;
+mod feed;
+pub mod import;
 mod pipes;
 pub mod restore;
 

@@ -6,21 +6,15 @@
 //! them); a chunk that does not read back stops pg_restore at once and fails the
 //! restore, so a partly fed table is never taken for a restored one.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use anyhow::{Result, bail};
 
-use anyhow::{Context as _, Result, bail};
-
-use super::pipes;
-use super::{Scratch, tool_messages};
+use super::{Scratch, feed};
 use crate::engine::Context;
 use crate::pg::conninfo::ConnParams;
 use crate::pg::session::{Session, quote_ident};
 use crate::pg::tools;
 use crate::repo::chunk_store::ChunkStore;
-use crate::repo::logical::DumpManifest;
+use crate::repo::logical::ArchiveFormat;
 
 pub struct DumpRestoreOptions {
     pub label: String,
@@ -69,26 +63,45 @@ pub fn dump_restore(ctx: &Context, opts: &DumpRestoreOptions) -> Result<DumpRest
         ctx.cluster.pg_bin.as_deref(),
         &format!("an archive of pg_dump {}", dump.pg_dump_major),
     )?;
+    if dump.format == ArchiveFormat::Plain
+        && (opts.clean || opts.no_owner || !opts.tables.is_empty() || !opts.schemas.is_empty())
+    {
+        bail!(
+            "logical backup '{}' is a plain SQL script, which psql runs whole; --clean, --no-owner, --table and --schema need an archive format",
+            dump.label
+        );
+    }
     prepare_target(&conn, &target, opts)?;
     let _reading = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
     let scratch = Scratch::new("restore")?;
-    let archive = scratch.path().join("archive");
-    std::fs::create_dir(&archive)?;
-    write_toc(&store, &dump, &archive)?;
-    let data_files: Vec<_> = dump.files.iter().filter(|f| f.name != "toc.dat").collect();
-    pipes::make_pipes(&archive, &data_files)?;
-    let mut cmd = pg_restore.command(&conn, &target);
-    cmd.args(restore_args(opts, &target))
-        .arg(&archive)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", pg_restore.path.display()))?;
-    run_fed(child, &store, &archive, &data_files, &dump, &target)?;
+    let laid = feed::lay_out(&store, &dump, scratch.path())?;
+    let cmd = match dump.format {
+        ArchiveFormat::Plain => {
+            let psql = tools::find("psql", 0, ctx.cluster.pg_bin.as_deref(), "a plain dump")?;
+            let mut cmd = psql.command(&conn, &target);
+            cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
+            if opts.single_transaction {
+                cmd.arg("--single-transaction");
+            }
+            cmd.arg(format!("--dbname={}", conninfo_dbname(&target)))
+                .arg("--file")
+                .arg(&laid.path);
+            cmd
+        }
+        format => {
+            let mut cmd = pg_restore.command(&conn, &target);
+            cmd.args(restore_args(opts, format, &target))
+                .arg(&laid.path);
+            cmd
+        }
+    };
+    let what = format!("restoring '{}' into database '{target}'", dump.label);
+    feed::run(cmd, &store, &laid, scratch.path(), &what).map_err(|e| {
+        e.context(format!(
+            "database '{target}' may hold part of the dump: restore again with --clean, or into another database"
+        ))
+    })?;
     let analyzed = opts.analyze && !dump.selection.schema_only;
     if analyzed {
         analyze(&conn, &target, opts)?;
@@ -102,12 +115,13 @@ pub fn dump_restore(ctx: &Context, opts: &DumpRestoreOptions) -> Result<DumpRest
 }
 
 /// pg_restore's options for a restore into `target`.
-fn restore_args(opts: &DumpRestoreOptions, target: &str) -> Vec<String> {
+fn restore_args(opts: &DumpRestoreOptions, format: ArchiveFormat, target: &str) -> Vec<String> {
     let mut args = vec![
-        "--format=directory".to_string(),
+        format!("--format={}", format.name()),
         format!("--dbname={}", conninfo_dbname(target)),
     ];
-    if opts.jobs > 1 {
+    // A tar archive is read in order: pg_restore restores it in one session.
+    if opts.jobs > 1 && format != ArchiveFormat::Tar {
         args.push(format!("--jobs={}", opts.jobs));
     }
     args.extend(opts.tables.iter().map(|t| format!("--table={t}")));
@@ -185,78 +199,6 @@ const USER_OBJECTS: &str = "SELECT ( \
   + (SELECT count(*) FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public') \
       AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%') \
   + (SELECT count(*) FROM pg_largeobject_metadata))::text";
-
-/// Writes `toc.dat` as a plain file: pg_restore reads it first, and more than once.
-fn write_toc(store: &ChunkStore, dump: &DumpManifest, archive: &std::path::Path) -> Result<()> {
-    let toc = dump
-        .files
-        .iter()
-        .find(|f| f.name == "toc.dat")
-        .context("the dump has no toc.dat")?;
-    let mut bytes = Vec::with_capacity(toc.size as usize);
-    for (id, len) in &toc.chunks {
-        bytes.extend(store.read_exact(id, *len)?);
-    }
-    std::fs::write(archive.join("toc.dat"), bytes)?;
-    Ok(())
-}
-
-/// Runs pg_restore while the pipes feed it; stops it at once if a chunk cannot be read.
-fn run_fed(
-    mut child: Child,
-    store: &ChunkStore,
-    archive: &std::path::Path,
-    data_files: &[&crate::repo::logical::DumpFile],
-    dump: &DumpManifest,
-    target: &str,
-) -> Result<()> {
-    let finished = AtomicBool::new(false);
-    let failed = AtomicBool::new(false);
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let (served, status, messages) = std::thread::scope(|scope| {
-        let feeder = scope.spawn(|| pipes::serve(store, archive, data_files, &finished, &failed));
-        let reader = scope.spawn(move || {
-            let mut text = Vec::new();
-            std::io::Read::read_to_end(&mut stderr, &mut text).ok();
-            text
-        });
-        let status = loop {
-            if failed.load(Ordering::Relaxed) {
-                // SAFETY: signals the process group pg_restore leads (its workers too).
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
-            }
-            match child.try_wait() {
-                Ok(Some(status)) => break Ok(status),
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => break Err(e),
-            }
-        };
-        finished.store(true, Ordering::Relaxed);
-        let served = feeder.join().expect("the feeder panicked");
-        (served, status, reader.join().expect("the reader panicked"))
-    });
-    if let Err(e) = served {
-        bail!(
-            "{e:#}; pg_restore was stopped, and database '{target}' holds a partial restore of \
-             '{}': run `pgkeep verify`, then restore again with --clean or into another database",
-            dump.label
-        );
-    }
-    let status = status.context("cannot wait for pg_restore")?;
-    if !status.success() {
-        let output = std::process::Output {
-            status,
-            stdout: Vec::new(),
-            stderr: messages,
-        };
-        bail!(
-            "pg_restore reported errors restoring '{}' into database '{target}':\n{}",
-            dump.label,
-            tool_messages(&output)
-        );
-    }
-    Ok(())
-}
 
 /// ANALYZE of what was restored: the tables named by `--table` (in the schemas of
 /// `--schema`, if given), else the whole database.

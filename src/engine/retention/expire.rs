@@ -56,17 +56,19 @@ fn plan_dumps(
     pinned: &std::collections::BTreeSet<String>,
     now: DateTime<Utc>,
 ) -> Result<Vec<DumpPlan>> {
-    let dumps = ctx
-        .repo
-        .dumps()
-        .context("expire needs every logical backup's manifest to be readable; run `pgkeep verify`")?;
+    let dumps = ctx.repo.dumps().context(
+        "expire needs every logical backup's manifest to be readable; run `pgkeep verify`",
+    )?;
     let mut by_database: BTreeMap<String, Vec<BackupFacts>> = BTreeMap::new();
     for d in dumps {
-        by_database.entry(d.database).or_default().push(BackupFacts {
-            pinned: pinned.contains(&d.label),
-            label: d.label,
-            stop_time: d.stop_time,
-        });
+        by_database
+            .entry(d.database)
+            .or_default()
+            .push(BackupFacts {
+                pinned: pinned.contains(&d.label),
+                label: d.label,
+                stop_time: d.stop_time,
+            });
     }
     let policy = ctx.config.retention.dumps.as_policy();
     Ok(by_database

@@ -18,7 +18,9 @@ type Users = BTreeMap<ChunkId, (BTreeSet<String>, String)>;
 fn chunk_users(manifests: &[Manifest], dumps: &[DumpManifest]) -> Users {
     let mut users = Users::new();
     let mut add = |label: &str, what: &dyn Fn() -> String, id: &ChunkId| {
-        let entry = users.entry(*id).or_insert_with(|| (BTreeSet::new(), what()));
+        let entry = users
+            .entry(*id)
+            .or_insert_with(|| (BTreeSet::new(), what()));
         entry.0.insert(label.to_string());
     };
     for m in manifests {
@@ -31,7 +33,11 @@ fn chunk_users(manifests: &[Manifest], dumps: &[DumpManifest]) -> Users {
     for d in dumps {
         for f in &d.files {
             for (c, _) in &f.chunks {
-                add(&d.label, &|| format!("{} of the dump of database {}", f.name, d.database), c);
+                add(
+                    &d.label,
+                    &|| format!("{} of the dump of database {}", f.name, d.database),
+                    c,
+                );
             }
         }
     }
