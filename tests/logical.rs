@@ -123,6 +123,7 @@ fn logical(pg: Pg) {
     retention(&env, &server, &first);
     export_import(&env, &server, &first);
     bad_input(&env, &server);
+    whole_cluster(&env, &server);
     damage(&env, &server);
 }
 
@@ -439,6 +440,43 @@ fn export_import(env: &Env, server: &Server, label: &str) {
         env.path("x.dump").to_str().unwrap(),
     ]);
     assert!(err.contains("cannot be exported as custom yet"), "{err}");
+}
+
+/// `dump --all` into a fresh cluster: roles first, then every database as it was.
+fn whole_cluster(env: &Env, server: &Server) {
+    let out = env.pgkeep_ok(&["dump", "--all", "--jobs", "2"]);
+    let globals = label_of(&out);
+    assert!(out.contains("of the globals"), "{out}");
+    for db in ["postgres", "shop", "other", "template1"] {
+        assert!(out.contains(&format!("of database {db}:")), "{out}");
+    }
+    let info = dump_info(env, &globals);
+    assert_eq!(info["globals"], true);
+    let member = label_of(out.lines().nth(1).unwrap());
+    assert_eq!(dump_info(env, &member)["set"], globals.as_str());
+
+    let fresh_env = Env::new(
+        &format!("logical-fresh{}", env.pg.major),
+        Pg::new(env.pg.major),
+    );
+    let fresh = fresh_env.primary();
+    // The repository's config, pointed at the fresh cluster.
+    env.write_config(&fresh, &format!("pg_bin = \"{}\"\n", env.pg.bin.display()));
+    let err = env.pgkeep_err(&["dump-restore", &member, "--all"]);
+    assert!(err.contains("is not one"), "{err}");
+    let out = env.pgkeep_ok(&["dump-restore", &globals, "--all", "--jobs", "2"]);
+    assert!(out.contains("into the cluster's globals"), "{out}");
+    assert_eq!(
+        fresh.sql("SELECT count(*) FROM pg_roles WHERE rolname = 'shop_reader'"),
+        "1"
+    );
+    assert_eq!(fingerprint(&fresh, "shop"), fingerprint(server, "shop"));
+    assert_eq!(schema_of(&fresh, "shop"), schema_of(server, "shop"));
+    assert_eq!(fresh.sql_db("other", "SELECT x FROM t"), "1");
+    // Again: the databases hold what it would restore, so nothing is touched.
+    let err = env.pgkeep_err(&["dump-restore", &globals, "--all"]);
+    assert!(err.contains("already holds"), "{err}");
+    env.write_config(server, &format!("pg_bin = \"{}\"\n", env.pg.bin.display()));
 }
 
 /// A damaged chunk: verify names the dump it breaks, and dump-restore stops pg_restore

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::{Cli, print_expire, repo_numbers};
 use crate::config::Config;
-use crate::engine::logical::dump::{self, DumpOptions, DumpReport};
+use crate::engine::logical::dump::{self, DumpOptions, DumpReport, Scope};
 use crate::engine::logical::export::{self, ExportOptions};
 use crate::engine::logical::import::{self, ImportOptions};
 use crate::engine::logical::restore::{self, DumpRestoreOptions};
@@ -15,10 +15,18 @@ use crate::repo::OpenMode;
 use crate::repo::logical::{ArchiveFormat, Selection};
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["database", "all", "globals_only"])))]
 pub struct DumpArgs {
     /// The database to dump.
     #[arg(long, short = 'd')]
-    database: String,
+    database: Option<String>,
+    /// Dump what pg_dumpall does: the globals (roles, tablespaces), then every
+    /// database, each its own dump so that one can be restored alone.
+    #[arg(long)]
+    all: bool,
+    /// Dump only the globals (roles, tablespaces).
+    #[arg(long)]
+    globals_only: bool,
     /// Dump only tables matching this pattern (pg_dump's -t; repeatable).
     #[arg(long = "table", short = 't', value_name = "PATTERN")]
     tables: Vec<String>,
@@ -46,6 +54,10 @@ pub struct DumpArgs {
 pub struct DumpRestoreArgs {
     /// The logical backup to restore (`pgkeep info` lists them).
     label: String,
+    /// Restore a whole `dump --all` run (LABEL is its globals dump): the globals, then
+    /// every database under its own name, created as it was where it does not exist.
+    #[arg(long, conflicts_with_all = ["to", "create", "tables", "schemas"])]
+    all: bool,
     /// The database the dump holds (checked); by default the dump's own.
     #[arg(long, short = 'd')]
     database: Option<String>,
@@ -110,8 +122,13 @@ fn cores() -> usize {
 /// Runs pg_dump once per repository and stores the archive in each; a repository that
 /// fails is reported and the others still get the dump.
 pub fn run_dump(cli: &Cli, config: &Config, args: &DumpArgs) -> Result<i32> {
+    let scope = match (&args.database, args.all) {
+        (Some(db), _) => Scope::Database(db.clone()),
+        (None, true) => Scope::All,
+        (None, false) => Scope::GlobalsOnly,
+    };
     let opts = DumpOptions {
-        database: args.database.clone(),
+        scope,
         selection: Selection {
             tables: args.tables.clone(),
             exclude_tables: args.exclude_tables.clone(),
@@ -128,7 +145,9 @@ pub fn run_dump(cli: &Cli, config: &Config, args: &DumpArgs) -> Result<i32> {
         let started = std::time::Instant::now();
         let done = Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
             .and_then(|ctx| {
-                print_stored(&dump::dump(&ctx, &opts)?, started);
+                for report in dump::dump(&ctx, &opts)? {
+                    print_stored(&report, started);
+                }
                 if policy.dumps.has_rules() && policy.expire_after_backup {
                     let report = expire::expire(&ctx, chrono::Utc::now(), false).map_err(|e| {
                         e.context("the dump succeeded, but expiring old backups after it failed")
@@ -163,6 +182,7 @@ pub fn run_dump_restore(cli: &Cli, config: &Config, args: &DumpRestoreArgs) -> R
     };
     let opts = DumpRestoreOptions {
         label: args.label.clone(),
+        all: args.all,
         database: args.database.clone(),
         to: args.to.clone(),
         create: args.create,
@@ -176,24 +196,31 @@ pub fn run_dump_restore(cli: &Cli, config: &Config, args: &DumpRestoreArgs) -> R
     };
     let ctx = reading_context(cli, config)?;
     let started = std::time::Instant::now();
-    let r = restore::dump_restore(&ctx, &opts)?;
-    println!(
-        "restored dump {} ({}) into database {} in {:.1} s{}",
-        r.label,
-        human_bytes(r.size),
-        r.database,
-        started.elapsed().as_secs_f64(),
-        if r.analyzed { ", then ANALYZE" } else { "" }
-    );
+    for r in restore::dump_restore(&ctx, &opts)? {
+        println!(
+            "restored dump {} ({}) into {} in {:.1} s{}",
+            r.label,
+            human_bytes(r.size),
+            match &r.database {
+                None => "the cluster's globals".to_string(),
+                Some(db) => format!("database {db}"),
+            },
+            started.elapsed().as_secs_f64(),
+            if r.analyzed { ", then ANALYZE" } else { "" }
+        );
+    }
     Ok(0)
 }
 
 /// The summary line of a stored dump.
 fn print_stored(r: &DumpReport, started: std::time::Instant) {
     println!(
-        "dump {} of database {}: {} in {} files, stored {} new, {:.1} s",
+        "dump {} of {}: {} in {} files, stored {} new, {:.1} s",
         r.label,
-        r.database,
+        match r.globals {
+            true => "the globals (roles, tablespaces)".to_string(),
+            false => format!("database {}", r.database),
+        },
         human_bytes(r.size),
         r.files,
         human_bytes(r.stored_size),

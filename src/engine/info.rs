@@ -62,7 +62,12 @@ pub struct BackupInfo {
 #[derive(Serialize)]
 pub struct DumpInfo {
     pub label: String,
+    /// Empty for a dump of the globals.
     pub database: String,
+    /// A dump of the globals (roles, tablespaces), not of a database.
+    pub globals: bool,
+    /// The globals dump of the `dump --all` run this dump is part of.
+    pub set: Option<String>,
     pub start_time: DateTime<Utc>,
     pub stop_time: DateTime<Utc>,
     /// The server's `server_version_num`.
@@ -78,6 +83,8 @@ impl DumpInfo {
         DumpInfo {
             label: d.label.clone(),
             database: d.database.clone(),
+            globals: d.globals,
+            set: d.set.clone(),
             start_time: d.start_time,
             stop_time: d.stop_time,
             pg_version: d.pg_version,
@@ -325,11 +332,14 @@ pub fn render(r: &InfoReport) -> String {
     }
     for d in &r.dumps {
         out.push_str(&format!(
-            "  {}  {} .. {}  database {}  size {}  stored {}  {}\n",
+            "  {}  {} .. {}  {}  size {}  stored {}  {}\n",
             d.label,
             d.start_time.format("%Y-%m-%d %H:%M:%S"),
             d.stop_time.format("%H:%M:%S"),
-            d.database,
+            match d.globals {
+                true => "globals".to_string(),
+                false => format!("database {}", d.database),
+            },
             human_bytes(d.size),
             human_bytes(d.stored_size),
             d.selection

@@ -30,6 +30,17 @@ pub struct DumpManifest {
     /// How the archive is laid out (absent: `directory`, what `pgkeep dump` writes).
     #[serde(default, skip_serializing_if = "ArchiveFormat::is_directory")]
     pub format: ArchiveFormat,
+    /// Whether this is `pg_dumpall --globals-only`'s script (roles, tablespaces), which
+    /// belongs to no database (`database` is then empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub globals: bool,
+    /// The label of the globals dump of the `dump --all` run this dump is part of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<String>,
+    /// In the globals dump of a `dump --all` run: every database the run dumps, so a
+    /// restore of the set knows whether it is whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_databases: Vec<String>,
     /// Where an imported archive came from (absent for `pgkeep dump`'s own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_from: Option<String>,
@@ -218,6 +229,9 @@ mod tests {
             stop_time: Utc::now(),
             selection: Selection::default(),
             format: ArchiveFormat::Directory,
+            globals: false,
+            set: None,
+            set_databases: Vec::new(),
             imported_from: None,
             size: 0,
             stored_size: 0,

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Scratch, major_of, tool_messages};
 use crate::engine::{Context, parallel_map};
+use crate::pg::conninfo::ConnParams;
 use crate::pg::session::Session;
 use crate::pg::tools;
 use crate::repo::chunk_store::ChunkStore;
@@ -24,8 +25,18 @@ use crate::repo::logical::{
     ArchiveFormat, DUMP_MANIFEST_VERSION, DumpFile, DumpManifest, Selection,
 };
 
+/// What one run dumps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Database(String),
+    /// What `pg_dumpall` does: the globals, then every database, each its own dump.
+    All,
+    /// Only the globals (roles, tablespaces).
+    GlobalsOnly,
+}
+
 pub struct DumpOptions {
-    pub database: String,
+    pub scope: Scope,
     pub selection: Selection,
     /// pg_dump's `--jobs`, and the threads that store the files.
     pub jobs: usize,
@@ -34,6 +45,7 @@ pub struct DumpOptions {
 pub struct DumpReport {
     pub label: String,
     pub database: String,
+    pub globals: bool,
     pub files: usize,
     pub size: u64,
     pub stored_size: u64,
@@ -41,11 +53,50 @@ pub struct DumpReport {
     pub stop_time: DateTime<Utc>,
 }
 
-/// Dumps one database into the repository.
-pub fn dump(ctx: &Context, opts: &DumpOptions) -> Result<DumpReport> {
+/// The server a run dumps, checked once.
+struct Server {
+    conn: ConnParams,
+    pg_version: u32,
+    /// Every database a connection is allowed to (`template0` is not).
+    databases: Vec<String>,
+}
+
+/// Dumps what `opts.scope` says into the repository; with `All`, the globals dump comes
+/// first and names every database the run dumps after it.
+pub fn dump(ctx: &Context, opts: &DumpOptions) -> Result<Vec<DumpReport>> {
     if opts.selection.data_only && opts.selection.schema_only {
         bail!("--data-only and --schema-only exclude each other; give one");
     }
+    if !matches!(opts.scope, Scope::Database(_)) && opts.selection != Selection::default() {
+        bail!(
+            "--all and --globals-only dump whole databases; -t, -T, -n, -N, --data-only and --schema-only need --database"
+        );
+    }
+    let server = connect(ctx)?;
+    match &opts.scope {
+        Scope::Database(db) => {
+            if !server.databases.contains(db) {
+                bail!(
+                    "database '{db}' does not exist on the server (or takes no connections); `psql -l` lists the databases"
+                );
+            }
+            Ok(vec![dump_database(ctx, &server, db, opts, None)?])
+        }
+        Scope::GlobalsOnly => Ok(vec![dump_globals(ctx, &server, &[])?]),
+        Scope::All => {
+            let globals = dump_globals(ctx, &server, &server.databases)?;
+            let set = globals.label.clone();
+            let mut reports = vec![globals];
+            for db in &server.databases {
+                reports.push(dump_database(ctx, &server, db, opts, Some(&set))?);
+            }
+            Ok(reports)
+        }
+    }
+}
+
+/// Connects, checks that the server is the registered cluster, lists its databases.
+fn connect(ctx: &Context) -> Result<Server> {
     let info = ctx.repo.require_info()?;
     let conn = ctx.conn_params()?;
     let mut session = Session::connect(&conn)?;
@@ -55,28 +106,42 @@ pub fn dump(ctx: &Context, opts: &DumpOptions) -> Result<DumpReport> {
             ctx.cluster_name
         );
     }
-    let exists = session.text_with(
-        "SELECT count(*)::text FROM pg_database WHERE datname = $1",
-        &[&opts.database],
-    )?;
-    if exists == "0" {
-        bail!(
-            "database '{}' does not exist on the server; `psql -l` lists the databases",
-            opts.database
-        );
-    }
-    let pg_version = session.version_num;
-    drop(session);
-    let pg_dump = tools::find(
-        "pg_dump",
-        major_of(pg_version),
+    let databases = session
+        .rows("SELECT datname::text FROM pg_database WHERE datallowconn AND datname <> 'template0' ORDER BY 1")?
+        .into_iter()
+        .map(|mut row| row.remove(0))
+        .collect();
+    Ok(Server {
+        pg_version: session.version_num,
+        conn,
+        databases,
+    })
+}
+
+/// A client program of at least the server's major version.
+fn tool_for(ctx: &Context, server: &Server, name: &str) -> Result<tools::Tool> {
+    let major = major_of(server.pg_version);
+    tools::find(
+        name,
+        major,
         ctx.cluster.pg_bin.as_deref(),
-        &format!("dumping a PostgreSQL {} server", major_of(pg_version)),
-    )?;
+        &format!("dumping a PostgreSQL {major} server"),
+    )
+}
+
+/// Dumps one database (directory format), part of set `set` if given.
+fn dump_database(
+    ctx: &Context,
+    server: &Server,
+    database: &str,
+    opts: &DumpOptions,
+    set: Option<&str>,
+) -> Result<DumpReport> {
+    let pg_dump = tool_for(ctx, server, "pg_dump")?;
     let scratch = Scratch::new("dump")?;
     let archive = scratch.path().join("archive");
     let start_time = Utc::now();
-    run_pg_dump(ctx, &pg_dump, &conn, opts, &archive)?;
+    run_pg_dump(ctx, &pg_dump, &server.conn, database, opts, &archive)?;
     let label = ctx.new_label("-dump")?;
     let _data = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
@@ -84,15 +149,64 @@ pub fn dump(ctx: &Context, opts: &DumpOptions) -> Result<DumpReport> {
     let manifest = DumpManifest {
         version: DUMP_MANIFEST_VERSION,
         label,
-        database: opts.database.clone(),
-        pg_version,
+        database: database.to_string(),
+        pg_version: server.pg_version,
         pg_dump_major: pg_dump.major,
         start_time,
         stop_time: Utc::now(),
         selection: opts.selection.clone(),
         format: ArchiveFormat::Directory,
+        globals: false,
+        set: set.map(str::to_string),
+        set_databases: Vec::new(),
         imported_from: None,
         size: files.iter().map(|f| f.size).sum(),
+        stored_size,
+        files,
+    };
+    publish(ctx, manifest)
+}
+
+/// Dumps the globals with `pg_dumpall --globals-only` (a plain script); with
+/// `databases`, as the head of a set that holds a dump of each.
+fn dump_globals(ctx: &Context, server: &Server, databases: &[String]) -> Result<DumpReport> {
+    let pg_dumpall = tool_for(ctx, server, "pg_dumpall")?;
+    let scratch = Scratch::new("dump")?;
+    let script = scratch.path().join(ArchiveFormat::Plain.file_name());
+    let start_time = Utc::now();
+    let mut cmd = pg_dumpall.command(&server.conn, &server.conn.dbname);
+    cmd.args(["--globals-only", "--no-sync"])
+        .arg(format!("--database={}", server.conn.dbname))
+        .arg("--file")
+        .arg(&script);
+    run_tool(
+        cmd,
+        &format!(
+            "pg_dumpall --globals-only of cluster '{}'",
+            ctx.cluster_name
+        ),
+    )?;
+    let label = ctx.new_label("-dump")?;
+    let _data = ctx.repo.lock_data_shared()?;
+    let store = ChunkStore::open(&ctx.repo)?;
+    let size = std::fs::metadata(&script)?.len();
+    let source = (script, ArchiveFormat::Plain.file_name().to_string(), size);
+    let (files, stored_size) = store_files(ctx, &store, vec![source], 1)?;
+    let manifest = DumpManifest {
+        version: DUMP_MANIFEST_VERSION,
+        set: (!databases.is_empty()).then(|| label.clone()),
+        label,
+        database: String::new(),
+        pg_version: server.pg_version,
+        pg_dump_major: pg_dumpall.major,
+        start_time,
+        stop_time: Utc::now(),
+        selection: Selection::default(),
+        format: ArchiveFormat::Plain,
+        globals: true,
+        set_databases: databases.to_vec(),
+        imported_from: None,
+        size,
         stored_size,
         files,
     };
@@ -105,6 +219,7 @@ pub(super) fn publish(ctx: &Context, manifest: DumpManifest) -> Result<DumpRepor
     Ok(DumpReport {
         label: manifest.label,
         database: manifest.database,
+        globals: manifest.globals,
         files: manifest.files.len(),
         size: manifest.size,
         stored_size: manifest.stored_size,
@@ -136,11 +251,12 @@ fn selection_args(selection: &Selection) -> Vec<String> {
 fn run_pg_dump(
     ctx: &Context,
     pg_dump: &tools::Tool,
-    conn: &crate::pg::conninfo::ConnParams,
+    conn: &ConnParams,
+    database: &str,
     opts: &DumpOptions,
     archive: &Path,
 ) -> Result<()> {
-    let mut cmd = pg_dump.command(conn, &opts.database);
+    let mut cmd = pg_dump.command(conn, database);
     // --strict-names: a -t or -n pattern that matches nothing is an error, not an
     // empty dump. --no-sync: the scratch copy is read once and removed.
     cmd.args([
@@ -154,14 +270,23 @@ fn run_pg_dump(
     }
     cmd.args(selection_args(&opts.selection));
     cmd.arg("--file").arg(archive);
+    run_tool(
+        cmd,
+        &format!(
+            "pg_dump of database '{database}' (cluster '{}')",
+            ctx.cluster_name
+        ),
+    )
+}
+
+/// Runs a dumping program to its end; `what` names it in the error.
+fn run_tool(mut cmd: std::process::Command, what: &str) -> Result<()> {
     let output = cmd
         .output()
-        .with_context(|| format!("cannot run {}", pg_dump.path.display()))?;
+        .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))?;
     if !output.status.success() {
         bail!(
-            "pg_dump of database '{}' (cluster '{}') failed; nothing was stored:\n{}",
-            opts.database,
-            ctx.cluster_name,
+            "{what} failed; nothing was stored:\n{}",
             tool_messages(&output)
         );
     }

@@ -81,14 +81,14 @@ pub fn write_file(store: &ChunkStore, file: &DumpFile, path: &Path) -> Result<()
 }
 
 /// Runs `cmd` (which reads `laid`) while its pipes are fed; `what` names the run in
-/// errors ("restoring X into database Y").
+/// errors ("restoring X into database Y"). Returns what the tool wrote on stderr.
 pub fn run(
     mut cmd: Command,
     store: &ChunkStore,
     laid: &Laid,
     dir: &Path,
     what: &str,
-) -> Result<()> {
+) -> Result<String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -137,5 +137,5 @@ pub fn run(
             tool_messages(&output)
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&messages).into_owned())
 }

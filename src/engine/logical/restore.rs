@@ -6,7 +6,7 @@
 //! them); a chunk that does not read back stops pg_restore at once and fails the
 //! restore, so a partly fed table is never taken for a restored one.
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use super::{Scratch, feed};
 use crate::engine::Context;
@@ -14,10 +14,12 @@ use crate::pg::conninfo::ConnParams;
 use crate::pg::session::{Session, quote_ident};
 use crate::pg::tools;
 use crate::repo::chunk_store::ChunkStore;
-use crate::repo::logical::ArchiveFormat;
+use crate::repo::logical::{ArchiveFormat, DumpManifest};
 
 pub struct DumpRestoreOptions {
     pub label: String,
+    /// Restore the whole `dump --all` run whose globals dump `label` is.
+    pub all: bool,
     /// The database the dump must hold (a check), if given.
     pub database: Option<String>,
     /// Restore into this database instead of the dumped one's name.
@@ -34,12 +36,13 @@ pub struct DumpRestoreOptions {
 
 pub struct DumpRestoreReport {
     pub label: String,
-    pub database: String,
+    /// The database restored into; `None` for the globals.
+    pub database: Option<String>,
     pub size: u64,
     pub analyzed: bool,
 }
 
-pub fn dump_restore(ctx: &Context, opts: &DumpRestoreOptions) -> Result<DumpRestoreReport> {
+pub fn dump_restore(ctx: &Context, opts: &DumpRestoreOptions) -> Result<Vec<DumpRestoreReport>> {
     if opts.single_transaction && opts.jobs > 1 {
         bail!(
             "--single-transaction and --jobs exclude each other (a parallel restore uses several sessions); give one"
@@ -55,14 +58,6 @@ pub fn dump_restore(ctx: &Context, opts: &DumpRestoreOptions) -> Result<DumpRest
             dump.database
         );
     }
-    let target = opts.to.clone().unwrap_or_else(|| dump.database.clone());
-    let conn = ctx.conn_params()?;
-    let pg_restore = tools::find(
-        "pg_restore",
-        dump.pg_dump_major,
-        ctx.cluster.pg_bin.as_deref(),
-        &format!("an archive of pg_dump {}", dump.pg_dump_major),
-    )?;
     if dump.format == ArchiveFormat::Plain
         && (opts.clean || opts.no_owner || !opts.tables.is_empty() || !opts.schemas.is_empty())
     {
@@ -71,47 +66,196 @@ pub fn dump_restore(ctx: &Context, opts: &DumpRestoreOptions) -> Result<DumpRest
             dump.label
         );
     }
+    let conn = ctx.conn_params()?;
+    if opts.all {
+        return restore_set(ctx, &conn, &dump, opts);
+    }
+    if dump.globals {
+        let _reading = ctx.repo.lock_data_shared()?;
+        let store = ChunkStore::open(&ctx.repo)?;
+        restore_globals(ctx, &store, &conn, &dump)?;
+        return Ok(vec![report(&dump, None, false)]);
+    }
+    let target = opts.to.clone().unwrap_or_else(|| dump.database.clone());
     prepare_target(&conn, &target, opts)?;
     let _reading = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
-    let scratch = Scratch::new("restore")?;
-    let laid = feed::lay_out(&store, &dump, scratch.path())?;
-    let cmd = match dump.format {
-        ArchiveFormat::Plain => {
-            let psql = tools::find("psql", 0, ctx.cluster.pg_bin.as_deref(), "a plain dump")?;
-            let mut cmd = psql.command(&conn, &target);
-            cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
-            if opts.single_transaction {
-                cmd.arg("--single-transaction");
-            }
-            cmd.arg(format!("--dbname={}", conninfo_dbname(&target)))
-                .arg("--file")
-                .arg(&laid.path);
-            cmd
-        }
-        format => {
-            let mut cmd = pg_restore.command(&conn, &target);
-            cmd.args(restore_args(opts, format, &target))
-                .arg(&laid.path);
-            cmd
-        }
-    };
-    let what = format!("restoring '{}' into database '{target}'", dump.label);
-    feed::run(cmd, &store, &laid, scratch.path(), &what).map_err(|e| {
-        e.context(format!(
-            "database '{target}' may hold part of the dump: restore again with --clean, or into another database"
-        ))
-    })?;
+    restore_into(ctx, &store, &conn, &dump, &Into::Existing(&target), opts)?;
     let analyzed = opts.analyze && !dump.selection.schema_only;
     if analyzed {
         analyze(&conn, &target, opts)?;
     }
-    Ok(DumpRestoreReport {
-        label: dump.label,
-        database: target,
+    Ok(vec![report(&dump, Some(&target), analyzed)])
+}
+
+fn report(dump: &DumpManifest, database: Option<&str>, analyzed: bool) -> DumpRestoreReport {
+    DumpRestoreReport {
+        label: dump.label.clone(),
+        database: database.map(str::to_string),
         size: dump.size,
         analyzed,
-    })
+    }
+}
+
+/// Where a restore goes.
+enum Into<'a> {
+    /// Into this database, which exists.
+    Existing(&'a str),
+    /// Into a database pg_restore creates as the dumped one was (name, encoding,
+    /// locale, owner, settings), connected first to the maintenance database.
+    Created,
+}
+
+/// Restores one dump: a plain script through psql, an archive through pg_restore.
+fn restore_into(
+    ctx: &Context,
+    store: &ChunkStore,
+    conn: &ConnParams,
+    dump: &DumpManifest,
+    into: &Into,
+    opts: &DumpRestoreOptions,
+) -> Result<()> {
+    let scratch = Scratch::new("restore")?;
+    let laid = feed::lay_out(store, dump, scratch.path())?;
+    let (connect_to, shown) = match into {
+        Into::Existing(db) => (*db, *db),
+        Into::Created => (conn.dbname.as_str(), dump.database.as_str()),
+    };
+    let cmd = match dump.format {
+        ArchiveFormat::Plain => {
+            let mut cmd = psql(ctx, conn, connect_to)?;
+            cmd.args(["-v", "ON_ERROR_STOP=1"]);
+            if opts.single_transaction {
+                cmd.arg("--single-transaction");
+            }
+            cmd.arg("--file").arg(&laid.path);
+            cmd
+        }
+        format => {
+            let pg_restore = tools::find(
+                "pg_restore",
+                dump.pg_dump_major,
+                ctx.cluster.pg_bin.as_deref(),
+                &format!("an archive of pg_dump {}", dump.pg_dump_major),
+            )?;
+            let mut cmd = pg_restore.command(conn, connect_to);
+            cmd.args(restore_args(opts, format, connect_to));
+            if matches!(into, Into::Created) {
+                cmd.arg("--create");
+            }
+            cmd.arg(&laid.path);
+            cmd
+        }
+    };
+    let what = format!("restoring '{}' into database '{shown}'", dump.label);
+    feed::run(cmd, store, &laid, scratch.path(), &what)
+        .map_err(|e| {
+            e.context(format!(
+                "database '{shown}' may hold part of the dump: restore again with --clean, or into another database"
+            ))
+        })
+        .map(drop)
+}
+
+/// psql connected to `database`, quiet, reading no `.psqlrc`.
+fn psql(ctx: &Context, conn: &ConnParams, database: &str) -> Result<std::process::Command> {
+    let psql = tools::find("psql", 0, ctx.cluster.pg_bin.as_deref(), "a plain dump")?;
+    let mut cmd = psql.command(conn, database);
+    cmd.args(["-X", "-q"])
+        .arg(format!("--dbname={}", conninfo_dbname(database)));
+    Ok(cmd)
+}
+
+/// Runs the globals script. A role that exists already (the one connected, at least)
+/// is not an error: the script's `ALTER ROLE` after each `CREATE ROLE` gives it the
+/// dumped attributes. Any other error is.
+fn restore_globals(
+    ctx: &Context,
+    store: &ChunkStore,
+    conn: &ConnParams,
+    dump: &DumpManifest,
+) -> Result<()> {
+    let scratch = Scratch::new("restore")?;
+    let laid = feed::lay_out(store, dump, scratch.path())?;
+    let mut cmd = psql(ctx, conn, &conn.dbname)?;
+    cmd.arg("--file").arg(&laid.path);
+    let what = format!("restoring the globals of '{}'", dump.label);
+    let messages = feed::run(cmd, store, &laid, scratch.path(), &what)?;
+    let errors: Vec<&str> = messages
+        .lines()
+        .filter(|l| {
+            l.contains("ERROR:") && !(l.contains("role \"") && l.ends_with("already exists"))
+        })
+        .collect();
+    if !errors.is_empty() {
+        bail!("psql reported errors {what}:\n{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+/// Restores a whole `dump --all` set: the globals, then every database, each into an
+/// existing database of that name that holds nothing (or with `--clean`), or created
+/// as it was. Every target is checked before anything is written.
+fn restore_set(
+    ctx: &Context,
+    conn: &ConnParams,
+    globals: &DumpManifest,
+    opts: &DumpRestoreOptions,
+) -> Result<Vec<DumpRestoreReport>> {
+    if globals.set.as_deref() != Some(globals.label.as_str()) {
+        bail!(
+            "--all restores a `pgkeep dump --all` run from its globals dump, and '{}' is not one; `pgkeep info` lists the dumps",
+            globals.label
+        );
+    }
+    if opts.to.is_some() || opts.create || !opts.tables.is_empty() || !opts.schemas.is_empty() {
+        bail!(
+            "--all restores every database under its own name; leave out --to, --create, --table and --schema"
+        );
+    }
+    let members = ctx.repo.dumps()?;
+    let mut plan = Vec::new();
+    let mut session = Session::connect(conn)?;
+    for db in &globals.set_databases {
+        let member = members
+            .iter()
+            .find(|d| d.set.as_deref() == Some(globals.label.as_str()) && &d.database == db)
+            .with_context(|| {
+                format!(
+                    "the `dump --all` run '{}' has no dump of database '{db}' (it was interrupted, or that dump was removed); restore the databases it has one by one",
+                    globals.label
+                )
+            })?;
+        let exists = database_exists(&mut session, db)?;
+        if exists && !opts.clean {
+            refuse_if_not_empty(conn, db)?;
+        }
+        plan.push((member, exists));
+    }
+    drop(session);
+    let _reading = ctx.repo.lock_data_shared()?;
+    let store = ChunkStore::open(&ctx.repo)?;
+    restore_globals(ctx, &store, conn, globals)?;
+    let mut reports = vec![report(globals, None, false)];
+    for (member, exists) in plan {
+        let into = match exists {
+            true => Into::Existing(&member.database),
+            false => Into::Created,
+        };
+        restore_into(ctx, &store, conn, member, &into, opts)?;
+        if opts.analyze {
+            analyze(conn, &member.database, opts)?;
+        }
+        reports.push(report(member, Some(&member.database), opts.analyze));
+    }
+    Ok(reports)
+}
+
+fn database_exists(session: &mut Session, name: &str) -> Result<bool> {
+    Ok(session.text_with(
+        "SELECT count(*)::text FROM pg_database WHERE datname = $1",
+        &[name],
+    )? != "0")
 }
 
 /// pg_restore's options for a restore into `target`.
@@ -155,10 +299,7 @@ fn conninfo_dbname(name: &str) -> String {
 /// nothing unless `--clean` replaces it.
 fn prepare_target(conn: &ConnParams, target: &str, opts: &DumpRestoreOptions) -> Result<()> {
     let mut session = Session::connect(conn)?;
-    let exists = session.text_with(
-        "SELECT count(*)::text FROM pg_database WHERE datname = $1",
-        &[target],
-    )? != "0";
+    let exists = database_exists(&mut session, target)?;
     let create = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(target));
     match (exists, opts.create, opts.clean) {
         (false, false, _) => {
@@ -173,20 +314,23 @@ fn prepare_target(conn: &ConnParams, target: &str, opts: &DumpRestoreOptions) ->
             session.execute(&create)
         }
         (true, false, true) => Ok(()),
-        (true, false, false) => {
-            let mut in_target = Session::connect(&ConnParams {
-                dbname: target.to_string(),
-                ..conn.clone()
-            })?;
-            let objects = in_target.text(USER_OBJECTS)?;
-            if objects != "0" {
-                bail!(
-                    "database '{target}' already holds {objects} objects; add --clean to replace the dump's objects in it (the others stay), or restore --to a new database with --create"
-                );
-            }
-            Ok(())
-        }
+        (true, false, false) => refuse_if_not_empty(conn, target),
     }
+}
+
+/// An error unless database `db` holds nothing beyond what `CREATE DATABASE` puts there.
+fn refuse_if_not_empty(conn: &ConnParams, db: &str) -> Result<()> {
+    let mut in_target = Session::connect(&ConnParams {
+        dbname: db.to_string(),
+        ..conn.clone()
+    })?;
+    let objects = in_target.text(USER_OBJECTS)?;
+    if objects != "0" {
+        bail!(
+            "database '{db}' already holds {objects} objects; add --clean to replace the dump's objects in it (the others stay), or restore --to a new database with --create"
+        );
+    }
+    Ok(())
 }
 
 /// How many objects a database holds beyond what `CREATE DATABASE` puts there.
