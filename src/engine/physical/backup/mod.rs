@@ -318,6 +318,7 @@ fn wait_for_backup_wal(
     stop_lsn: Lsn,
 ) -> Result<()> {
     let timeout = Duration::from_secs(ctx.config.backup.archive_timeout);
+    let waiting = std::time::Instant::now();
     for segno in seg.segno(parsed.start_lsn)..=seg.segno_before(stop_lsn) {
         let name = seg.name(parsed.start_timeline, segno);
         if !wait_for_wal(ctx, &name, timeout)? {
@@ -328,6 +329,10 @@ fn wait_for_backup_wal(
             );
         }
     }
+    tracing::info!(
+        "backup {label}: its WAL was in the archive after {:.1} s",
+        waiting.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
