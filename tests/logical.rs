@@ -322,26 +322,44 @@ fn retention(env: &Env, server: &Server, pinned: &str) {
     assert!(verified.contains("4 logical backups"), "{verified}");
 }
 
-/// A copy of a database costs nothing; 1% more rows in one table cost under 3%;
+/// A copy of a database costs nothing; 1% more rows in one table cost little;
 /// scattered updates to another store that table again, and the untouched ones nothing.
 fn dedup(env: &Env, server: &Server) {
     server.sql("CREATE DATABASE shop2 TEMPLATE shop");
     let stored_by_dump = || {
         let label = label_of(&env.pgkeep_ok(&["dump", "--database", "shop2"]));
         let info = dump_info(env, &label);
-        (info["stored_size"].as_u64().unwrap(), info["size"].as_u64().unwrap())
+        (
+            info["stored_size"].as_u64().unwrap(),
+            info["size"].as_u64().unwrap(),
+        )
     };
     let (stored, size) = stored_by_dump();
-    assert!(stored * 100 < size, "a copy of shop: stored {stored} of {size} bytes");
+    assert!(
+        stored * 100 < size,
+        "a copy of shop: stored {stored} of {size} bytes"
+    );
     server.sql_db(
         "shop2",
         "INSERT INTO app.orders (customer, note) SELECT 1 + g % 500, md5(g::text) FROM generate_series(1, 1000) g",
     );
+    // (At 14 MB the last chunk of each of the two files that grew, 256 KiB on average,
+    // weighs more than the rows: under 5% here; bench/logical measures 0.1% at pgbench
+    // scale 50.)
     let (stored, size) = stored_by_dump();
-    assert!(stored * 100 < size * 3, "1% appended: stored {stored} of {size} bytes");
-    server.sql_db("shop2", "UPDATE audit.events SET what = what || '!' WHERE random() < 0.01");
+    assert!(
+        stored * 100 < size * 5,
+        "1% appended: stored {stored} of {size} bytes"
+    );
+    server.sql_db(
+        "shop2",
+        "UPDATE audit.events SET what = what || '!' WHERE random() < 0.01",
+    );
     let (stored, size) = stored_by_dump();
-    assert!(stored * 100 < size * 15, "scattered updates: stored {stored} of {size} bytes");
+    assert!(
+        stored * 100 < size * 15,
+        "scattered updates: stored {stored} of {size} bytes"
+    );
     server.sql("DROP DATABASE shop2");
 }
 

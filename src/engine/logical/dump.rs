@@ -8,22 +8,19 @@
 //! shared data lock, so collection cannot remove them before the manifest exists; the
 //! scratch directory is removed on every path out.
 
-use std::fs::File;
-use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Utc};
 
-use super::{Scratch, major_of, tool_messages};
-use crate::engine::{Context, parallel_map};
+use super::{Scratch, major_of, store, tool_messages};
+use crate::engine::Context;
 use crate::pg::conninfo::ConnParams;
 use crate::pg::session::Session;
 use crate::pg::tools;
 use crate::repo::chunk_store::ChunkStore;
-use crate::repo::logical::{
-    ArchiveFormat, DUMP_MANIFEST_VERSION, DumpFile, DumpManifest, Selection,
-};
+use crate::repo::logical::{ArchiveFormat, DUMP_MANIFEST_VERSION, DumpManifest, Selection};
 
 /// What one run dumps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,11 +138,16 @@ fn dump_database(
     let scratch = Scratch::new("dump")?;
     let archive = scratch.path().join("archive");
     let start_time = Utc::now();
-    run_pg_dump(ctx, &pg_dump, &server.conn, database, opts, &archive)?;
-    let label = ctx.new_label("-dump")?;
     let _data = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
-    let (files, stored_size) = store_archive(ctx, &store, &archive, opts.jobs)?;
+    let cmd = pg_dump_command(&pg_dump, &server.conn, database, opts, &archive);
+    let what = format!(
+        "pg_dump of database '{database}' (cluster '{}')",
+        ctx.cluster_name
+    );
+    let (files, stored_size) =
+        store::store_while_dumping(ctx, &store, cmd, &archive, opts.jobs, &what)?;
+    let label = ctx.new_label("-dump")?;
     let manifest = DumpManifest {
         version: DUMP_MANIFEST_VERSION,
         label,
@@ -191,7 +193,7 @@ fn dump_globals(ctx: &Context, server: &Server, databases: &[String]) -> Result<
     let store = ChunkStore::open(&ctx.repo)?;
     let size = std::fs::metadata(&script)?.len();
     let source = (script, ArchiveFormat::Plain.file_name().to_string(), size);
-    let (files, stored_size) = store_files(ctx, &store, vec![source], 1)?;
+    let (files, stored_size) = store::store_files(ctx, &store, vec![source], 1)?;
     let manifest = DumpManifest {
         version: DUMP_MANIFEST_VERSION,
         set: (!databases.is_empty()).then(|| label.clone()),
@@ -248,14 +250,14 @@ fn selection_args(selection: &Selection) -> Vec<String> {
     args
 }
 
-fn run_pg_dump(
-    ctx: &Context,
+/// pg_dump writing database `database` as an uncompressed directory archive at `archive`.
+fn pg_dump_command(
     pg_dump: &tools::Tool,
     conn: &ConnParams,
     database: &str,
     opts: &DumpOptions,
     archive: &Path,
-) -> Result<()> {
+) -> Command {
     let mut cmd = pg_dump.command(conn, database);
     // --strict-names: a -t or -n pattern that matches nothing is an error, not an
     // empty dump. --no-sync: the scratch copy is read once and removed.
@@ -270,17 +272,11 @@ fn run_pg_dump(
     }
     cmd.args(selection_args(&opts.selection));
     cmd.arg("--file").arg(archive);
-    run_tool(
-        cmd,
-        &format!(
-            "pg_dump of database '{database}' (cluster '{}')",
-            ctx.cluster_name
-        ),
-    )
+    cmd
 }
 
 /// Runs a dumping program to its end; `what` names it in the error.
-fn run_tool(mut cmd: std::process::Command, what: &str) -> Result<()> {
+fn run_tool(mut cmd: Command, what: &str) -> Result<()> {
     let output = cmd
         .output()
         .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))?;
@@ -291,59 +287,6 @@ fn run_tool(mut cmd: std::process::Command, what: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Stores every file of the archive directory; see [`store_files`].
-pub(super) fn store_archive(
-    ctx: &Context,
-    store: &ChunkStore,
-    archive: &Path,
-    jobs: usize,
-) -> Result<(Vec<DumpFile>, u64)> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(archive)
-        .with_context(|| format!("cannot read the archive directory {}", archive.display()))?
-    {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        let name = entry.file_name().into_string().map_err(|n| {
-            anyhow::anyhow!("the archive holds a file named {n:?}, which is not UTF-8")
-        })?;
-        if !meta.is_file() {
-            bail!(
-                "{} holds {name}, which is not a regular file; a pg_dump directory archive holds only files",
-                archive.display()
-            );
-        }
-        files.push((entry.path(), name, meta.len()));
-    }
-    store_files(ctx, store, files, jobs)
-}
-
-/// Stores each (source, name in the archive, size), largest first on `jobs` threads;
-/// returns them sorted by name, and the bytes of packs stored.
-pub(super) fn store_files(
-    ctx: &Context,
-    store: &ChunkStore,
-    mut sources: Vec<(PathBuf, String, u64)>,
-    jobs: usize,
-) -> Result<(Vec<DumpFile>, u64)> {
-    sources.sort_by_key(|(_, _, size)| std::cmp::Reverse(*size));
-    let writer = store.writer(ctx.repo_config.compress_level, false);
-    let files = parallel_map(sources, jobs, |(path, name, size), _| {
-        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let chunks = writer.store_stream(BufReader::with_capacity(1 << 20, file))?;
-        let stored: u64 = chunks.iter().map(|(_, len)| u64::from(*len)).sum();
-        if stored != size {
-            bail!("{} changed while it was stored; dump again", path.display());
-        }
-        Ok(DumpFile { name, size, chunks })
-    });
-    let written = writer.finish();
-    let mut files = files?;
-    let written = written?;
-    files.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((files, written.stored_bytes))
 }
 
 #[cfg(test)]

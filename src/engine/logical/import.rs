@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use chrono::Utc;
 
-use super::dump::{DumpReport, publish, store_archive, store_files};
+use super::dump::{DumpReport, publish};
+use super::store::{store_archive, store_files};
 use super::tool_messages;
 use crate::engine::Context;
 use crate::pg::tools;

@@ -8,6 +8,8 @@ mod feed;
 pub mod import;
 mod pipes;
 pub mod restore;
+mod store;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -15,12 +17,13 @@ use std::process::Output;
 use anyhow::{Context as _, Result};
 
 /// A private directory under the system's temporary directory (`TMPDIR`), removed
-/// when dropped.
+/// when dropped. One left by a pgkeep that was killed is removed by the next one.
 struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(purpose: &str) -> Result<Scratch> {
         use std::os::unix::fs::DirBuilderExt;
+        remove_abandoned(&std::env::temp_dir());
         let random: [u8; 8] = crate::repo::encryption::random()?;
         let path = std::env::temp_dir().join(format!(
             "pgkeep-{purpose}-{}-{}",
@@ -52,6 +55,38 @@ impl Drop for Scratch {
     }
 }
 
+/// Removes scratch directories (`pgkeep-PURPOSE-PID-RANDOM`) in `dir` whose process is
+/// gone: what a pgkeep killed mid-dump or mid-restore left. Only this user's.
+fn remove_abandoned(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = scratch_pid(&name) else {
+            continue;
+        };
+        let mine = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid as libc::pid_t, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if mine && gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The process id in a scratch directory's name `pgkeep-PURPOSE-PID-RANDOM`.
+fn scratch_pid(name: &str) -> Option<u32> {
+    let mut parts = name.strip_prefix("pgkeep-")?.split('-');
+    let (_purpose, pid, random) = (parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && random.len() == 16).then_some(())?;
+    pid.parse().ok()
+}
+
 /// What a PostgreSQL program said on stderr, trimmed for an error message.
 fn tool_messages(output: &Output) -> String {
     let text = String::from_utf8_lossy(&output.stderr);
@@ -63,4 +98,17 @@ fn tool_messages(output: &Output) -> String {
 /// `server_version_num` to its major version (150004 is 15).
 fn major_of(version_num: u32) -> u32 {
     version_num / 10000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abandoned_scratch_directories_are_found_by_name() {
+        assert_eq!(scratch_pid("pgkeep-dump-4242-0123456789abcdef"), Some(4242));
+        assert_eq!(scratch_pid("pgkeep-dump-4242-short"), None);
+        assert_eq!(scratch_pid("pgkeep-tests"), None);
+        assert_eq!(scratch_pid("other-dump-1-0123456789abcdef"), None);
+    }
 }
