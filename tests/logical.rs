@@ -122,6 +122,7 @@ fn logical(pg: Pg) {
     selection(&env, &server);
     retention(&env, &server, &first);
     dedup(&env, &server);
+    interrupted(&env, &first);
     export_import(&env, &server, &first);
     bad_input(&env, &server);
     whole_cluster(&env, &server);
@@ -296,7 +297,7 @@ fn retention(env: &Env, server: &Server, pinned: &str) {
     let before = shop_dumps(env);
     assert_eq!(before.len(), 5, "{before:?}");
     let plan = env.pgkeep_ok(&["expire", "--dry-run"]);
-    assert!(plan.contains("logical backups of database shop:"), "{plan}");
+    assert!(plan.contains("logical backups, database shop:"), "{plan}");
     assert_eq!(plan.matches("expire  ").count(), 2, "{plan}");
     assert!(plan.contains(&format!("keep    {other}")), "{plan}");
     assert_eq!(shop_dumps(env), before);
@@ -497,6 +498,14 @@ fn whole_cluster(env: &Env, server: &Server) {
     let member = label_of(out.lines().nth(1).unwrap());
     assert_eq!(dump_info(env, &member)["set"], globals.as_str());
 
+    // A run is one unit for retention: newer dumps of one database (keep_last = 2 is
+    // set) do not expire that database's dump in the run.
+    env.pgkeep_ok(&["dump", "-d", "shop"]);
+    env.pgkeep_ok(&["dump", "-d", "shop"]);
+    let plan = env.pgkeep_ok(&["expire", "--dry-run"]);
+    assert!(plan.contains(&format!("keep    {member}")), "{plan}");
+    assert!(plan.contains("part of a kept dump --all run"), "{plan}");
+
     let fresh_env = Env::new(
         &format!("logical-fresh{}", env.pg.major),
         Pg::new(env.pg.major),
@@ -506,6 +515,8 @@ fn whole_cluster(env: &Env, server: &Server) {
     env.write_config(&fresh, &format!("pg_bin = \"{}\"\n", env.pg.bin.display()));
     let err = env.pgkeep_err(&["dump-restore", &member, "--all"]);
     assert!(err.contains("is not one"), "{err}");
+    let err = env.pgkeep_err(&["dump-restore", &globals, "--all", "-1", "-j", "1"]);
+    assert!(err.contains("leave out --single-transaction"), "{err}");
     let out = env.pgkeep_ok(&["dump-restore", &globals, "--all", "--jobs", "2"]);
     assert!(out.contains("into the cluster's globals"), "{out}");
     assert_eq!(
@@ -519,6 +530,59 @@ fn whole_cluster(env: &Env, server: &Server) {
     let err = env.pgkeep_err(&["dump-restore", &globals, "--all"]);
     assert!(err.contains("already holds"), "{err}");
     env.write_config(server, &format!("pg_bin = \"{}\"\n", env.pg.bin.display()));
+}
+
+/// pgkeep interrupted mid-restore takes pg_restore with it: no process is left reading
+/// its pipes.
+fn interrupted(env: &Env, label: &str) {
+    let mut restore = common::as_postgres(&env.pgkeep)
+        .arg("--config")
+        .arg(&env.config)
+        .args([
+            "dump-restore",
+            label,
+            "--to",
+            "interrupted",
+            "--create",
+            "-j",
+            "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pgrep = |args: &[&str]| {
+        let out = std::process::Command::new("pgrep")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    // pgkeep's pid names its scratch directory, which the pg_restore it starts reads
+    // from.
+    let pgkeep = restore.id().to_string();
+    let readers = format!("pg_restore.*pgkeep-restore-{pgkeep}-");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while pgrep(&["-f", &readers]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_restore never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::process::Command::new("kill")
+        .args(["-INT", &pgkeep])
+        .status()
+        .unwrap();
+    assert!(!restore.wait().unwrap().success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        pgrep(&["-f", &readers]).is_empty(),
+        "a pg_restore outlived the interrupted pgkeep"
+    );
 }
 
 /// A damaged chunk: verify names the dump it breaks, and dump-restore stops pg_restore
@@ -599,6 +663,21 @@ fn bad_input(env: &Env, server: &Server) {
         "2",
     ]);
     assert!(err.contains("exclude each other"), "{err}");
+    let err = env.pgkeep_err(&[
+        "dump-restore",
+        &label,
+        "--to",
+        "shop",
+        "-C",
+        "-c",
+        "-t",
+        "events",
+    ]);
+    assert!(err.contains("would bring back only part of it"), "{err}");
+    assert_eq!(
+        server.sql_db("shop", "SELECT count(*) > 0 FROM app.orders"),
+        "t"
+    );
     let err = env.pgkeep_err(&[
         "dump-restore",
         "20200101T000000Z-dump",

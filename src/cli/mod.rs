@@ -397,10 +397,7 @@ fn print_expire(r: &expire::ExpireReport, dry_run: bool) {
     let verb = if dry_run { "would remove" } else { "removed" };
     let backups = print_plan(&r.backups, &r.plan);
     for d in &r.dumps {
-        match d.database.as_str() {
-            "" => println!("logical backups of the globals:"),
-            db => println!("logical backups of database {db}:"),
-        }
+        println!("logical backups, {}:", d.group);
         print_plan(&d.dumps, &d.plan);
     }
     match (r.wal_removed.first(), r.wal_removed.last()) {

@@ -101,9 +101,16 @@ impl<'a> Context<'a> {
     /// A label that sorts by time, `suffix` after the time, unique among the
     /// repository's backups and dumps (`-N` appended if taken).
     pub fn new_label(&self, suffix: &str) -> Result<String> {
+        self.new_label_besides(suffix, &[])
+    }
+
+    /// As [`Context::new_label`], and none of `taken` either (labels chosen for what is
+    /// not published yet).
+    pub fn new_label_besides(&self, suffix: &str, taken: &[String]) -> Result<String> {
         let base = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         let mut existing: HashSet<String> = self.repo.backup_labels()?.into_iter().collect();
         existing.extend(self.repo.dump_labels()?);
+        existing.extend(taken.iter().cloned());
         let mut label = format!("{base}{suffix}");
         let mut n = 1;
         while existing.contains(&label) {

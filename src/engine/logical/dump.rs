@@ -9,12 +9,12 @@
 //! scratch directory is removed on every path out.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Utc};
 
-use super::{Scratch, major_of, store, tool_messages};
+use super::{Scratch, child, major_of, store, tool_messages};
 use crate::engine::Context;
 use crate::pg::conninfo::ConnParams;
 use crate::pg::session::Session;
@@ -79,14 +79,17 @@ pub fn dump(ctx: &Context, opts: &DumpOptions) -> Result<Vec<DumpReport>> {
             }
             Ok(vec![dump_database(ctx, &server, db, opts, None)?])
         }
-        Scope::GlobalsOnly => Ok(vec![dump_globals(ctx, &server, &[])?]),
+        Scope::GlobalsOnly => Ok(vec![dump_globals(ctx, &server, None)?]),
         Scope::All => {
-            let globals = dump_globals(ctx, &server, &server.databases)?;
-            let set = globals.label.clone();
-            let mut reports = vec![globals];
+            // The globals' label names the run; its manifest, naming every database,
+            // is published last, so a run that fails part-way has no head and cannot
+            // be taken for a whole one.
+            let head = ctx.new_label("-dump")?;
+            let mut reports = Vec::new();
             for db in &server.databases {
-                reports.push(dump_database(ctx, &server, db, opts, Some(&set))?);
+                reports.push(dump_database(ctx, &server, db, opts, Some(&head))?);
             }
+            reports.insert(0, dump_globals(ctx, &server, Some(&head))?);
             Ok(reports)
         }
     }
@@ -147,7 +150,8 @@ fn dump_database(
     );
     let (files, stored_size) =
         store::store_while_dumping(ctx, &store, cmd, &archive, opts.jobs, &what)?;
-    let label = ctx.new_label("-dump")?;
+    let head: Vec<String> = set.into_iter().map(str::to_string).collect();
+    let label = ctx.new_label_besides("-dump", &head)?;
     let manifest = DumpManifest {
         version: DUMP_MANIFEST_VERSION,
         label,
@@ -169,9 +173,9 @@ fn dump_database(
     publish(ctx, manifest)
 }
 
-/// Dumps the globals with `pg_dumpall --globals-only` (a plain script); with
-/// `databases`, as the head of a set that holds a dump of each.
-fn dump_globals(ctx: &Context, server: &Server, databases: &[String]) -> Result<DumpReport> {
+/// Dumps the globals with `pg_dumpall --globals-only` (a plain script); with `head`,
+/// as the head of that `dump --all` run, naming every database it dumped.
+fn dump_globals(ctx: &Context, server: &Server, head: Option<&str>) -> Result<DumpReport> {
     let pg_dumpall = tool_for(ctx, server, "pg_dumpall")?;
     let scratch = Scratch::new("dump")?;
     let script = scratch.path().join(ArchiveFormat::Plain.file_name());
@@ -188,7 +192,10 @@ fn dump_globals(ctx: &Context, server: &Server, databases: &[String]) -> Result<
             ctx.cluster_name
         ),
     )?;
-    let label = ctx.new_label("-dump")?;
+    let label = match head {
+        Some(head) => head.to_string(),
+        None => ctx.new_label("-dump")?,
+    };
     let _data = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
     let size = std::fs::metadata(&script)?.len();
@@ -196,7 +203,7 @@ fn dump_globals(ctx: &Context, server: &Server, databases: &[String]) -> Result<
     let (files, stored_size) = store::store_files(ctx, &store, vec![source], 1)?;
     let manifest = DumpManifest {
         version: DUMP_MANIFEST_VERSION,
-        set: (!databases.is_empty()).then(|| label.clone()),
+        set: head.map(str::to_string),
         label,
         database: String::new(),
         pg_version: server.pg_version,
@@ -206,7 +213,10 @@ fn dump_globals(ctx: &Context, server: &Server, databases: &[String]) -> Result<
         selection: Selection::default(),
         format: ArchiveFormat::Plain,
         globals: true,
-        set_databases: databases.to_vec(),
+        set_databases: match head {
+            Some(_) => server.databases.clone(),
+            None => Vec::new(),
+        },
         imported_from: None,
         size,
         stored_size,
@@ -277,13 +287,16 @@ fn pg_dump_command(
 
 /// Runs a dumping program to its end; `what` names it in the error.
 fn run_tool(mut cmd: Command, what: &str) -> Result<()> {
-    let output = cmd
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let output = child::spawn(&mut cmd)?
         .output()
-        .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))?;
+        .with_context(|| format!("cannot wait for {what}"))?;
     if !output.status.success() {
         bail!(
-            "{what} failed; nothing was stored:\n{}",
-            tool_messages(&output)
+            "{what} failed; nothing was published:\n{}",
+            tool_messages(&output.stderr)
         );
     }
     Ok(())

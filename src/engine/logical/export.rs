@@ -30,6 +30,7 @@ pub struct ExportReport {
 }
 
 pub fn export(ctx: &Context, opts: &ExportOptions) -> Result<ExportReport> {
+    let _reading = ctx.repo.lock_data_shared()?;
     let dump = ctx.repo.load_dump(&opts.label)?;
     let format = opts.format.unwrap_or(dump.format);
     if opts.path.symlink_metadata().is_ok() {
@@ -48,17 +49,25 @@ pub fn export(ctx: &Context, opts: &ExportOptions) -> Result<ExportReport> {
     };
     let partial = parent.join(format!("{}.pgkeep-partial", name.to_string_lossy()));
     remove_leftover(&partial)?;
-    let _reading = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
-    match (dump.format, format) {
-        (from, to) if from == to => write_as_stored(&store, &dump, &partial)?,
-        (ArchiveFormat::Plain, _) | (_, ArchiveFormat::Custom | ArchiveFormat::Tar) => bail!(
-            "a {} dump cannot be exported as {} yet; export it as {} or plain, which pg_restore and psql read",
-            dump.format.name(),
-            format.name(),
-            dump.format.name()
+    let written = match (dump.format, format) {
+        (from, to) if from == to => write_as_stored(&store, &dump, &partial),
+        (_, ArchiveFormat::Plain) => write_script(ctx, &store, &dump, &partial),
+        (from, to) => bail!(
+            "a {} dump cannot be exported as {} yet; export it as {}{}, which pg_restore and psql read",
+            from.name(),
+            to.name(),
+            from.name(),
+            if from == ArchiveFormat::Plain {
+                ""
+            } else {
+                " or plain"
+            }
         ),
-        (_, _) => write_script(ctx, &store, &dump, &partial)?,
+    };
+    if let Err(e) = written {
+        let _ = remove_leftover(&partial);
+        return Err(e);
     }
     std::fs::rename(&partial, &opts.path).with_context(|| {
         format!(

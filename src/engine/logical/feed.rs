@@ -9,7 +9,6 @@
 //! Invariant: a chunk that does not read back stops the tool's whole process group at
 //! once, and the run fails: a tool takes the end of a pipe for the end of the data.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::pipes;
-use super::tool_messages;
+use super::{child, pipes, tool_messages};
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::logical::{ArchiveFormat, DumpFile, DumpManifest};
 
@@ -91,28 +89,21 @@ pub fn run(
 ) -> Result<String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {program}"))?;
+    let mut running = child::spawn(&mut cmd)?;
+    let kill = running.killer();
     let finished = AtomicBool::new(false);
     let failed = AtomicBool::new(false);
-    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stderr = running.child().stderr.take().expect("stderr is piped");
     let (served, status, messages) = std::thread::scope(|scope| {
-        let feeder = scope.spawn(|| pipes::serve(store, dir, &laid.pipes, &finished, &failed));
-        let reader = scope.spawn(move || {
-            let mut text = Vec::new();
-            std::io::Read::read_to_end(&mut stderr, &mut text).ok();
-            text
+        let feeder = scope.spawn(|| {
+            // A chunk that cannot be read kills the tool before its pipe closes.
+            pipes::serve(store, dir, &laid.pipes, &finished, &failed, &kill)
         });
+        let reader = scope.spawn(move || read_all(stderr));
         let status = loop {
-            if failed.load(Ordering::Relaxed) {
-                // SAFETY: signals the process group the tool leads (its workers too).
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
-            }
-            match child.try_wait() {
+            match running.child().try_wait() {
                 Ok(Some(status)) => break Ok(status),
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => break Err(e),
@@ -127,15 +118,17 @@ pub fn run(
     }
     let status = status.with_context(|| format!("cannot wait for {program}"))?;
     if !status.success() {
-        let output = std::process::Output {
-            status,
-            stdout: Vec::new(),
-            stderr: messages,
-        };
         bail!(
             "{program} reported errors {what}:\n{}",
-            tool_messages(&output)
+            tool_messages(&messages)
         );
     }
     Ok(String::from_utf8_lossy(&messages).into_owned())
+}
+
+/// Everything a child writes to `from` (its stderr), read to the end.
+pub fn read_all(mut from: impl std::io::Read) -> Vec<u8> {
+    let mut text = Vec::new();
+    from.read_to_end(&mut text).ok();
+    text
 }

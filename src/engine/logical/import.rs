@@ -115,7 +115,7 @@ fn list(ctx: &Context, path: &Path) -> Result<String> {
             "{} cannot read {}:\n{}",
             pg_restore.path.display(),
             path.display(),
-            tool_messages(&out)
+            tool_messages(&out.stderr)
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

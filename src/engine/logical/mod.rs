@@ -2,6 +2,7 @@
 //! restored through pg_restore or psql (`restore`) and written out for the stock tools
 //! (`export`), both fed from the repository (`feed`, `pipes`).
 
+mod child;
 pub mod dump;
 pub mod export;
 mod feed;
@@ -12,7 +13,6 @@ mod store;
 mod watch;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use anyhow::{Context as _, Result};
 
@@ -88,8 +88,8 @@ fn scratch_pid(name: &str) -> Option<u32> {
 }
 
 /// What a PostgreSQL program said on stderr, trimmed for an error message.
-fn tool_messages(output: &Output) -> String {
-    let text = String::from_utf8_lossy(&output.stderr);
+fn tool_messages(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let shown = &lines[lines.len().saturating_sub(20)..];
     shown.join("\n")

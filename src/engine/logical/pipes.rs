@@ -4,9 +4,9 @@
 //! the file's chunks into it.
 //!
 //! Invariants: a chunk is written only after it read back with its id and length
-//! checked; a failure to read one is the restore's failure (the caller stops
-//! pg_restore, which would otherwise take a short file for the whole table); a pipe
-//! pg_restore never opens (an entry it skipped) costs nothing.
+//! checked; a failure to read one kills the reader before its pipe closes (pg_restore
+//! would take a short file for the whole table); a pipe pg_restore never opens (an
+//! entry it skipped) costs nothing.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -78,6 +78,7 @@ pub fn serve(
     files: &[&DumpFile],
     finished: &AtomicBool,
     failed: &AtomicBool,
+    kill: &(dyn Fn() + Sync),
 ) -> Result<()> {
     let mut pending: Vec<(PathBuf, &DumpFile)> =
         files.iter().map(|f| (dir.join(&f.name), *f)).collect();
@@ -94,13 +95,20 @@ pub fn serve(
                     Ok(Some(pipe)) => {
                         let fail = &fail;
                         scope.spawn(move || {
-                            if let Err(e) = write_file(store, file, pipe, failed) {
+                            if let Err(e) = write_file(store, file, &pipe, failed) {
+                                // Killed while the pipe is still open: the reader never
+                                // sees this file end early.
+                                kill();
                                 fail(e);
                             }
+                            drop(pipe);
                         });
                     }
                     Ok(None) => still.push((path, file)),
-                    Err(e) => fail(e),
+                    Err(e) => {
+                        kill();
+                        fail(e);
+                    }
                 }
             }
             pending = still;
@@ -121,7 +129,7 @@ pub fn serve(
 fn write_file(
     store: &ChunkStore,
     file: &DumpFile,
-    mut pipe: File,
+    mut pipe: &File,
     failed: &AtomicBool,
 ) -> Result<()> {
     for (id, len) in &file.chunks {

@@ -48,6 +48,15 @@ pub fn dump_restore(ctx: &Context, opts: &DumpRestoreOptions) -> Result<Vec<Dump
             "--single-transaction and --jobs exclude each other (a parallel restore uses several sessions); give one"
         );
     }
+    if opts.create && opts.clean && (!opts.tables.is_empty() || !opts.schemas.is_empty()) {
+        bail!(
+            "--create --clean drops the whole database, and --table or --schema would bring back only part of it; \
+             leave out --create to replace just those objects"
+        );
+    }
+    // Held from before the manifests are read: collection must not remove a dump (or
+    // its chunks) this restore has chosen.
+    let _reading = ctx.repo.lock_data_shared()?;
     let dump = ctx.repo.load_dump(&opts.label)?;
     if let Some(db) = &opts.database
         && db != &dump.database
@@ -58,6 +67,16 @@ pub fn dump_restore(ctx: &Context, opts: &DumpRestoreOptions) -> Result<Vec<Dump
             dump.database
         );
     }
+    let conn = ctx.conn_params()?;
+    let store = ChunkStore::open(&ctx.repo)?;
+    if opts.all {
+        return restore_set(ctx, &store, &conn, &dump, opts);
+    }
+    if dump.globals {
+        let prepared = prepare(ctx, &store, &dump)?;
+        restore_globals(&store, &conn, &dump, &prepared)?;
+        return Ok(vec![report(&dump, None, false)]);
+    }
     if dump.format == ArchiveFormat::Plain
         && (opts.clean || opts.no_owner || !opts.tables.is_empty() || !opts.schemas.is_empty())
     {
@@ -66,21 +85,19 @@ pub fn dump_restore(ctx: &Context, opts: &DumpRestoreOptions) -> Result<Vec<Dump
             dump.label
         );
     }
-    let conn = ctx.conn_params()?;
-    if opts.all {
-        return restore_set(ctx, &conn, &dump, opts);
-    }
-    if dump.globals {
-        let _reading = ctx.repo.lock_data_shared()?;
-        let store = ChunkStore::open(&ctx.repo)?;
-        restore_globals(ctx, &store, &conn, &dump)?;
-        return Ok(vec![report(&dump, None, false)]);
-    }
     let target = opts.to.clone().unwrap_or_else(|| dump.database.clone());
+    // Everything that can fail without touching the server comes before the target is
+    // created or dropped.
+    let prepared = prepare(ctx, &store, &dump)?;
     prepare_target(&conn, &target, opts)?;
-    let _reading = ctx.repo.lock_data_shared()?;
-    let store = ChunkStore::open(&ctx.repo)?;
-    restore_into(ctx, &store, &conn, &dump, &Into::Existing(&target), opts)?;
+    run_restore(
+        &store,
+        &conn,
+        &dump,
+        &prepared,
+        &Target::Existing(&target),
+        opts,
+    )?;
     let analyzed = opts.analyze && !dump.selection.schema_only;
     if analyzed {
         analyze(&conn, &target, opts)?;
@@ -98,7 +115,7 @@ fn report(dump: &DumpManifest, database: Option<&str>, analyzed: bool) -> DumpRe
 }
 
 /// Where a restore goes.
-enum Into<'a> {
+enum Target<'a> {
     /// Into this database, which exists.
     Existing(&'a str),
     /// Into a database pg_restore creates as the dumped one was (name, encoding,
@@ -106,49 +123,69 @@ enum Into<'a> {
     Created,
 }
 
-/// Restores one dump: a plain script through psql, an archive through pg_restore.
-fn restore_into(
-    ctx: &Context,
+/// A dump laid out for the program that restores it, found new enough.
+struct Prepared<'d> {
+    scratch: Scratch,
+    laid: feed::Laid<'d>,
+    tool: tools::Tool,
+}
+
+/// Lays `dump` out and finds its program: psql for a plain script, else pg_restore,
+/// each at least as new as the pg_dump that wrote it.
+fn prepare<'d>(ctx: &Context, store: &ChunkStore, dump: &'d DumpManifest) -> Result<Prepared<'d>> {
+    let name = match dump.format {
+        ArchiveFormat::Plain => "psql",
+        _ => "pg_restore",
+    };
+    let tool = tools::find(
+        name,
+        dump.pg_dump_major,
+        ctx.cluster.pg_bin.as_deref(),
+        &format!("a dump written by pg_dump {}", dump.pg_dump_major),
+    )?;
+    let scratch = Scratch::new("restore")?;
+    let laid = feed::lay_out(store, dump, scratch.path())?;
+    Ok(Prepared {
+        scratch,
+        laid,
+        tool,
+    })
+}
+
+/// Restores one prepared dump: a plain script through psql, an archive through
+/// pg_restore.
+fn run_restore(
     store: &ChunkStore,
     conn: &ConnParams,
     dump: &DumpManifest,
-    into: &Into,
+    prepared: &Prepared,
+    into: &Target,
     opts: &DumpRestoreOptions,
 ) -> Result<()> {
-    let scratch = Scratch::new("restore")?;
-    let laid = feed::lay_out(store, dump, scratch.path())?;
     let (connect_to, shown) = match into {
-        Into::Existing(db) => (*db, *db),
-        Into::Created => (conn.dbname.as_str(), dump.database.as_str()),
+        Target::Existing(db) => (*db, *db),
+        Target::Created => (conn.dbname.as_str(), dump.database.as_str()),
     };
-    let cmd = match dump.format {
+    let mut cmd = prepared.tool.command(conn, connect_to);
+    match dump.format {
         ArchiveFormat::Plain => {
-            let mut cmd = psql(ctx, conn, connect_to)?;
-            cmd.args(["-v", "ON_ERROR_STOP=1"]);
+            cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+                .arg(format!("--dbname={}", conninfo_dbname(connect_to)));
             if opts.single_transaction {
                 cmd.arg("--single-transaction");
             }
-            cmd.arg("--file").arg(&laid.path);
-            cmd
+            cmd.arg("--file");
         }
         format => {
-            let pg_restore = tools::find(
-                "pg_restore",
-                dump.pg_dump_major,
-                ctx.cluster.pg_bin.as_deref(),
-                &format!("an archive of pg_dump {}", dump.pg_dump_major),
-            )?;
-            let mut cmd = pg_restore.command(conn, connect_to);
             cmd.args(restore_args(opts, format, connect_to));
-            if matches!(into, Into::Created) {
+            if matches!(into, Target::Created) {
                 cmd.arg("--create");
             }
-            cmd.arg(&laid.path);
-            cmd
         }
-    };
+    }
+    cmd.arg(&prepared.laid.path);
     let what = format!("restoring '{}' into database '{shown}'", dump.label);
-    feed::run(cmd, store, &laid, scratch.path(), &what)
+    feed::run(cmd, store, &prepared.laid, prepared.scratch.path(), &what)
         .map_err(|e| {
             e.context(format!(
                 "database '{shown}' may hold part of the dump: restore again with --clean, or into another database"
@@ -157,30 +194,25 @@ fn restore_into(
         .map(drop)
 }
 
-/// psql connected to `database`, quiet, reading no `.psqlrc`.
-fn psql(ctx: &Context, conn: &ConnParams, database: &str) -> Result<std::process::Command> {
-    let psql = tools::find("psql", 0, ctx.cluster.pg_bin.as_deref(), "a plain dump")?;
-    let mut cmd = psql.command(conn, database);
-    cmd.args(["-X", "-q"])
-        .arg(format!("--dbname={}", conninfo_dbname(database)));
-    Ok(cmd)
-}
-
 /// Runs the globals script. A role that exists already (the one connected, at least)
 /// is not an error: the script's `ALTER ROLE` after each `CREATE ROLE` gives it the
-/// dumped attributes. Any other error is.
+/// dumped attributes. Any other error is. Messages are asked for in English, as they
+/// are read here.
 fn restore_globals(
-    ctx: &Context,
     store: &ChunkStore,
     conn: &ConnParams,
     dump: &DumpManifest,
+    prepared: &Prepared,
 ) -> Result<()> {
-    let scratch = Scratch::new("restore")?;
-    let laid = feed::lay_out(store, dump, scratch.path())?;
-    let mut cmd = psql(ctx, conn, &conn.dbname)?;
-    cmd.arg("--file").arg(&laid.path);
+    let mut cmd = prepared.tool.command(conn, &conn.dbname);
+    let options = conn.options.as_deref().unwrap_or_default();
+    cmd.env("PGOPTIONS", format!("{options} -c lc_messages=C"))
+        .args(["-X", "-q"])
+        .arg(format!("--dbname={}", conninfo_dbname(&conn.dbname)))
+        .arg("--file")
+        .arg(&prepared.laid.path);
     let what = format!("restoring the globals of '{}'", dump.label);
-    let messages = feed::run(cmd, store, &laid, scratch.path(), &what)?;
+    let messages = feed::run(cmd, store, &prepared.laid, prepared.scratch.path(), &what)?;
     let errors: Vec<&str> = messages
         .lines()
         .filter(|l| {
@@ -188,16 +220,21 @@ fn restore_globals(
         })
         .collect();
     if !errors.is_empty() {
-        bail!("psql reported errors {what}:\n{}", errors.join("\n"));
+        bail!(
+            "psql reported errors {what} (the statements before them took effect):\n{}",
+            errors.join("\n")
+        );
     }
     Ok(())
 }
 
-/// Restores a whole `dump --all` set: the globals, then every database, each into an
+/// Restores a whole `dump --all` run: the globals, then every database, each into an
 /// existing database of that name that holds nothing (or with `--clean`), or created
-/// as it was. Every target is checked before anything is written.
+/// as it was. Every dump is laid out and every target checked before anything is
+/// written.
 fn restore_set(
     ctx: &Context,
+    store: &ChunkStore,
     conn: &ConnParams,
     globals: &DumpManifest,
     opts: &DumpRestoreOptions,
@@ -208,45 +245,66 @@ fn restore_set(
             globals.label
         );
     }
+    if opts.single_transaction {
+        bail!(
+            "--all restores each database in its own transactions; leave out --single-transaction"
+        );
+    }
     if opts.to.is_some() || opts.create || !opts.tables.is_empty() || !opts.schemas.is_empty() {
         bail!(
             "--all restores every database under its own name; leave out --to, --create, --table and --schema"
         );
     }
-    let members = ctx.repo.dumps()?;
-    let mut plan = Vec::new();
-    let mut session = Session::connect(conn)?;
+    let dumps = ctx.repo.dumps()?;
+    let mut members = Vec::new();
     for db in &globals.set_databases {
-        let member = members
+        let member = dumps
             .iter()
             .find(|d| d.set.as_deref() == Some(globals.label.as_str()) && &d.database == db)
             .with_context(|| {
                 format!(
-                    "the `dump --all` run '{}' has no dump of database '{db}' (it was interrupted, or that dump was removed); restore the databases it has one by one",
+                    "the `dump --all` run '{}' has no dump of database '{db}' (it was removed); restore the databases it has one by one",
                     globals.label
                 )
             })?;
-        let exists = database_exists(&mut session, db)?;
+        members.push(member);
+    }
+    let prepared_globals = prepare(ctx, store, globals)?;
+    let mut plan = Vec::new();
+    let mut session = Session::connect(conn)?;
+    for member in members {
+        let exists = database_exists(&mut session, &member.database)?;
         if exists && !opts.clean {
-            refuse_if_not_empty(conn, db)?;
+            refuse_if_not_empty(conn, &member.database)?;
         }
-        plan.push((member, exists));
+        plan.push((member, exists, prepare(ctx, store, member)?));
     }
     drop(session);
-    let _reading = ctx.repo.lock_data_shared()?;
-    let store = ChunkStore::open(&ctx.repo)?;
-    restore_globals(ctx, &store, conn, globals)?;
+    restore_globals(store, conn, globals, &prepared_globals)?;
     let mut reports = vec![report(globals, None, false)];
-    for (member, exists) in plan {
+    for (member, exists, prepared) in &plan {
         let into = match exists {
-            true => Into::Existing(&member.database),
-            false => Into::Created,
+            true => Target::Existing(&member.database),
+            false => Target::Created,
         };
-        restore_into(ctx, &store, conn, member, &into, opts)?;
-        if opts.analyze {
+        run_restore(store, conn, member, prepared, &into, opts).map_err(|e| {
+            let done: Vec<&str> = reports
+                .iter()
+                .filter_map(|r| r.database.as_deref())
+                .collect();
+            e.context(format!(
+                "the globals and {} were restored before this failed",
+                match done.is_empty() {
+                    true => "no database".to_string(),
+                    false => format!("databases {}", done.join(", ")),
+                }
+            ))
+        })?;
+        let analyzed = opts.analyze && !member.selection.schema_only;
+        if analyzed {
             analyze(conn, &member.database, opts)?;
         }
-        reports.push(report(member, Some(&member.database), opts.analyze));
+        reports.push(report(member, Some(&member.database), analyzed));
     }
     Ok(reports)
 }

@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 
+use super::child;
+use super::feed::read_all;
 use super::watch::ClosedFiles;
 use crate::engine::{Context, parallel_map};
 use crate::repo::chunk_store::{ChunkStore, ChunkWriter};
@@ -99,54 +101,39 @@ pub fn store_while_dumping(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))?;
-    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let mut running = child::spawn(&mut cmd)?;
+    let stderr = running.child().stderr.take().expect("stderr is piped");
     let writer = store.writer(ctx.repo_config.compress_level, false);
     let stored: Mutex<BTreeMap<String, Stored>> = Mutex::default();
-    let failed: Mutex<Option<anyhow::Error>> = Mutex::default();
     let (tx, rx) = crossbeam_channel::unbounded::<String>();
     let (watched, messages) = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || {
-            let mut text = Vec::new();
-            std::io::Read::read_to_end(&mut stderr, &mut text).ok();
-            text
-        });
+        let reader = scope.spawn(move || read_all(stderr));
         for _ in 0..jobs.max(1) {
-            let (rx, writer, stored, failed) = (rx.clone(), &writer, &stored, &failed);
+            let (rx, writer, stored) = (rx.clone(), &writer, &stored);
             scope.spawn(move || {
                 for name in rx {
-                    match store_file(writer, &archive.join(&name), &name) {
-                        Ok(s) => drop(stored.lock().unwrap().insert(name, s)),
-                        Err(e) => drop(failed.lock().unwrap().get_or_insert(e)),
+                    // A file that fails now (still being written after all) is
+                    // stored by the check once pg_dump has exited.
+                    if let Ok(s) = store_file(writer, &archive.join(&name), &name) {
+                        stored.lock().unwrap().insert(name, s);
                     }
                 }
             });
         }
-        let watched = watch_until_exit(&mut child, &mut closed, &tx);
+        let watched = watch_until_exit(running.child(), &mut closed, &tx);
         drop(tx);
         if watched.is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(running); // kills it
         }
         (watched, reader.join().expect("the stderr reader panicked"))
     });
     let outcome = (|| {
         let status = watched?;
         if !status.success() {
-            let output = std::process::Output {
-                status,
-                stdout: Vec::new(),
-                stderr: messages,
-            };
             bail!(
-                "{what} failed; nothing was stored:\n{}",
-                super::tool_messages(&output)
+                "{what} failed; nothing was published:\n{}",
+                super::tool_messages(&messages)
             );
-        }
-        if let Some(e) = failed.into_inner().unwrap() {
-            return Err(e);
         }
         let mut early = stored.into_inner().unwrap();
         let mut files = Vec::new();

@@ -3,7 +3,7 @@
 //! the others.
 //!
 //! A close says only that one writer let go of the file; the caller checks every file
-//! again once the program has exited (see `dump::store_while_dumping`).
+//! again once the program has exited (see `store::store_while_dumping`).
 
 use std::ffi::CString;
 use std::fs::File;

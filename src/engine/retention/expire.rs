@@ -20,13 +20,14 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 
-use super::policy::{self as retention, BackupFacts, Plan};
+use super::policy::{self as retention, BackupFacts, Plan, Reason};
 use crate::engine::Context;
 use crate::engine::wal::need::{self as walneed, Need, wal_position};
 use crate::engine::wal::timelines;
 use crate::format::wal::SegmentSize;
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::index::{ChunkIndex, ChunkLocation};
+use crate::repo::logical::DumpManifest;
 use crate::repo::manifest::Manifest;
 use crate::repo::pack::{ChunkId, PackWriter, pack_size};
 
@@ -43,14 +44,18 @@ pub struct ExpireReport {
     pub gc_deferred: bool,
 }
 
-/// What `[retention.dumps]` keeps of one database's logical backups.
+/// What `[retention.dumps]` keeps of one group of logical backups.
 pub struct DumpPlan {
-    pub database: String,
+    /// "database D", "the globals", or "dump --all runs".
+    pub group: String,
     pub dumps: Vec<BackupFacts>,
     pub plan: Plan,
 }
 
-/// Plans each database's logical backups on their own, by `[retention.dumps]`.
+/// Plans the logical backups by `[retention.dumps]`: each database's own dumps, the
+/// globals-only dumps, and the `dump --all` runs, each group counted on its own. A run
+/// is one unit: its databases' dumps stay exactly as long as its head (the globals
+/// dump), which a pin on any of them keeps.
 fn plan_dumps(
     ctx: &Context,
     pinned: &std::collections::BTreeSet<String>,
@@ -59,26 +64,70 @@ fn plan_dumps(
     let dumps = ctx.repo.dumps().context(
         "expire needs every logical backup's manifest to be readable; run `pgkeep verify`",
     )?;
-    let mut by_database: BTreeMap<String, Vec<BackupFacts>> = BTreeMap::new();
-    for d in dumps {
-        by_database
-            .entry(d.database)
-            .or_default()
-            .push(BackupFacts {
-                pinned: pinned.contains(&d.label),
-                label: d.label,
-                stop_time: d.stop_time,
-            });
+    let heads: HashSet<&str> = dumps
+        .iter()
+        .filter(|d| d.globals && d.set.as_deref() == Some(d.label.as_str()))
+        .map(|d| d.label.as_str())
+        .collect();
+    // The head of the run a dump belongs to, if that run has one.
+    fn head_of<'d>(heads: &HashSet<&str>, d: &'d DumpManifest) -> Option<&'d str> {
+        d.set.as_deref().filter(|h| heads.contains(h))
+    }
+    let mut pinned_runs: HashSet<&str> = HashSet::new();
+    for d in &dumps {
+        if let Some(head) = head_of(&heads, d)
+            && pinned.contains(&d.label)
+        {
+            pinned_runs.insert(head);
+        }
+    }
+    let mut groups: BTreeMap<String, Vec<BackupFacts>> = BTreeMap::new();
+    for d in &dumps {
+        let group = match (head_of(&heads, d), d.globals) {
+            (Some(head), _) if head != d.label => continue,
+            (Some(_), _) => "dump --all runs".to_string(),
+            (None, true) => "the globals".to_string(),
+            (None, false) => format!("database {}", d.database),
+        };
+        groups.entry(group).or_default().push(BackupFacts {
+            pinned: pinned.contains(&d.label) || pinned_runs.contains(d.label.as_str()),
+            label: d.label.clone(),
+            stop_time: d.stop_time,
+        });
     }
     let policy = ctx.config.retention.dumps.as_policy();
-    Ok(by_database
+    let mut plans: Vec<DumpPlan> = groups
         .into_iter()
-        .map(|(database, dumps)| DumpPlan {
+        .map(|(group, dumps)| DumpPlan {
             plan: retention::plan(&policy, &dumps, now),
-            database,
+            group,
             dumps,
         })
-        .collect())
+        .collect();
+    // The databases' dumps of each run follow its head.
+    if let Some(runs) = plans.iter_mut().find(|p| p.group == "dump --all runs") {
+        for d in dumps
+            .iter()
+            .filter(|d| head_of(&heads, d).is_some_and(|h| h != d.label))
+        {
+            let head = head_of(&heads, d).expect("filtered");
+            runs.dumps.push(BackupFacts {
+                label: d.label.clone(),
+                stop_time: d.stop_time,
+                pinned: pinned.contains(&d.label),
+            });
+            if runs.plan.keep.contains_key(head) {
+                runs.plan
+                    .keep
+                    .entry(d.label.clone())
+                    .or_default()
+                    .insert(Reason::PartOfRun);
+            } else {
+                runs.plan.expire.push(d.label.clone());
+            }
+        }
+    }
+    Ok(plans)
 }
 
 #[derive(Default)]

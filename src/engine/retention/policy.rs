@@ -35,6 +35,8 @@ pub enum Reason {
     NoPolicy,
     /// Stopped after the time the policy is evaluated at.
     AfterNow,
+    /// A database's dump in a `dump --all` run that is kept.
+    PartOfRun,
 }
 
 impl Reason {
@@ -50,6 +52,7 @@ impl Reason {
             Reason::Pinned => "pinned",
             Reason::NoPolicy => "no retention rule",
             Reason::AfterNow => "made after --now",
+            Reason::PartOfRun => "part of a kept dump --all run",
         }
     }
 }
