@@ -694,6 +694,12 @@ fn bad_input(env: &Env, server: &Server) {
         "0"
     );
 
+    // A data-only dump goes into tables that exist.
+    let rows =
+        label_of(&env.pgkeep_ok(&["dump", "-d", "shop", "--data-only", "-t", "app.customers"]));
+    let err = env.pgkeep_err(&["dump-restore", &rows, "--to", "nowhere", "--create"]);
+    assert!(err.contains("a data-only dump loads rows"), "{err}");
+
     // A physical backup's label is not a dump.
     let backup = label_of(&env.pgkeep_ok(&["backup"]));
     let err = env.pgkeep_err(&["dump-restore", &backup, "--to", "x", "--create"]);

@@ -184,6 +184,19 @@ impl DumpManifest {
             }
             _ => {}
         }
+        if self.globals != self.database.is_empty()
+            || (self.globals && self.format != ArchiveFormat::Plain)
+        {
+            return Err(
+                "a globals dump is a plain script of no database, and only it has no database"
+                    .into(),
+            );
+        }
+        let mut names: Vec<&str> = self.files.iter().map(|f| f.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err("it names a file twice".into());
+        }
         for file in &self.files {
             let plain = !file.name.is_empty()
                 && !file.name.contains(['/', '\0'])
@@ -269,6 +282,11 @@ mod tests {
                 .unwrap_err()
                 .contains("the one file archive.dump")
         );
+        let twice = manifest(vec![file("toc.dat", 0, &[]), file("toc.dat", 0, &[])]);
+        assert!(twice.validate().unwrap_err().contains("twice"));
+        let mut no_database = manifest(vec![file("toc.dat", 0, &[])]);
+        no_database.database.clear();
+        assert!(no_database.validate().is_err());
     }
 
     #[test]

@@ -141,6 +141,8 @@ fn dump_database(
     let scratch = Scratch::new("dump")?;
     let archive = scratch.path().join("archive");
     let start_time = Utc::now();
+    let head: Vec<String> = set.into_iter().map(str::to_string).collect();
+    let label = ctx.new_label_besides("-dump", &head)?;
     let _data = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
     let cmd = pg_dump_command(&pg_dump, &server.conn, database, opts, &archive);
@@ -150,8 +152,6 @@ fn dump_database(
     );
     let (files, stored_size) =
         store::store_while_dumping(ctx, &store, cmd, &archive, opts.jobs, &what)?;
-    let head: Vec<String> = set.into_iter().map(str::to_string).collect();
-    let label = ctx.new_label_besides("-dump", &head)?;
     let manifest = DumpManifest {
         version: DUMP_MANIFEST_VERSION,
         label,
@@ -180,6 +180,10 @@ fn dump_globals(ctx: &Context, server: &Server, head: Option<&str>) -> Result<Du
     let scratch = Scratch::new("dump")?;
     let script = scratch.path().join(ArchiveFormat::Plain.file_name());
     let start_time = Utc::now();
+    let label = match head {
+        Some(head) => head.to_string(),
+        None => ctx.new_label("-dump")?,
+    };
     let mut cmd = pg_dumpall.command(&server.conn, &server.conn.dbname);
     cmd.args(["--globals-only", "--no-sync"])
         .arg(format!("--database={}", server.conn.dbname))
@@ -192,10 +196,6 @@ fn dump_globals(ctx: &Context, server: &Server, head: Option<&str>) -> Result<Du
             ctx.cluster_name
         ),
     )?;
-    let label = match head {
-        Some(head) => head.to_string(),
-        None => ctx.new_label("-dump")?,
-    };
     let _data = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
     let size = std::fs::metadata(&script)?.len();

@@ -26,6 +26,9 @@ pub struct ImportOptions {
 }
 
 pub fn import(ctx: &Context, opts: &ImportOptions) -> Result<DumpReport> {
+    if opts.database.is_empty() {
+        bail!("--database must name the database the archive is a dump of");
+    }
     let path = &opts.path;
     let format = detect(path)?;
     let (pg_version, pg_dump_major) = match format {

@@ -89,7 +89,7 @@ pub fn dump_restore(ctx: &Context, opts: &DumpRestoreOptions) -> Result<Vec<Dump
     // Everything that can fail without touching the server comes before the target is
     // created or dropped.
     let prepared = prepare(ctx, &store, &dump)?;
-    prepare_target(&conn, &target, opts)?;
+    prepare_target(&conn, &target, opts, dump.selection.data_only)?;
     run_restore(
         &store,
         &conn,
@@ -355,9 +355,24 @@ fn conninfo_dbname(name: &str) -> String {
 
 /// Makes sure `target` may be restored into: created with `--create`, and holding
 /// nothing unless `--clean` replaces it.
-fn prepare_target(conn: &ConnParams, target: &str, opts: &DumpRestoreOptions) -> Result<()> {
+/// A data-only dump loads rows into tables that must exist: its target is not
+/// required to be empty (nor does `--clean` drop anything for it).
+fn prepare_target(
+    conn: &ConnParams,
+    target: &str,
+    opts: &DumpRestoreOptions,
+    data_only: bool,
+) -> Result<()> {
     let mut session = Session::connect(conn)?;
     let exists = database_exists(&mut session, target)?;
+    if data_only {
+        if !exists || opts.create {
+            bail!(
+                "a data-only dump loads rows into the tables of an existing database; restore its schema into '{target}' first, and leave out --create"
+            );
+        }
+        return Ok(());
+    }
     let create = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(target));
     match (exists, opts.create, opts.clean) {
         (false, false, _) => {
@@ -400,6 +415,9 @@ const USER_OBJECTS: &str = "SELECT ( \
       WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')) \
   + (SELECT count(*) FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public') \
       AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%') \
+  + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND t.typtype IN ('e', 'd', 'r', 'm')) \
+  + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql') \
   + (SELECT count(*) FROM pg_largeobject_metadata))::text";
 
 /// ANALYZE of what was restored: the tables named by `--table` (in the schemas of
