@@ -1,5 +1,5 @@
 //! What pgkeep needs of the operating system beyond `std`: user names and home
-//! directories, and durable directory entries.
+//! directories, durable directory entries, free space.
 
 use std::fs::File;
 use std::path::Path;
@@ -62,4 +62,25 @@ pub fn host_name() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The file system a path is on, or would be once created: its device and the bytes
+/// free to this user there. A path that does not exist yet is judged by its nearest
+/// existing ancestor.
+pub fn free_space(path: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .with_context(|| format!("no part of {} exists", path.display()))?;
+    let device = std::fs::metadata(existing)?.dev();
+    let name = std::ffi::CString::new(existing.as_os_str().as_bytes())?;
+    // SAFETY: statvfs fills the struct we own from a NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(name.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot read the free space of {}", existing.display()));
+    }
+    Ok((device, stat.f_bavail as u64 * stat.f_frsize as u64))
 }

@@ -2,6 +2,7 @@
 
 mod logical;
 mod progress;
+mod table;
 
 use std::path::PathBuf;
 
@@ -106,6 +107,9 @@ enum Command {
     DumpExport(Box<logical::DumpExportArgs>),
     /// Store an existing pg_dump archive as a logical backup.
     DumpImport(Box<logical::DumpImportArgs>),
+    /// Restore one table as of a point in time, into the live database under a new
+    /// name or into a file (restores its database into a scratch server).
+    RestoreTable(Box<table::RestoreTableArgs>),
     /// Keep a backup whatever the retention policy says.
     Pin { label: String },
     /// Let the retention policy remove a backup again.
@@ -159,7 +163,7 @@ impl NewKey {
 
 #[derive(Args)]
 #[group(id = "recovery_target", multiple = false)]
-struct TargetArgs {
+pub(super) struct TargetArgs {
     /// Recover to this time (with a time zone, e.g. '2026-11-21 09:30:00+00').
     #[arg(long)]
     target_time: Option<String>,
@@ -205,7 +209,7 @@ struct RestoreArgs {
     archive: Option<String>,
 }
 
-fn parse_target(t: &TargetArgs) -> Result<Target> {
+pub(super) fn parse_target(t: &TargetArgs) -> Result<Target> {
     Ok(if let Some(time) = &t.target_time {
         Target::Time(target::parse_time(time)?)
     } else if let Some(xid) = t.target_xid {
@@ -239,7 +243,9 @@ fn restore_options(args: &RestoreArgs) -> Result<RestoreOptions> {
             .parse::<TimelineChoice>()
             .map_err(anyhow::Error::msg)?,
         tablespace_map: map,
+        tablespaces_into: None,
         archive: args.archive.as_deref().map(|a| a == "on"),
+        only_database: None,
     })
 }
 
@@ -645,6 +651,7 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::DumpRestore(args) => logical::run_dump_restore(cli, &config, args),
         Command::DumpExport(args) => logical::run_dump_export(cli, &config, args),
         Command::DumpImport(args) => logical::run_dump_import(cli, &config, args),
+        Command::RestoreTable(args) => table::run_restore_table(cli, &config, args),
         Command::Info { json: true } => {
             let report = first_repository(cli, &config, |ctx| {
                 let manifests = ctx.repo.readable_manifests(None)?;

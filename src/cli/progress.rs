@@ -18,3 +18,13 @@ pub fn bar(what: &str) -> ProgressBar {
     );
     bar
 }
+
+/// A line saying what a long step is doing, on a terminal; nothing otherwise.
+pub fn spinner() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::new_spinner();
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    spinner
+}

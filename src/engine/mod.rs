@@ -6,7 +6,9 @@ pub mod logical;
 pub mod physical;
 pub mod repositories;
 pub mod retention;
+pub mod scratch;
 pub mod setup;
+pub mod table;
 pub mod verify;
 pub mod wal;
 

@@ -89,27 +89,60 @@ impl Session {
 
     /// Runs a query whose columns are all text (cast them) and returns every row.
     pub fn rows(&mut self, sql: &str) -> Result<Vec<Vec<String>>> {
-        let rows = self
-            .client
-            .query(sql, &[])
-            .map_err(|e| anyhow!("query `{sql}` failed: {}", describe(&e)))?;
-        Ok(rows
-            .iter()
-            .map(|r| (0..r.len()).map(|i| r.get::<_, String>(i)).collect())
-            .collect())
+        self.rows_with(sql, &[])
     }
 
     /// Runs a query with text parameters (`$1`, ...) that returns one text value.
     pub fn text_with(&mut self, sql: &str, params: &[&str]) -> Result<String> {
+        let mut rows = self.rows_with(sql, params)?;
+        match (rows.pop(), rows.is_empty()) {
+            (Some(mut row), true) if row.len() == 1 => Ok(row.remove(0)),
+            _ => bail!("query `{sql}` returned other than one value"),
+        }
+    }
+
+    /// Runs a query with text parameters (`$1`, ...) whose columns are all text (NULL
+    /// reads as empty).
+    pub fn rows_with(&mut self, sql: &str, params: &[&str]) -> Result<Vec<Vec<String>>> {
         let params: Vec<&(dyn postgres::types::ToSql + Sync)> = params
             .iter()
             .map(|p| p as &(dyn postgres::types::ToSql + Sync))
             .collect();
-        let row = self
+        let rows = self
             .client
-            .query_one(sql, &params)
+            .query(sql, &params)
             .map_err(|e| anyhow!("query `{sql}` failed: {}", describe(&e)))?;
-        Ok(row.get(0))
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.get::<_, Option<String>>(i).unwrap_or_default())
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Streams `COPY ... TO STDOUT` here into `COPY ... FROM STDIN` on `target`; returns
+    /// the rows copied.
+    pub fn copy_into(
+        &mut self,
+        copy_out: &str,
+        target: &mut Session,
+        copy_in: &str,
+    ) -> Result<u64> {
+        let mut reader = self
+            .client
+            .copy_out(copy_out)
+            .map_err(|e| anyhow!("`{copy_out}` failed: {}", describe(&e)))?;
+        let mut writer = target
+            .client
+            .copy_in(copy_in)
+            .map_err(|e| anyhow!("`{copy_in}` failed: {}", describe(&e)))?;
+        std::io::copy(&mut reader, &mut writer)
+            .with_context(|| format!("`{copy_out}` into `{copy_in}` failed"))?;
+        writer
+            .finish()
+            .map_err(|e| anyhow!("`{copy_in}` failed: {}", describe(&e)))
     }
 
     /// Runs statements that return nothing.
@@ -170,6 +203,17 @@ impl Session {
     }
 
     /// Starts a non-exclusive backup with an immediate checkpoint.
+    /// Every database's OID and name.
+    pub fn databases(&mut self) -> Result<Vec<(u32, String)>> {
+        self.rows("SELECT oid::text, datname::text FROM pg_database ORDER BY oid")?
+            .into_iter()
+            .map(|row| {
+                let oid = row[0].parse().context("pg_database.oid is not a number")?;
+                Ok((oid, row[1].clone()))
+            })
+            .collect()
+    }
+
     pub fn backup_start(&mut self, label: &str) -> Result<Lsn> {
         let row = self
             .client

@@ -10,8 +10,8 @@ use crate::format::wal::valid_segment_size;
 
 /// Version of the manifest layout; readers accept every version up to this one, and
 /// writers write the oldest that holds the manifest ([`Manifest::needed_version`]).
-/// 2 added `parent`; 3 added `path_bytes`.
-pub const MANIFEST_VERSION: u32 = 3;
+/// 2 added `parent`; 3 added `path_bytes`; 4 added `databases`.
+pub const MANIFEST_VERSION: u32 = 4;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +43,10 @@ pub struct Manifest {
     /// Bytes this backup added to the repository (new packs).
     pub stored_size: u64,
     pub tablespaces: Vec<TablespaceEntry>,
+    /// (v4) The databases when the backup started, so that a restore of one database
+    /// knows which directories are its (`restore-table`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseEntry>,
     pub directories: Vec<DirectoryEntry>,
     pub files: Vec<FileEntry>,
 }
@@ -54,6 +58,13 @@ pub struct TablespaceEntry {
     pub name: String,
     /// Where the tablespace lived on the backed-up server.
     pub location: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseEntry {
+    pub oid: u32,
+    pub name: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -190,7 +201,13 @@ impl Manifest {
     pub fn needed_version(&self) -> u32 {
         let raw_paths = self.files.iter().any(|f| f.path_bytes.is_some())
             || self.directories.iter().any(|d| d.path_bytes.is_some());
-        if raw_paths { 3 } else { 2 }
+        if !self.databases.is_empty() {
+            4
+        } else if raw_paths {
+            3
+        } else {
+            2
+        }
     }
 
     pub fn bad_block_count(&self) -> usize {

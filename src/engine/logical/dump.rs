@@ -14,8 +14,9 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Utc};
 
-use super::{Scratch, child, major_of, store, tool_messages};
+use super::{major_of, store};
 use crate::engine::Context;
+use crate::engine::scratch::{self, Scratch};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::session::Session;
 use crate::pg::tools;
@@ -290,13 +291,13 @@ fn run_tool(mut cmd: Command, what: &str) -> Result<()> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let output = child::spawn(&mut cmd)?
+    let output = scratch::spawn(&mut cmd)?
         .output()
         .with_context(|| format!("cannot wait for {what}"))?;
     if !output.status.success() {
         bail!(
             "{what} failed; nothing was published:\n{}",
-            tool_messages(&output.stderr)
+            scratch::messages(&output.stderr)
         );
     }
     Ok(())

@@ -10,8 +10,9 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Scratch, feed};
+use super::feed;
 use crate::engine::Context;
+use crate::engine::scratch::Scratch;
 use crate::pg::tools;
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::logical::{ArchiveFormat, DumpManifest};

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{child, pipes, tool_messages};
+use super::pipes;
+use crate::engine::scratch;
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::logical::{ArchiveFormat, DumpFile, DumpManifest};
 
@@ -91,7 +92,7 @@ pub fn run(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut running = child::spawn(&mut cmd)?;
+    let mut running = scratch::spawn(&mut cmd)?;
     let kill = running.killer();
     let finished = AtomicBool::new(false);
     let failed = AtomicBool::new(false);
@@ -120,7 +121,7 @@ pub fn run(
     if !status.success() {
         bail!(
             "{program} reported errors {what}:\n{}",
-            tool_messages(&messages)
+            scratch::messages(&messages)
         );
     }
     Ok(String::from_utf8_lossy(&messages).into_owned())

@@ -12,8 +12,8 @@ use chrono::Utc;
 
 use super::dump::{DumpReport, publish};
 use super::store::{store_archive, store_files};
-use super::tool_messages;
 use crate::engine::Context;
+use crate::engine::scratch;
 use crate::pg::tools;
 use crate::repo::chunk_store::ChunkStore;
 use crate::repo::logical::{ArchiveFormat, DUMP_MANIFEST_VERSION, DumpManifest, Selection};
@@ -118,7 +118,7 @@ fn list(ctx: &Context, path: &Path) -> Result<String> {
             "{} cannot read {}:\n{}",
             pg_restore.path.display(),
             path.display(),
-            tool_messages(&out.stderr)
+            scratch::messages(&out.stderr)
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -8,8 +8,9 @@
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Scratch, feed};
+use super::feed;
 use crate::engine::Context;
+use crate::engine::scratch::Scratch;
 use crate::pg::conninfo::ConnParams;
 use crate::pg::session::{Session, quote_ident};
 use crate::pg::tools;

@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::child;
 use super::feed::read_all;
 use super::watch::ClosedFiles;
+use crate::engine::scratch;
 use crate::engine::{Context, parallel_map};
 use crate::repo::chunk_store::{ChunkStore, ChunkWriter};
 use crate::repo::logical::DumpFile;
@@ -101,7 +101,7 @@ pub fn store_while_dumping(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut running = child::spawn(&mut cmd)?;
+    let mut running = scratch::spawn(&mut cmd)?;
     let stderr = running.child().stderr.take().expect("stderr is piped");
     let writer = store.writer(ctx.repo_config.compress_level, false);
     let stored: Mutex<BTreeMap<String, Stored>> = Mutex::default();
@@ -132,7 +132,7 @@ pub fn store_while_dumping(
         if !status.success() {
             bail!(
                 "{what} failed; nothing was published:\n{}",
-                super::tool_messages(&messages)
+                scratch::messages(&messages)
             );
         }
         let mut early = stored.into_inner().unwrap();

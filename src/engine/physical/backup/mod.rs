@@ -275,6 +275,7 @@ fn take(
         size: entries.iter().map(|f| f.size).sum(),
         stored_size: written.stored_bytes,
         tablespaces: tablespaces(&stop.stop, source.server())?,
+        databases: start.databases,
         directories: source.directories(),
         files: entries,
     };

@@ -18,13 +18,15 @@ use crate::format::lsn::Lsn;
 use crate::pg::session::{BackupStop, Session};
 use crate::repo::ClusterInfo;
 use crate::repo::chunk_store::ChunkWriter;
-use crate::repo::manifest::{DirectoryEntry, FileEntry, path_bytes};
+use crate::repo::manifest::{DatabaseEntry, DirectoryEntry, FileEntry, path_bytes};
 
 /// What the server said when the backup started.
 pub struct Start {
     pub lsn: Lsn,
     pub timeline: u32,
     pub time: DateTime<Utc>,
+    /// `pg_database` right after the start.
+    pub databases: Vec<DatabaseEntry>,
 }
 
 /// What the backup ends with: the files stored last (`global/pg_control`, then
@@ -163,6 +165,9 @@ impl Source for DataDirectory {
             .session
             .text("SELECT timeline_id::text FROM pg_control_checkpoint()")?
             .parse()?;
+        let databases = (self.session.databases()?.into_iter())
+            .map(|(oid, name)| DatabaseEntry { oid, name })
+            .collect();
         // Listed after the start: every file the copy must hold exists by now.
         let listing = walk::walk(&self.pgdata, &self.server.tablespace_dir)?;
         let (mut files, mut pg_control): (Vec<_>, Vec<_>) = listing
@@ -177,6 +182,7 @@ impl Source for DataDirectory {
             lsn,
             timeline,
             time,
+            databases,
         })
     }
 

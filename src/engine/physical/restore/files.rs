@@ -178,6 +178,17 @@ pub(super) fn write_files(
     Ok(())
 }
 
+/// Creates files that are restored empty (at their size, sparse), with their mode and
+/// time.
+pub(super) fn write_hollow(plan: &Plan, files: &[&FileEntry], fsync: bool) -> Result<()> {
+    for &entry in files {
+        let dest = plan.pgdata.join(entry.fs_path());
+        create_file(entry, &dest)?;
+        finish_file(entry, &dest, fsync)?;
+    }
+    Ok(())
+}
+
 /// Whether `syncfs(2)` reports writeback errors: since Linux 5.8. Before, it could miss
 /// an error an fsync per file would catch.
 pub(super) fn syncfs_reports_errors() -> bool {

@@ -6,7 +6,7 @@
 //! is written last, so a restore that stops half-way leaves a directory PostgreSQL refuses
 //! to start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,9 +26,10 @@ use crate::repo::chunk_store::ChunkStore;
 use crate::repo::index::ChunkIndex;
 use crate::repo::manifest::{FileEntry, Manifest};
 
-use self::files::{Filesystems, restore_file, syncfs_reports_errors, write_files};
+use self::files::{Filesystems, restore_file, syncfs_reports_errors, write_files, write_hollow};
 use self::settings::{write_recovery_settings, write_tablespace_map};
 
+mod databases;
 mod files;
 mod settings;
 
@@ -40,9 +41,15 @@ pub struct RestoreOptions {
     pub timeline: TimelineChoice,
     /// Tablespace relocations, old location → new location.
     pub tablespace_map: Vec<(String, String)>,
+    /// Every tablespace not in `tablespace_map` goes to `DIR/OID` (a scratch restore
+    /// beside the live cluster, whose tablespaces are in use).
+    pub tablespaces_into: Option<PathBuf>,
     /// Whether the restored server archives WAL (`--archive on|off`); by default only a
     /// restore into the cluster's own configured `pgdata` does.
     pub archive: Option<bool>,
+    /// Restore only this database's files (and the cluster-wide ones); the other
+    /// databases' relation files are left empty ([`databases`]).
+    pub only_database: Option<String>,
 }
 
 pub struct RestoreSummary {
@@ -91,6 +98,7 @@ fn is_empty_dir(path: &Path) -> Result<bool> {
 fn tablespace_locations(
     manifest: &Manifest,
     map: &[(String, String)],
+    into: Option<&Path>,
 ) -> Result<BTreeMap<u32, String>> {
     for (old, new) in map {
         if !manifest.tablespaces.iter().any(|t| &t.location == old) {
@@ -114,7 +122,9 @@ fn tablespace_locations(
         let new = map
             .iter()
             .find(|(old, _)| old == &t.location)
-            .map_or(t.location.clone(), |(_, n)| n.clone());
+            .map(|(_, n)| n.clone())
+            .or_else(|| into.map(|dir| dir.join(t.oid.to_string()).to_string_lossy().into_owned()))
+            .unwrap_or_else(|| t.location.clone());
         if !is_empty_dir(Path::new(&new))? {
             bail!(
                 "tablespace {} would be restored into {new}, which is not empty; empty it or relocate it with --tablespace-map {}=NEWDIR",
@@ -222,6 +232,56 @@ struct Plan<'m> {
     locations: BTreeMap<u32, String>,
     in_place: bool,
     archiving: bool,
+    /// The databases whose files are written (`None`: all).
+    kept: Option<BTreeSet<u32>>,
+}
+
+impl Plan<'_> {
+    /// Whether `file` is restored empty: a relation file of a database left out.
+    fn hollow(&self, file: &FileEntry) -> bool {
+        self.kept
+            .as_ref()
+            .is_some_and(|kept| databases::is_hollow(file, kept))
+    }
+
+    /// Where `file` is restored: under its tablespace's location or the data directory.
+    fn root_of(&self, file: &FileEntry) -> PathBuf {
+        let tablespace = file
+            .path
+            .strip_prefix("pg_tblspc/")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|oid| oid.parse::<u32>().ok());
+        tablespace
+            .and_then(|oid| self.locations.get(&oid))
+            .map_or_else(|| self.pgdata.clone(), PathBuf::from)
+    }
+}
+
+/// Refuses a restore that would not fit: the bytes written to each file system (files
+/// at their full size, an upper bound where chunks of zeros become holes) against its
+/// free space.
+fn check_space(plan: &Plan) -> Result<()> {
+    let mut by_root: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    for file in plan.manifest.files.iter().filter(|f| !plan.hollow(f)) {
+        *by_root.entry(plan.root_of(file)).or_default() += file.size;
+    }
+    let mut need: BTreeMap<u64, (PathBuf, u64, u64)> = BTreeMap::new();
+    for (root, bytes) in by_root {
+        let (device, free) = crate::os::free_space(&root)?;
+        need.entry(device).or_insert((root, free, 0)).2 += bytes;
+    }
+    for (root, free, bytes) in need.values() {
+        if bytes > free {
+            bail!(
+                "restoring backup {} needs {} in {}, but its file system has {} free; free space there or restore elsewhere",
+                plan.manifest.label,
+                crate::engine::human_bytes(*bytes),
+                root.display(),
+                crate::engine::human_bytes(*free)
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn restore(
@@ -247,13 +307,19 @@ pub fn restore(
         .files
         .iter()
         .partition(|f| f.path == "global/pg_control");
-    progress.set_length(plan.manifest.size);
+    let (hollow, files): (Vec<&FileEntry>, Vec<&FileEntry>) =
+        files.into_iter().partition(|f| plan.hollow(f));
+    let bytes = files.iter().chain(&control).map(|f| f.size).sum();
+    progress.set_length(bytes);
     let use_syncfs = syncfs_reports_errors();
+    write_hollow(&plan, &hollow, !use_syncfs)?;
     write_files(ctx, &plan, &files, !use_syncfs, progress)?;
     if use_syncfs {
         filesystems.sync()?;
     }
-    if !plan.locations.is_empty() && !opts.tablespace_map.is_empty() {
+    if !plan.locations.is_empty()
+        && (!opts.tablespace_map.is_empty() || opts.tablespaces_into.is_some())
+    {
         write_tablespace_map(&plan)?;
     }
     write_recovery_settings(ctx, &plan.pgdata, plan.manifest, opts, plan.archiving)?;
@@ -267,8 +333,8 @@ pub fn restore(
     progress.finish_and_clear();
     Ok(RestoreSummary {
         label: plan.manifest.label.clone(),
-        bytes: plan.manifest.size,
-        files: plan.manifest.files.len(),
+        bytes,
+        files: plan.manifest.files.len() - hollow.len(),
         seconds: started.elapsed().as_secs_f64(),
         in_place: plan.in_place,
         archiving: plan.archiving,
@@ -344,18 +410,35 @@ fn plan<'m>(ctx: &Context, opts: &RestoreOptions, manifests: &'m [Manifest]) -> 
     if let Target::Time(t) = &opts.target {
         check_time_reachable(ctx, manifest, &paths, opts.timeline, t)?;
     }
-    let locations = tablespace_locations(manifest, &opts.tablespace_map)?;
+    let locations = tablespace_locations(
+        manifest,
+        &opts.tablespace_map,
+        opts.tablespaces_into.as_deref(),
+    )?;
     let chunks = ChunkStore::open(&ctx.repo)?;
     preflight(ctx, manifest, &chunks.index)?;
     let in_place = same_directory(&pgdata, &ctx.cluster.pgdata);
-    Ok(Plan {
+    let kept = opts.only_database.as_deref().and_then(|database| {
+        let kept = databases::kept(manifest, database);
+        if kept.is_none() {
+            tracing::warn!(
+                "backup {} does not list database {database} (it was created later, or the backup was made by an older pgkeep), so every database is restored",
+                manifest.label
+            );
+        }
+        kept
+    });
+    let plan = Plan {
         manifest,
         chunks,
         pgdata,
         locations,
         in_place,
         archiving: opts.archive.unwrap_or(in_place),
-    })
+        kept,
+    };
+    check_space(&plan)?;
+    Ok(plan)
 }
 
 /// Creates the data directory and the backup's directories, with tablespace links in

@@ -1,0 +1,149 @@
+//! The scratch server: PostgreSQL started on a restored directory, reachable only
+//! through a socket in the scratch directory, that recovers to the target and pauses
+//! there.
+//!
+//! Invariants: it never archives (`archive_mode = off` on its command line, which the
+//! restored configuration cannot override) and is never promoted (it pauses at the
+//! target), so it adds no timeline and nothing to the repository; it listens on no TCP
+//! port; it is a child of pgkeep (see [`crate::engine::scratch`]), so it dies with it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use indicatif::ProgressBar;
+
+use crate::engine::scratch::{self, Running};
+use crate::pg::conninfo::ConnParams;
+use crate::pg::session::Session;
+use crate::pg::tools::Tool;
+
+/// Its port only names the socket file, in a directory of its own.
+const PORT: u16 = 5432;
+const POLL: Duration = Duration::from_millis(100);
+
+pub struct ScratchServer {
+    running: Running,
+    socket_dir: PathBuf,
+    log: PathBuf,
+    user: String,
+}
+
+impl ScratchServer {
+    /// Starts `postgres` on `pgdata` (restored with a pausing target), with its socket
+    /// and log in `dir`.
+    pub fn start(postgres: &Tool, pgdata: &Path, dir: &Path, user: &str) -> Result<ScratchServer> {
+        let hba = dir.join("pg_hba.conf");
+        // Only this OS user can reach the socket (its directory is private).
+        fs::write(&hba, "local all all trust\n")?;
+        fs::write(dir.join("pg_ident.conf"), "")?;
+        let conf = pgdata.join("postgresql.conf");
+        if !conf.exists() {
+            // The cluster keeps its configuration elsewhere (Debian's /etc/postgresql).
+            fs::write(&conf, "")?;
+        }
+        let log = dir.join("server.log");
+        let mut cmd = Command::new(&postgres.path);
+        cmd.arg("-D").arg(pgdata);
+        let settings = [
+            ("listen_addresses", String::new()),
+            (
+                "unix_socket_directories",
+                dir.to_string_lossy().into_owned(),
+            ),
+            ("port", PORT.to_string()),
+            ("archive_mode", "off".into()),
+            ("hot_standby", "on".into()),
+            ("recovery_target_action", "pause".into()),
+            ("ssl", "off".into()),
+            ("hba_file", hba.to_string_lossy().into_owned()),
+            (
+                "ident_file",
+                dir.join("pg_ident.conf").to_string_lossy().into_owned(),
+            ),
+            // A scratch copy beside the live server must not take its memory.
+            ("shared_buffers", "128MB".into()),
+            ("huge_pages", "off".into()),
+            ("logging_collector", "off".into()),
+            ("log_destination", "stderr".into()),
+            ("cluster_name", "pgkeep-restore-table".into()),
+        ];
+        for (key, value) in settings {
+            cmd.arg("-c").arg(format!("{key}={value}"));
+        }
+        let output = fs::File::create(&log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output);
+        Ok(ScratchServer {
+            running: scratch::spawn(&mut cmd)?,
+            socket_dir: dir.to_path_buf(),
+            log,
+            user: user.to_string(),
+        })
+    }
+
+    /// Settings to connect to database `dbname` of the scratch server.
+    pub fn params(&self, dbname: &str) -> ConnParams {
+        ConnParams {
+            hosts: vec![self.socket_dir.to_string_lossy().into_owned()],
+            ports: vec![PORT],
+            user: self.user.clone(),
+            dbname: dbname.to_string(),
+            password: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            application_name: "pgkeep restore-table".into(),
+            options: None,
+            sslmode: "disable".into(),
+        }
+    }
+
+    /// Waits until the server is paused at the target and returns a session to
+    /// `dbname`. Fails, with the server's last words, if it stops first (a target it
+    /// cannot reach, a setting it refuses).
+    pub fn wait_paused(&mut self, dbname: &str, progress: &ProgressBar) -> Result<Session> {
+        progress.set_message("recovering to the target");
+        let mut session = loop {
+            self.check_alive()?;
+            match Session::connect(&self.params(dbname)) {
+                Ok(session) => break session,
+                Err(e)
+                    if format!("{e:#}")
+                        .contains(&format!("database \"{dbname}\" does not exist")) =>
+                {
+                    bail!(
+                        "database {dbname} did not exist at the target; choose another target or database"
+                    )
+                }
+                Err(_) => std::thread::sleep(POLL),
+            }
+        };
+        loop {
+            self.check_alive()?;
+            let state = session.rows(
+                "SELECT pg_get_wal_replay_pause_state(), coalesce(pg_last_wal_replay_lsn()::text, '')",
+            )?;
+            if state[0][0] == "paused" {
+                return Ok(session);
+            }
+            progress.set_message(format!(
+                "recovering to the target: replayed up to {}",
+                state[0][1]
+            ));
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.running.child().try_wait()? {
+            let log = fs::read(&self.log).unwrap_or_default();
+            bail!(
+                "the scratch server stopped ({status}) before it reached the target:\n{}",
+                scratch::messages(&log)
+            );
+        }
+        Ok(())
+    }
+}
