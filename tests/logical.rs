@@ -416,6 +416,17 @@ fn export_import(env: &Env, server: &Server, label: &str) {
             sql.to_str().unwrap(),
         ],
     );
+    // The directory dump as a tar archive (large object and all), for stock pg_restore.
+    let tar = env.path("export.tar");
+    env.pgkeep_ok(&[
+        "dump-export",
+        label,
+        "--format",
+        "tar",
+        "-f",
+        tar.to_str().unwrap(),
+    ]);
+    restored_by("from_tar", "pg_restore", &[tar.to_str().unwrap()]);
     let err = env.pgkeep_err(&["dump-export", label, "-f", dir.to_str().unwrap()]);
     assert!(err.contains("already exists"), "{err}");
 

@@ -46,19 +46,37 @@ fn indexes_of(server: &Server, db: &str, schema: &str, table: &str) -> String {
     )
 }
 
-/// Processes whose command line names `needle` (the scratch server's do: its data
-/// directory is on it).
-fn processes_naming(needle: &str) -> Vec<String> {
+/// Processes working in `dir` (PostgreSQL's all run in their data directory, and so do
+/// the restore_command calls of a scratch server), as "PID: command line".
+fn processes_in(dir: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) {
-                found.push(cmdline);
-            }
+        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
+            continue;
+        };
+        if cwd.starts_with(dir) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!(
+                "{}: {}",
+                entry.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
         }
     }
     found
+}
+
+/// Waits up to 10 s for the processes in `dir` to go.
+fn none_left_in(dir: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_in(dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left running: {:?}",
+            processes_in(dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Whatever is in `dir` (the scratch parent).
@@ -89,7 +107,10 @@ fn restore_table(pg: Pg) {
 
     let before_backup = server.sql("SELECT now()");
     let label = env.backup();
-    // Changes after the backup that the restore must replay, then the mark.
+    // Changes after the backup that the restore must replay, then the mark; the other
+    // database changes too (its files are restored empty, and replay must cope).
+    server.sql_db("bulk", "UPDATE filler SET pad = 'x' WHERE g % 100 = 0");
+    server.sql_db("bulk", "VACUUM filler");
     server.sql_db(
         "shop",
         "UPDATE app.orders SET note = 'changed ' || id WHERE id % 7 = 0",
@@ -227,13 +248,13 @@ fn restore_table(pg: Pg) {
     );
     assert!(entries(&scratch).is_empty(), "{:?}", entries(&scratch));
     assert!(
-        processes_naming(&scratch_arg).is_empty(),
+        processes_in(&scratch_arg).is_empty(),
         "{:?}",
-        processes_naming(&scratch_arg)
+        processes_in(&scratch_arg)
     );
 
-    to_file(&env, &server, &scratch_arg, &orders_at_mark);
     interrupted(&env, &scratch_arg);
+    to_file(&env, &server, &scratch_arg, &orders_at_mark);
     bad_input(&env, &server, &scratch_arg, &before_backup);
 }
 
@@ -293,11 +314,29 @@ fn to_file(env: &Env, server: &Server, scratch: &str, orders_at_mark: &str) {
     ]);
     let script = std::fs::read_to_string(&plain).unwrap();
     assert!(script.contains("CREATE TABLE app.orders"), "{script}");
+    // The directory a killed run left is gone with the next run.
+    assert!(
+        entries(Path::new(scratch)).is_empty(),
+        "{:?}",
+        entries(Path::new(scratch))
+    );
 }
 
 /// Interrupted while the scratch server recovers: the server and the directory go.
 fn interrupted(env: &Env, scratch: &str) {
-    for signal in [libc::SIGTERM, libc::SIGINT] {
+    let restoring = || {
+        entries(Path::new(scratch))
+            .iter()
+            .any(|e| e.starts_with("pgkeep-table-"))
+    };
+    let serving = || !processes_in(scratch).is_empty();
+    let cases: [(libc::c_int, &dyn Fn() -> bool); 4] = [
+        (libc::SIGTERM, &restoring),
+        (libc::SIGTERM, &serving),
+        (libc::SIGINT, &serving),
+        (libc::SIGKILL, &serving),
+    ];
+    for (signal, when) in cases {
         let mut child = as_postgres(&env.pgkeep)
             .arg("--config")
             .arg(&env.config)
@@ -319,34 +358,26 @@ fn interrupted(env: &Env, scratch: &str) {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
-        while processes_naming(&format!("{scratch}/pgkeep-table"))
-            .iter()
-            .all(|p| !p.contains("postgres"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the scratch server never started"
-            );
+        while !when() {
+            assert!(Instant::now() < deadline, "restore-table never got there");
             assert!(
                 child.try_wait().unwrap().is_none(),
-                "restore-table ended before its server started"
+                "restore-table ended before the signal"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
         unsafe { libc::kill(child.id() as i32, signal) };
-        let status = child.wait().unwrap();
-        assert!(!status.success());
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            processes_naming(scratch).is_empty(),
-            "{:?}",
-            processes_naming(scratch)
-        );
-        assert!(
-            entries(Path::new(scratch)).is_empty(),
-            "{:?}",
-            entries(Path::new(scratch))
-        );
+        assert!(!child.wait().unwrap().success());
+        // Killed outright, pgkeep leaves its directory to the next run, but the server
+        // shuts down on its own when its parent dies.
+        none_left_in(scratch);
+        if signal != libc::SIGKILL {
+            assert!(
+                entries(Path::new(scratch)).is_empty(),
+                "{signal}: {:?}",
+                entries(Path::new(scratch))
+            );
+        }
         assert!(!env.path("never.dump").exists());
     }
 }
@@ -372,6 +403,7 @@ fn bad_input(env: &Env, server: &Server, scratch: &str, before_backup: &str) {
         env.pgkeep_err(&a.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let tables = server.sql_db("shop", "SELECT count(*) FROM pg_class WHERE relkind = 'r'");
+    let repository = repository_objects(&env.repo);
 
     let taken = env.path("orders.dump");
     let into_shop = ["--target-name", "mark", "--into-database", "shop"];
@@ -431,6 +463,7 @@ fn bad_input(env: &Env, server: &Server, scratch: &str, before_backup: &str) {
     let e = err(&[&into_shop[..], &["--scratch-dir", &tiny_arg]].concat());
     run_ok(std::process::Command::new("umount").arg(&tiny));
     assert!(e.contains("free space there or restore elsewhere"), "{e}");
+    assert_eq!(repository_objects(&env.repo), repository);
 
     assert_eq!(
         server.sql_db("shop", "SELECT count(*) FROM pg_class WHERE relkind = 'r'"),

@@ -67,7 +67,14 @@ enum Command {
     /// Archive one WAL file (for archive_command = '... archive-push %p').
     ArchivePush { path: PathBuf },
     /// Fetch one archived WAL file (for restore_command = '... archive-get %f "%p"').
-    ArchiveGet { name: String, dest: PathBuf },
+    ArchiveGet {
+        name: String,
+        dest: PathBuf,
+        /// Fetch only this file, even with asynchronous archiving (no background
+        /// fetcher, no spool): for a scratch server that leaves nothing behind.
+        #[arg(long, hide = true)]
+        no_get_ahead: bool,
+    },
     /// The background pusher of asynchronous archive-push (started by archive-push).
     #[command(hide = true)]
     ArchivePusher { pg_wal: PathBuf },
@@ -624,8 +631,12 @@ fn run(cli: &Cli) -> Result<i32> {
             spool::run_fetcher(&spool, &repos, after, config.archive.get_ahead)?;
             Ok(0)
         }
-        Command::ArchiveGet { name, dest } => {
-            if config.archive.asynchronous {
+        Command::ArchiveGet {
+            name,
+            dest,
+            no_get_ahead,
+        } => {
+            if config.archive.asynchronous && !no_get_ahead {
                 // The spool only saves time: any trouble with it, and the repository serves.
                 let prefetched =
                     open_spool(cli, &config, &std::env::current_dir()?).and_then(|spool| {

@@ -2,13 +2,16 @@
 //! programs run as children.
 //!
 //! Invariants:
-//! - A child leads its own process group (so its workers, or a server's backends, stop
-//!   with it), is killed by the kernel if pgkeep dies (`PR_SET_PDEATHSIG`), and is killed
-//!   first if pgkeep is interrupted (SIGINT, SIGTERM), before its pipes close: pg_restore
-//!   takes the end of a pipe for the end of a table's data and commits what it has, and
-//!   an orphaned pg_dump holds its snapshot.
+//! - A child leads its own process group (so its workers stop with it), is stopped by
+//!   the kernel if pgkeep dies (`PR_SET_PDEATHSIG`), and is stopped first if pgkeep is
+//!   interrupted (SIGINT, SIGTERM, SIGHUP), before its pipes close: pg_restore takes the
+//!   end of a pipe for the end of a table's data and commits what it has, and an
+//!   orphaned pg_dump holds its snapshot. A client program's group is killed; a
+//!   PostgreSQL server, whose processes each lead a session of their own, gets SIGQUIT
+//!   (immediate shutdown: it stops every one of them) and is waited for.
 //! - A scratch directory is removed when dropped, by the signal handler when pgkeep is
-//!   interrupted (after the children are killed), and, if pgkeep was killed outright, by
+//!   interrupted (after the children have stopped; it is renamed first, so a thread
+//!   still writing finds nothing to write into), and, if pgkeep was killed outright, by
 //!   the next pgkeep that makes one in the same place.
 
 use std::ffi::{CString, c_char};
@@ -20,45 +23,63 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 
 use anyhow::{Context as _, Result, bail};
 
-/// At most this many children and scratch directories at once (a server and a client
-/// of it, each command's directory).
-const SLOTS: usize = 4;
+/// At most this many children and scratch directories at once (a `dump-restore --all`
+/// lays out every database's dump before it starts).
+const SLOTS: usize = 1024;
 
-/// Process groups of running children (0: free slot).
+/// Process groups of running children (0: free slot); a server's is negated.
 static GROUPS: [AtomicI32; SLOTS] = [const { AtomicI32::new(0) }; SLOTS];
-/// Paths of scratch directories (null: free slot). Each string is leaked on purpose:
-/// the signal handler may read it at any moment.
+/// Paths of scratch directories (null: free slot), and the name each is renamed to
+/// before it is removed. The strings are leaked on purpose: the signal handler may read
+/// them at any moment.
 static DIRECTORIES: [AtomicPtr<c_char>; SLOTS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
+static DOOMED: [AtomicPtr<c_char>; SLOTS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
+
+/// How a child is stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Kill its process group (client programs).
+    Kill,
+    /// SIGQUIT to it, then wait (a PostgreSQL server: immediate shutdown).
+    Quit,
+}
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    // SAFETY: kill, fork, execv, _exit, waitpid, signal and raise are async-signal-safe,
-    // and the argument strings are static or leaked.
+    // SAFETY: kill, waitpid, rename, the raw clone syscall, execv, _exit, signal and
+    // raise are async-signal-safe (the raw syscall skips glibc's fork handlers, which
+    // take locks), and the argument strings are static or leaked.
     unsafe {
         for group in &GROUPS {
-            let group = group.load(Ordering::SeqCst);
-            if group > 0 {
-                libc::kill(-group, libc::SIGKILL);
+            match group.load(Ordering::SeqCst) {
+                0 => {}
+                server if server < 0 => {
+                    libc::kill(-server, libc::SIGQUIT);
+                    libc::waitpid(-server, std::ptr::null_mut(), 0);
+                }
+                group => {
+                    libc::kill(-group, libc::SIGKILL);
+                }
             }
         }
-        for dir in &DIRECTORIES {
-            let dir = dir.load(Ordering::SeqCst);
-            if dir.is_null() {
+        for (dir, doomed) in DIRECTORIES.iter().zip(&DOOMED) {
+            let (dir, doomed) = (dir.load(Ordering::SeqCst), doomed.load(Ordering::SeqCst));
+            if dir.is_null() || doomed.is_null() || libc::rename(dir, doomed) != 0 {
                 continue;
             }
-            let pid = libc::fork();
+            let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0);
             if pid == 0 {
                 let argv = [
                     c"rm".as_ptr(),
                     c"-rf".as_ptr(),
                     c"--".as_ptr(),
-                    dir,
+                    doomed,
                     std::ptr::null(),
                 ];
                 libc::execv(c"/bin/rm".as_ptr(), argv.as_ptr());
                 libc::_exit(127);
             } else if pid > 0 {
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
             }
         }
         libc::signal(signal, libc::SIG_DFL);
@@ -71,8 +92,9 @@ fn install_handlers() {
     HANDLERS.call_once(|| {
         // SAFETY: installs a handler that only makes async-signal-safe calls.
         unsafe {
-            libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-            libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+            }
         }
     });
 }
@@ -85,10 +107,11 @@ fn claim<T>(slots: &[T], take: impl Fn(&T) -> bool) -> Result<usize> {
     }
 }
 
-/// A running child; dropping it kills what is left of its group.
+/// A running child; dropping it stops what is left of it.
 pub struct Running {
     child: Option<Child>,
     group: i32,
+    stop: Stop,
     slot: usize,
 }
 
@@ -97,12 +120,16 @@ impl Running {
         self.child.as_mut().expect("only output() takes the child")
     }
 
-    /// A function that kills the child's whole group at once (callable from any thread).
+    /// A function that stops the child at once: a client program's whole group, a
+    /// server by immediate shutdown (callable from any thread).
     pub fn killer(&self) -> impl Fn() + Sync + use<> {
-        let group = self.group;
-        // SAFETY: signals the group this child leads.
+        let (group, stop) = (self.group, self.stop);
+        // SAFETY: signals the child, or the group it leads.
         move || unsafe {
-            libc::kill(-group, libc::SIGKILL);
+            match stop {
+                Stop::Kill => libc::kill(-group, libc::SIGKILL),
+                Stop::Quit => libc::kill(group, libc::SIGQUIT),
+            };
         }
     }
 
@@ -125,31 +152,41 @@ impl Drop for Running {
     }
 }
 
-/// Starts `cmd` as such a child. Call it from a thread that outlives the child (the
-/// kernel's parent-death signal follows the spawning thread).
+/// Starts client program `cmd` as such a child (see [`spawn_as`]).
 pub fn spawn(cmd: &mut Command) -> Result<Running> {
+    spawn_as(cmd, Stop::Kill)
+}
+
+/// Starts `cmd` as such a child, stopped as `stop` says. Call it from a thread that
+/// outlives the child (the kernel's parent-death signal follows the spawning thread).
+pub fn spawn_as(cmd: &mut Command, stop: Stop) -> Result<Running> {
     install_handlers();
     cmd.process_group(0);
+    let death_signal = match stop {
+        Stop::Kill => libc::SIGKILL,
+        Stop::Quit => libc::SIGQUIT,
+    };
     // SAFETY: prctl is async-signal-safe, as pre_exec requires.
     unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal);
             Ok(())
         });
     }
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot run {}", cmd.get_program().to_string_lossy()))?;
-    let mut child = child;
     let group = child.id() as i32;
+    let marked = if stop == Stop::Quit { -group } else { group };
     let claimed = claim(&GROUPS, |g| {
-        g.compare_exchange(0, group, Ordering::SeqCst, Ordering::SeqCst)
+        g.compare_exchange(0, marked, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     });
     match claimed {
         Ok(slot) => Ok(Running {
             child: Some(child),
             group,
+            stop,
             slot,
         }),
         Err(e) => {
@@ -188,21 +225,27 @@ impl Scratch {
         install_handlers();
         remove_abandoned(parent);
         let random: [u8; 8] = crate::repo::encryption::random()?;
-        let path = std::path::absolute(parent)?.join(format!(
-            "pgkeep-{purpose}-{}-{}",
-            std::process::id(),
-            hex::encode(random)
-        ));
-        let name = CString::new(path.as_os_str().as_bytes())?.into_raw();
+        let named = |purpose: &str| -> Result<PathBuf> {
+            let name = format!(
+                "pgkeep-{purpose}-{}-{}",
+                std::process::id(),
+                hex::encode(random)
+            );
+            Ok(std::path::absolute(parent)?.join(name))
+        };
+        let path = named(purpose)?;
+        let leaked = |p: &Path| CString::new(p.as_os_str().as_bytes()).map(CString::into_raw);
+        let (c_path, c_doomed) = (leaked(&path)?, leaked(&named("gone")?)?);
         let slot = claim(&DIRECTORIES, |d| {
             d.compare_exchange(
                 std::ptr::null_mut(),
-                name,
+                c_path,
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             )
             .is_ok()
         })?;
+        DOOMED[slot].store(c_doomed, Ordering::SeqCst);
         let scratch = Scratch { path, slot };
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -232,6 +275,7 @@ impl Drop for Scratch {
             ),
         }
         DIRECTORIES[self.slot].store(std::ptr::null_mut(), Ordering::SeqCst);
+        DOOMED[self.slot].store(std::ptr::null_mut(), Ordering::SeqCst);
     }
 }
 

@@ -1,6 +1,7 @@
 //! `pgkeep dump-export`: writes a stored dump where the stock tools read it, so nothing
 //! is locked in: as the archive it is (a directory, or the one file of a custom, tar or
-//! plain archive), or as a plain SQL script that pg_restore writes from it.
+//! plain archive), a directory archive as a tar archive ([`tar`]), or as a plain SQL
+//! script that pg_restore writes from it.
 //!
 //! Invariant: nothing appears at the destination until it is whole: the export is
 //! written under a temporary name beside it, made durable, then renamed.
@@ -10,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::feed;
+use super::{feed, tar};
 use crate::engine::Context;
 use crate::engine::scratch::Scratch;
 use crate::pg::tools;
@@ -54,6 +55,9 @@ pub fn export(ctx: &Context, opts: &ExportOptions) -> Result<ExportReport> {
     let written = match (dump.format, format) {
         (from, to) if from == to => write_as_stored(&store, &dump, &partial),
         (_, ArchiveFormat::Plain) => write_script(ctx, &store, &dump, &partial),
+        (ArchiveFormat::Directory, ArchiveFormat::Tar) => {
+            tar::write_tar(&store, &dump, &pg_restore_for(ctx, &dump)?, &partial)
+        }
         (from, to) => bail!(
             "a {} dump cannot be exported as {} yet; export it as {}{}, which pg_restore and psql read",
             from.name(),
@@ -110,14 +114,19 @@ fn write_as_stored(store: &ChunkStore, dump: &DumpManifest, to: &Path) -> Result
     crate::os::sync_dir(to)
 }
 
-/// A plain SQL script, written by pg_restore from the archive.
-fn write_script(ctx: &Context, store: &ChunkStore, dump: &DumpManifest, to: &Path) -> Result<()> {
-    let pg_restore = tools::find(
+/// A pg_restore that reads `dump`.
+fn pg_restore_for(ctx: &Context, dump: &DumpManifest) -> Result<tools::Tool> {
+    tools::find(
         "pg_restore",
         dump.pg_dump_major,
         ctx.cluster.pg_bin.as_deref(),
         &format!("an archive of pg_dump {}", dump.pg_dump_major),
-    )?;
+    )
+}
+
+/// A plain SQL script, written by pg_restore from the archive.
+fn write_script(ctx: &Context, store: &ChunkStore, dump: &DumpManifest, to: &Path) -> Result<()> {
+    let pg_restore = pg_restore_for(ctx, dump)?;
     let scratch = Scratch::new("export")?;
     let laid = feed::lay_out(store, dump, scratch.path())?;
     let mut cmd = Command::new(&pg_restore.path);

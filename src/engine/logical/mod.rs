@@ -9,6 +9,7 @@ pub mod import;
 mod pipes;
 pub mod restore;
 mod store;
+mod tar;
 mod watch;
 
 /// `server_version_num` to its major version (150004 is 15).

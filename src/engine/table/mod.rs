@@ -151,6 +151,7 @@ pub fn restore_table(
     let postgres = server_program(ctx, major)?;
     let mut live = check_destination(ctx, opts, major)?;
     let scratch = Scratch::new_in(&opts.scratch_parent, "table")?;
+    server::check_socket_path(scratch.path())?;
     let pgdata = scratch.path().join("data");
     let restored = restore::restore(
         ctx,
@@ -168,7 +169,9 @@ pub fn restore_table(
         restore_bar,
     )?;
     let user = ctx.conn_params()?.user;
-    let mut server = ScratchServer::start(&postgres, &pgdata, scratch.path(), &user)?;
+    let restore_command = restore::restore_command(ctx, "--no-get-ahead ")?;
+    let mut server =
+        ScratchServer::start(&postgres, &pgdata, scratch.path(), &user, &restore_command)?;
     let mut at_target = server.wait_paused(&opts.database, progress)?;
     let as_of = at_target.rows(
         "SELECT coalesce(to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00'), ''), \

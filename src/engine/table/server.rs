@@ -4,8 +4,17 @@
 //!
 //! Invariants: it never archives (`archive_mode = off` on its command line, which the
 //! restored configuration cannot override) and is never promoted (it pauses at the
-//! target), so it adds no timeline and nothing to the repository; it listens on no TCP
-//! port; it is a child of pgkeep (see [`crate::engine::scratch`]), so it dies with it.
+//! target), so it adds no timeline and nothing to the repository; it runs none of the
+//! restored configuration's commands or files outside its directory; it listens on no
+//! TCP port; it is a child of pgkeep (see [`crate::engine::scratch`]), shut down
+//! immediately when pgkeep stops or dies.
+//!
+//! Other databases' relation files are empty (see `restore::databases`): a record that
+//! changes a page of one without a full-page image (setting a page all-visible, when
+//! neither checksums nor `wal_log_hints` are on) finds an empty page, which recovery
+//! counts as an invalid page and, at consistency, a reason to stop. Those pages are
+//! never read, so `ignore_invalid_pages` lets it go on, as pgBackRest's users of
+//! `--db-include` do.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,14 +24,29 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use indicatif::ProgressBar;
 
-use crate::engine::scratch::{self, Running};
+use crate::engine::scratch::{self, Running, Stop};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::session::Session;
 use crate::pg::tools::Tool;
 
 /// Its port only names the socket file, in a directory of its own.
 const PORT: u16 = 5432;
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(50);
+/// The longest Unix socket path (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Refuses a scratch directory whose socket path would be too long, before anything is
+/// restored into it.
+pub fn check_socket_path(dir: &Path) -> Result<()> {
+    let socket = dir.join(format!(".s.PGSQL.{PORT}"));
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        bail!(
+            "the scratch server's socket {} would be longer than {MAX_SOCKET_PATH} bytes; choose a shorter --scratch-dir",
+            socket.display()
+        );
+    }
+    Ok(())
+}
 
 pub struct ScratchServer {
     running: Running,
@@ -33,8 +57,14 @@ pub struct ScratchServer {
 
 impl ScratchServer {
     /// Starts `postgres` on `pgdata` (restored with a pausing target), with its socket
-    /// and log in `dir`.
-    pub fn start(postgres: &Tool, pgdata: &Path, dir: &Path, user: &str) -> Result<ScratchServer> {
+    /// and log in `dir`, fetching WAL with `restore_command`.
+    pub fn start(
+        postgres: &Tool,
+        pgdata: &Path,
+        dir: &Path,
+        user: &str,
+        restore_command: &str,
+    ) -> Result<ScratchServer> {
         let hba = dir.join("pg_hba.conf");
         // Only this OS user can reach the socket (its directory is private).
         fs::write(&hba, "local all all trust\n")?;
@@ -48,6 +78,7 @@ impl ScratchServer {
         let mut cmd = Command::new(&postgres.path);
         cmd.arg("-D").arg(pgdata);
         let settings = [
+            ("data_directory", pgdata.to_string_lossy().into_owned()),
             ("listen_addresses", String::new()),
             (
                 "unix_socket_directories",
@@ -57,6 +88,11 @@ impl ScratchServer {
             ("archive_mode", "off".into()),
             ("hot_standby", "on".into()),
             ("recovery_target_action", "pause".into()),
+            ("restore_command", restore_command.into()),
+            ("ignore_invalid_pages", "on".into()),
+            ("archive_cleanup_command", String::new()),
+            ("recovery_end_command", String::new()),
+            ("external_pid_file", String::new()),
             ("ssl", "off".into()),
             ("hba_file", hba.to_string_lossy().into_owned()),
             (
@@ -78,7 +114,7 @@ impl ScratchServer {
             .stdout(output.try_clone()?)
             .stderr(output);
         Ok(ScratchServer {
-            running: scratch::spawn(&mut cmd)?,
+            running: scratch::spawn_as(&mut cmd, Stop::Quit)?,
             socket_dir: dir.to_path_buf(),
             log,
             user: user.to_string(),
@@ -105,19 +141,13 @@ impl ScratchServer {
     /// cannot reach, a setting it refuses).
     pub fn wait_paused(&mut self, dbname: &str, progress: &ProgressBar) -> Result<Session> {
         progress.set_message("recovering to the target");
+        // template1 is always restored; the database may be created on the way.
         let mut session = loop {
             self.check_alive()?;
-            match Session::connect(&self.params(dbname)) {
+            match Session::connect(&self.params("template1")) {
                 Ok(session) => break session,
-                Err(e)
-                    if format!("{e:#}")
-                        .contains(&format!("database \"{dbname}\" does not exist")) =>
-                {
-                    bail!(
-                        "database {dbname} did not exist at the target; choose another target or database"
-                    )
-                }
-                Err(_) => std::thread::sleep(POLL),
+                Err(e) if still_starting(&format!("{e:#}")) => std::thread::sleep(POLL),
+                Err(e) => return Err(e.context("cannot connect to the scratch server")),
             }
         };
         loop {
@@ -126,7 +156,7 @@ impl ScratchServer {
                 "SELECT pg_get_wal_replay_pause_state(), coalesce(pg_last_wal_replay_lsn()::text, '')",
             )?;
             if state[0][0] == "paused" {
-                return Ok(session);
+                break;
             }
             progress.set_message(format!(
                 "recovering to the target: replayed up to {}",
@@ -134,6 +164,16 @@ impl ScratchServer {
             ));
             std::thread::sleep(POLL);
         }
+        let exists = session.text_with(
+            "SELECT count(*)::text FROM pg_database WHERE datname = $1",
+            &[dbname],
+        )?;
+        if exists == "0" {
+            bail!(
+                "database {dbname} did not exist at the target; choose another target or database"
+            );
+        }
+        Session::connect(&self.params(dbname))
     }
 
     fn check_alive(&mut self) -> Result<()> {
@@ -146,4 +186,17 @@ impl ScratchServer {
         }
         Ok(())
     }
+}
+
+/// Whether a connection error only says the server is not ready yet: no socket yet, or
+/// not consistent yet.
+fn still_starting(error: &str) -> bool {
+    [
+        "No such file or directory",
+        "Connection refused",
+        "starting up",
+        "not yet accepting connections",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
 }

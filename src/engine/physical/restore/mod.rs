@@ -33,6 +33,8 @@ mod databases;
 mod files;
 mod settings;
 
+pub use self::settings::restore_command;
+
 pub struct RestoreOptions {
     pub pgdata: PathBuf,
     pub backup: Option<String>,

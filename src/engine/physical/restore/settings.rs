@@ -70,21 +70,14 @@ pub(super) fn write_recovery_settings(
     if !archiving {
         text.push_str(&format!("archive_mode = 'off' {ARCHIVE_OFF_MARK}\n"));
     }
-    // Restored from another than the first repository (which failed, or was passed
-    // over by --repo): recovery reads WAL from that one only.
-    let mut pgkeep = ctx.self_command()?;
-    if ctx.repo_number != 1 {
-        pgkeep.push_str(&format!(" --repo {}", ctx.repo_number));
-    }
     if ctx.config.archive.asynchronous
         && let Err(e) = spool::clear_prefetched(&ctx.config.archive, ctx.cluster_name, pgdata)
     {
         tracing::warn!("{e:#}; remove it before starting the restored server");
     }
-    let restore_command = format!("{} archive-get %f \"%p\"", guc::escape_percent(&pgkeep));
     text.push_str(&format!(
         "restore_command = {}\n",
-        guc::quote(&restore_command)
+        guc::quote(&restore_command(ctx, "")?)
     ));
     let target = match &opts.target {
         Target::End => None,
@@ -118,6 +111,20 @@ pub(super) fn write_recovery_settings(
     let signal = pgdata.join("recovery.signal");
     File::create(&signal)?.sync_all()?;
     Ok(())
+}
+
+/// The `restore_command` that fetches WAL from this repository, with `options` for
+/// archive-get. Restored from another than the first repository (which failed, or was
+/// passed over by --repo), recovery reads WAL from that one only.
+pub fn restore_command(ctx: &Context, options: &str) -> Result<String> {
+    let mut pgkeep = ctx.self_command()?;
+    if ctx.repo_number != 1 {
+        pgkeep.push_str(&format!(" --repo {}", ctx.repo_number));
+    }
+    Ok(format!(
+        "{} archive-get {options}%f \"%p\"",
+        guc::escape_percent(&pgkeep)
+    ))
 }
 
 /// `tablespace_map` naming the tablespaces' new locations.
