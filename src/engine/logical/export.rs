@@ -1,6 +1,6 @@
 //! `pgkeep dump-export`: writes a stored dump where the stock tools read it, so nothing
 //! is locked in: as the archive it is (a directory, or the one file of a custom, tar or
-//! plain archive), a directory archive as a tar archive ([`tar`]), or as a plain SQL
+//! plain archive), a directory archive as a tar or custom archive ([`convert`]), or as a plain SQL
 //! script that pg_restore writes from it.
 //!
 //! Invariant: nothing appears at the destination until it is whole: the export is
@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{feed, tar};
+use super::{convert, feed};
 use crate::engine::Context;
 use crate::engine::scratch::Scratch;
 use crate::pg::tools;
@@ -55,8 +55,8 @@ pub fn export(ctx: &Context, opts: &ExportOptions) -> Result<ExportReport> {
     let written = match (dump.format, format) {
         (from, to) if from == to => write_as_stored(&store, &dump, &partial),
         (_, ArchiveFormat::Plain) => write_script(ctx, &store, &dump, &partial),
-        (ArchiveFormat::Directory, ArchiveFormat::Tar) => {
-            tar::write_tar(&store, &dump, &pg_restore_for(ctx, &dump)?, &partial)
+        (ArchiveFormat::Directory, ArchiveFormat::Tar | ArchiveFormat::Custom) => {
+            convert::write(&store, &dump, format, &partial)
         }
         (from, to) => bail!(
             "a {} dump cannot be exported as {} yet; export it as {}{}, which pg_restore and psql read",

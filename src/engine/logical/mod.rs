@@ -2,6 +2,7 @@
 //! restored through pg_restore or psql (`restore`) and written out for the stock tools
 //! (`export`), both fed from the repository (`feed`, `pipes`).
 
+mod convert;
 pub mod dump;
 pub mod export;
 mod feed;
@@ -9,7 +10,6 @@ pub mod import;
 mod pipes;
 pub mod restore;
 mod store;
-mod tar;
 mod watch;
 
 /// `server_version_num` to its major version (150004 is 15).

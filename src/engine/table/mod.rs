@@ -149,7 +149,7 @@ pub fn restore_table(
     }
     let major = ctx.repo.require_info()?.pg_version / 10000;
     let postgres = server_program(ctx, major)?;
-    let mut live = check_destination(ctx, opts, major)?;
+    check_destination(ctx, opts, major)?;
     let scratch = Scratch::new_in(&opts.scratch_parent, "table")?;
     server::check_socket_path(scratch.path())?;
     let pgdata = scratch.path().join("data");
@@ -181,17 +181,19 @@ pub fn restore_table(
     let (as_of_time, stamp, lsn) = (&as_of[0][0], &as_of[0][1], &as_of[0][2]);
     let def = definition::read(&mut at_target, &opts.table)?;
     progress.set_message(format!("copying {}", opts.table));
-    let (written_to, rows) = match (&opts.destination, live.as_mut()) {
-        (Destination::Database { name, .. }, Some(live)) => {
+    let (written_to, rows) = match &opts.destination {
+        Destination::Database { database, name } => {
             let copy = copy_name(&opts.table, name.as_deref(), stamp)?;
-            let rows = definition::create_copy(&mut at_target, live, &opts.table, &def, &copy)?;
+            // A new session: the one that checked may have timed out during the restore.
+            let mut live = connect_live(ctx, database)?;
+            let rows =
+                definition::create_copy(&mut at_target, &mut live, &opts.table, &def, &copy)?;
             (copy.to_string(), Some(rows))
         }
-        (Destination::File { path, format }, _) => {
+        Destination::File { path, format } => {
             dump_to_file(ctx, &server, opts, major, path, format)?;
             (path.display().to_string(), None)
         }
-        (Destination::Database { .. }, None) => unreachable!("checked before the restore"),
     };
     drop(at_target);
     drop(server);
@@ -256,13 +258,15 @@ fn copy_name(table: &TableName, name: Option<&str>, stamp: &str) -> Result<Table
     }
 }
 
-/// Checks the destination before anything is restored; for a database, returns the
-/// session to it.
-fn check_destination(
-    ctx: &Context,
-    opts: &RestoreTableOptions,
-    major: u32,
-) -> Result<Option<Session>> {
+/// A session to database `database` of the live cluster.
+fn connect_live(ctx: &Context, database: &str) -> Result<Session> {
+    let mut params = ctx.conn_params()?;
+    params.dbname = database.to_string();
+    Session::connect(&params)
+}
+
+/// Checks the destination before anything is restored.
+fn check_destination(ctx: &Context, opts: &RestoreTableOptions, major: u32) -> Result<()> {
     match &opts.destination {
         Destination::File { path, format } => {
             if !["plain", "custom"].contains(&format.as_str()) {
@@ -285,12 +289,10 @@ fn check_destination(
                 );
             }
             dump_tool(ctx, major)?;
-            Ok(None)
+            Ok(())
         }
         Destination::Database { database, name } => {
-            let mut params = ctx.conn_params()?;
-            params.dbname = database.clone();
-            let mut live = Session::connect(&params)?;
+            let mut live = connect_live(ctx, database)?;
             let copy = copy_name(&opts.table, name.as_deref(), "00000000000000")?;
             let schema_there = live.text_with(
                 "SELECT count(*)::text FROM pg_namespace WHERE nspname = $1",
@@ -313,7 +315,7 @@ fn check_destination(
                     );
                 }
             }
-            Ok(Some(live))
+            Ok(())
         }
     }
 }
