@@ -716,4 +716,4 @@ fn bad_input(env: &Env, server: &Server) {
     );
 }
 
-on_each_version!(logical);
+on_every_version!(logical);

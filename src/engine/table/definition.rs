@@ -144,7 +144,8 @@ fn columns(session: &mut Session, oid: &str) -> Result<Vec<Column>> {
                 JOIN pg_namespace sn ON sn.oid = s.relnamespace JOIN pg_sequence q ON q.seqrelid = s.oid \
                 WHERE dp.classid = 'pg_class'::regclass AND dp.refclassid = 'pg_class'::regclass \
                   AND dp.refobjid = a.attrelid AND dp.refobjsubid = a.attnum \
-                  AND dp.deptype IN ('a', 'i') ORDER BY s.oid LIMIT 1) sq ON true \
+                  AND dp.deptype = CASE WHEN a.attidentity <> '' THEN 'i' ELSE 'a' END \
+                ORDER BY s.oid LIMIT 1) sq ON true \
          WHERE a.attrelid = $1::text::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
         &[oid],
     )?;

@@ -170,8 +170,15 @@ pub fn restore_table(
     )?;
     let user = ctx.conn_params()?.user;
     let restore_command = restore::restore_command(ctx, "--no-get-ahead ")?;
-    let mut server =
-        ScratchServer::start(&postgres, &pgdata, scratch.path(), &user, &restore_command)?;
+    let live_settings = live_standby_settings(ctx)?;
+    let mut server = ScratchServer::start(
+        &postgres,
+        &pgdata,
+        scratch.path(),
+        &user,
+        &restore_command,
+        &live_settings,
+    )?;
     let mut at_target = server.wait_paused(&opts.database, progress)?;
     let as_of = at_target.rows(
         "SELECT coalesce(to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US+00'), ''), \
@@ -215,6 +222,20 @@ pub fn restore_table(
         },
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The live server's values of the settings a hot standby needs as high.
+fn live_standby_settings(ctx: &Context) -> Result<Vec<u64>> {
+    let mut session = ctx.connect()?;
+    server::STANDBY_SETTINGS
+        .iter()
+        .map(|(_, setting)| {
+            let value = session.setting(setting)?;
+            value
+                .parse()
+                .with_context(|| format!("{setting} is '{value}', not a number"))
+        })
+        .collect()
 }
 
 /// The server program of the cluster's major version.

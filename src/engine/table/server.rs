@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use indicatif::ProgressBar;
 
 use crate::engine::scratch::{self, Running, Stop};
@@ -57,13 +57,15 @@ pub struct ScratchServer {
 
 impl ScratchServer {
     /// Starts `postgres` on `pgdata` (restored with a pausing target), with its socket
-    /// and log in `dir`, fetching WAL with `restore_command`.
+    /// and log in `dir`, fetching WAL with `restore_command`; `live` holds the live
+    /// server's values of the settings [`STANDBY_SETTINGS`] names.
     pub fn start(
         postgres: &Tool,
         pgdata: &Path,
         dir: &Path,
         user: &str,
         restore_command: &str,
+        live: &[u64],
     ) -> Result<ScratchServer> {
         let hba = dir.join("pg_hba.conf");
         // Only this OS user can reach the socket (its directory is private).
@@ -77,6 +79,17 @@ impl ScratchServer {
         let log = dir.join("server.log");
         let mut cmd = Command::new(&postgres.path);
         cmd.arg("-D").arg(pgdata);
+        let restored = standby_minimums(postgres, pgdata)?;
+        for (i, (_, setting)) in STANDBY_SETTINGS.iter().enumerate() {
+            let value = restored[i].max(live.get(i).copied().unwrap_or(0));
+            if value > 0 {
+                cmd.arg("-c").arg(format!("{setting}={value}"));
+            }
+        }
+        if postgres.major <= 15 {
+            // A standby's trigger file must not promote it (the setting is gone in 16).
+            cmd.arg("-c").arg("promote_trigger_file=");
+        }
         let settings = [
             ("data_directory", pgdata.to_string_lossy().into_owned()),
             ("listen_addresses", String::new()),
@@ -93,6 +106,9 @@ impl ScratchServer {
             ("archive_cleanup_command", String::new()),
             ("recovery_end_command", String::new()),
             ("external_pid_file", String::new()),
+            ("recovery_min_apply_delay", "0".into()),
+            // Its log is read for why it paused.
+            ("lc_messages", "C".into()),
             ("ssl", "off".into()),
             ("hba_file", hba.to_string_lossy().into_owned()),
             (
@@ -156,6 +172,7 @@ impl ScratchServer {
                 "SELECT pg_get_wal_replay_pause_state(), coalesce(pg_last_wal_replay_lsn()::text, '')",
             )?;
             if state[0][0] == "paused" {
+                self.check_at_target()?;
                 break;
             }
             progress.set_message(format!(
@@ -174,6 +191,19 @@ impl ScratchServer {
             );
         }
         Session::connect(&self.params(dbname))
+    }
+
+    /// A pause is the target only if recovery says it stopped there: it also pauses when
+    /// the WAL raises a setting above the server's (PostgreSQL 14+).
+    fn check_at_target(&self) -> Result<()> {
+        let log = String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned();
+        if log.contains("recovery stopping") {
+            return Ok(());
+        }
+        bail!(
+            "the scratch server paused before it reached the target:\n{}",
+            scratch::messages(log.as_bytes())
+        )
     }
 
     fn check_alive(&mut self) -> Result<()> {
@@ -199,4 +229,44 @@ fn still_starting(error: &str) -> bool {
     ]
     .iter()
     .any(|m| error.contains(m))
+}
+
+/// The settings a hot standby needs at least as high as the primary had them when it
+/// wrote the WAL being replayed (pg_controldata's names, the settings'). Recovery stops
+/// (or, from PostgreSQL 14, pauses) where they are lower, so the scratch server takes
+/// the higher of the restored `pg_control`'s values and the live server's now: a
+/// restored configuration from elsewhere (or none), or one raised since the backup,
+/// cannot stop it.
+pub const STANDBY_SETTINGS: [(&str, &str); 5] = [
+    ("max_connections setting:", "max_connections"),
+    ("max_worker_processes setting:", "max_worker_processes"),
+    ("max_wal_senders setting:", "max_wal_senders"),
+    ("max_prepared_xacts setting:", "max_prepared_transactions"),
+    ("max_locks_per_xact setting:", "max_locks_per_transaction"),
+];
+
+/// The restored `pg_control`'s values of [`STANDBY_SETTINGS`] (0 where it has none).
+fn standby_minimums(postgres: &Tool, pgdata: &Path) -> Result<Vec<u64>> {
+    let program = postgres.path.with_file_name("pg_controldata");
+    let output = Command::new(&program)
+        .arg(pgdata)
+        .env("LC_ALL", "C")
+        .output()
+        .with_context(|| format!("cannot run {}", program.display()))?;
+    if !output.status.success() {
+        bail!(
+            "pg_controldata cannot read the restored directory: {}",
+            scratch::messages(&output.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(STANDBY_SETTINGS
+        .iter()
+        .map(|(label, _)| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(label))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        })
+        .collect())
 }
