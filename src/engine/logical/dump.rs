@@ -10,13 +10,14 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Utc};
 
 use super::{major_of, store};
-use crate::engine::Context;
 use crate::engine::scratch::{self, Scratch};
+use crate::engine::{Context, parallel_map};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::session::Session;
 use crate::pg::tools;
@@ -36,7 +37,8 @@ pub enum Scope {
 pub struct DumpOptions {
     pub scope: Scope,
     pub selection: Selection,
-    /// pg_dump's `--jobs`, and the threads that store the files.
+    /// pg_dump's `--jobs`, and the threads that store the files; with `All`, shared
+    /// among databases dumped side by side.
     pub jobs: usize,
 }
 
@@ -78,7 +80,8 @@ pub fn dump(ctx: &Context, opts: &DumpOptions) -> Result<Vec<DumpReport>> {
                     "database '{db}' does not exist on the server (or takes no connections); `psql -l` lists the databases"
                 );
             }
-            Ok(vec![dump_database(ctx, &server, db, opts, None)?])
+            let labels = Labels::default();
+            Ok(vec![dump_database(ctx, &server, db, opts, None, &labels)?])
         }
         Scope::GlobalsOnly => Ok(vec![dump_globals(ctx, &server, None)?]),
         Scope::All => {
@@ -86,10 +89,18 @@ pub fn dump(ctx: &Context, opts: &DumpOptions) -> Result<Vec<DumpReport>> {
             // is published last, so a run that fails part-way has no head and cannot
             // be taken for a whole one.
             let head = ctx.new_label("-dump")?;
-            let mut reports = Vec::new();
-            for db in &server.databases {
-                reports.push(dump_database(ctx, &server, db, opts, Some(&head))?);
-            }
+            let labels = Labels(Mutex::new(vec![head.clone()]));
+            // Up to `jobs` databases side by side, the jobs shared among them.
+            let side_by_side = opts.jobs.clamp(1, server.databases.len().max(1));
+            let each = DumpOptions {
+                scope: opts.scope.clone(),
+                selection: opts.selection.clone(),
+                jobs: (opts.jobs / side_by_side).max(1),
+            };
+            let mut reports = parallel_map(server.databases.clone(), side_by_side, |db, _| {
+                dump_database(ctx, &server, &db, &each, Some(&head), &labels)
+            })?;
+            reports.sort_by(|a, b| a.database.cmp(&b.database));
             reports.insert(0, dump_globals(ctx, &server, Some(&head))?);
             Ok(reports)
         }
@@ -130,6 +141,20 @@ fn tool_for(ctx: &Context, server: &Server, name: &str) -> Result<tools::Tool> {
     )
 }
 
+/// Labels chosen for dumps not published yet: dumps started in the same second must
+/// not take the same one.
+#[derive(Default)]
+struct Labels(Mutex<Vec<String>>);
+
+impl Labels {
+    fn take(&self, ctx: &Context) -> Result<String> {
+        let mut taken = self.0.lock().expect("no holder panics");
+        let label = ctx.new_label_besides("-dump", &taken)?;
+        taken.push(label.clone());
+        Ok(label)
+    }
+}
+
 /// Dumps one database (directory format), part of set `set` if given.
 fn dump_database(
     ctx: &Context,
@@ -137,13 +162,13 @@ fn dump_database(
     database: &str,
     opts: &DumpOptions,
     set: Option<&str>,
+    labels: &Labels,
 ) -> Result<DumpReport> {
     let pg_dump = tool_for(ctx, server, "pg_dump")?;
     let scratch = Scratch::new("dump")?;
     let archive = scratch.path().join("archive");
     let start_time = Utc::now();
-    let head: Vec<String> = set.into_iter().map(str::to_string).collect();
-    let label = ctx.new_label_besides("-dump", &head)?;
+    let label = labels.take(ctx)?;
     let _data = ctx.repo.lock_data_shared()?;
     let store = ChunkStore::open(&ctx.repo)?;
     let cmd = pg_dump_command(&pg_dump, &server.conn, database, opts, &archive);
