@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub archive: ArchiveConfig,
     #[serde(default)]
+    pub receive: ReceiveConfig,
+    #[serde(default)]
     pub cluster: BTreeMap<String, ClusterConfig>,
     /// Absolute path of the file this came from, for `archive_command` and
     /// `restore_command` lines.
@@ -254,6 +256,23 @@ fn default_push_timeout() -> u64 {
 
 fn default_get_ahead() -> usize {
     8
+}
+
+/// `[receive]`: how `receive-wal` streams WAL from the server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveConfig {
+    /// The physical replication slot (created if missing); unset, `pgkeep_CLUSTER`.
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// Local directory for the segment being streamed and those not yet stored; unset,
+    /// `SPOOL_PATH/CLUSTER/receive`.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// Confirm each flush at once, so that the receiver can be a synchronous standby
+    /// (named in `synchronous_standby_names` by its `application_name`).
+    #[serde(default)]
+    pub synchronous: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,7 @@ use crate::engine::physical::restore::{self, RestoreOptions};
 use crate::engine::physical::target::{self, Target, TimelineChoice};
 use crate::engine::repositories::Repositories;
 use crate::engine::retention::expire;
-use crate::engine::wal::{archive, spool};
+use crate::engine::wal::{archive, receive, spool};
 use crate::engine::{Context, human_bytes, info, setup, verify};
 use crate::repo::OpenMode;
 use crate::repo::encryption::secret::SecretSource;
@@ -81,6 +81,17 @@ enum Command {
     /// The background WAL fetcher of asynchronous archive-get (started by archive-get).
     #[command(hide = true)]
     ArchiveFetcher { after: String },
+    /// Stream WAL from the server into the repository over a replication slot (runs in
+    /// the foreground until SIGINT or SIGTERM, reconnecting when the server goes away).
+    ReceiveWal {
+        /// Confirm each flush at once, to serve as a synchronous standby (also
+        /// `[receive] synchronous`).
+        #[arg(long)]
+        synchronous: bool,
+        /// Seconds between status updates to the server.
+        #[arg(long, default_value_t = 10)]
+        status_interval: u64,
+    },
     /// Restore a backup into a new data directory, set up to recover to a target.
     Restore(Box<RestoreArgs>),
     /// Show backups, the WAL archive and the recoverable window.
@@ -655,6 +666,29 @@ fn run(cli: &Cli) -> Result<i32> {
                 tracing::info!("{name} is not in the archive");
                 return Ok(1);
             }
+            Ok(0)
+        }
+        Command::ReceiveWal {
+            synchronous,
+            status_interval,
+        } => {
+            let (cluster, settings) = config.select_cluster(cli.cluster.as_deref())?;
+            let receive = &config.receive;
+            let options = receive::ReceiveOptions {
+                slot: receive
+                    .slot
+                    .clone()
+                    .unwrap_or_else(|| receive::default_slot(cluster)),
+                directory: receive
+                    .directory
+                    .clone()
+                    .unwrap_or_else(|| config.archive.spool_path.join(cluster).join("receive")),
+                synchronous: *synchronous || receive.synchronous,
+                status_interval: std::time::Duration::from_secs((*status_interval).max(1)),
+            };
+            let params = crate::pg::conninfo::resolve(&settings.connection)?;
+            let stop = receive::stop_on_signals();
+            receive::receive(&all_repositories(cli, &config), &params, &options, stop)?;
             Ok(0)
         }
         Command::Restore(args) => run_restore(cli, &config, args),

@@ -2,5 +2,6 @@
 //! PostgreSQL's own client programs.
 
 pub mod conninfo;
+pub mod replication;
 pub mod session;
 pub mod tools;

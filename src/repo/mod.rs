@@ -11,6 +11,7 @@
 //! CLUSTER/packs/XX/HASH.damaged        chunks whose copies in that pack are corrupt
 //! CLUSTER/wal/TTTTTTTT/NAME            WAL segments, .partial and .backup files
 //! CLUSTER/wal/history/TTTTTTTT.history timeline history files
+//! CLUSTER/streamed/NAME                receive-wal's newest copy of a segment still being streamed
 //! CLUSTER/pins/LABEL                   pinned backups
 //! CLUSTER/wal-window                   time before which backups keep only their own WAL
 //! CLUSTER/wal-floor                    (older repositories) segment below which likewise
@@ -467,6 +468,37 @@ impl ClusterRepo {
         match WalFile::parse(name) {
             Some(file) => self.wal_key(&file, name),
             None => name.to_string(),
+        }
+    }
+
+    /// receive-wal's copy of segment `name` as far as it was streamed (an encoded
+    /// object, zero-padded to the segment size), replacing the previous copy.
+    pub fn put_streamed(&self, name: &str, object: &[u8]) -> Result<()> {
+        self.storage.put(&self.streamed_key(name)?, object)
+    }
+
+    /// The streamed copy of segment `name`, checked; `None` if there is none.
+    pub fn get_streamed(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.streamed_key(name)?;
+        match self.storage.get(&key)? {
+            None => Ok(None),
+            Some(obj) => {
+                Ok(Some(object::decode(&obj).with_context(|| {
+                    format!("streamed WAL {name} ({key}) is corrupt")
+                })?))
+            }
+        }
+    }
+
+    /// Removes the streamed copy of segment `name` (once the whole segment is archived).
+    pub fn delete_streamed(&self, name: &str) -> Result<()> {
+        self.storage.delete(&self.streamed_key(name)?)
+    }
+
+    fn streamed_key(&self, name: &str) -> Result<String> {
+        match WalFile::parse(name) {
+            Some(WalFile::Segment { .. }) => Ok(self.key(&format!("streamed/{name}"))),
+            _ => bail!("'{name}' is not a WAL segment name"),
         }
     }
 

@@ -108,10 +108,24 @@ pub fn store(ctx: &Context, name: &str, file: &WalFile, data: &[u8]) -> Result<(
 }
 
 /// Fetches one archived WAL file to `dest`. `Ok(false)` when it is not in the archive,
-/// which PostgreSQL treats as the normal end of archived WAL.
+/// which PostgreSQL treats as the normal end of archived WAL. A segment not archived
+/// whole comes from receive-wal's streamed copy if there is one: recovery replays it to
+/// where streaming stopped, so nothing the receiver confirmed is missing.
 pub fn get(ctx: &Context, name: &str, dest: &Path) -> Result<bool> {
-    let Some(data) = ctx.repo.get_wal(name)? else {
-        return Ok(false);
+    let data = match ctx.repo.get_wal(name)? {
+        Some(data) => data,
+        None if matches!(WalFile::parse(name), Some(WalFile::Segment { .. })) => {
+            match ctx.repo.get_streamed(name)? {
+                Some(data) => {
+                    tracing::info!(
+                        "{name} is not archived whole; using receive-wal's streamed copy"
+                    );
+                    data
+                }
+                None => return Ok(false),
+            }
+        }
+        None => return Ok(false),
     };
     let dir = dest
         .parent()

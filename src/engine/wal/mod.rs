@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod need;
+pub mod receive;
 pub mod scan;
 pub mod spool;
 pub mod timelines;
