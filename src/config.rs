@@ -259,7 +259,7 @@ fn default_get_ahead() -> usize {
 }
 
 /// `[receive]`: how `receive-wal` streams WAL from the server.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiveConfig {
     /// The physical replication slot (created if missing); unset, `pgkeep_CLUSTER`.
@@ -273,6 +273,26 @@ pub struct ReceiveConfig {
     /// (named in `synchronous_standby_names` by its `application_name`).
     #[serde(default)]
     pub synchronous: bool,
+    /// MiB of WAL held for the slot on the server above which receive-wal and `info`
+    /// raise the alarm (the server's disk matters more than the backup).
+    #[serde(default = "default_warn_slot_wal_mb")]
+    pub warn_slot_wal_mb: u64,
+}
+
+impl Default for ReceiveConfig {
+    fn default() -> Self {
+        ReceiveConfig {
+            slot: None,
+            directory: None,
+            synchronous: false,
+            warn_slot_wal_mb: default_warn_slot_wal_mb(),
+        }
+    }
+}
+
+/// 16 GiB: a thousand segments, hours of a busy server's WAL.
+fn default_warn_slot_wal_mb() -> u64 {
+    16 * 1024
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,11 @@ struct Receiver {
 
 impl Receiver {
     fn start(env: &Env) -> Receiver {
+        Receiver::start_with(env, &env.config)
+    }
+
+    /// receive-wal with config file `config`.
+    fn start_with(env: &Env, config: &Path) -> Receiver {
         let log = env.path("receive-wal.log");
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -26,7 +31,7 @@ impl Receiver {
             .unwrap();
         let child = as_postgres(&env.pgkeep)
             .arg("--config")
-            .arg(&env.config)
+            .arg(config)
             .args(["receive-wal", "-v"])
             .stdout(Stdio::null())
             .stderr(out)
@@ -121,15 +126,141 @@ fn rpo_zero(pg: Pg) {
 
     // The primary dies right after the acknowledged commit: the receiver stores the
     // segment it was streaming when the connection drops.
+    let info = env.pgkeep_ok(&["info", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let status = &report["receivers"][0];
+    assert_eq!(status["connected"], true, "{info}");
+    assert_eq!(status["synchronous"], true, "{info}");
     run_kill_9(&main);
     receiver.wait_for("stored the streamed segment", "stored the streamed copy");
     receiver.stop();
+    let info = env.pgkeep_ok(&["info"]);
+    assert!(info.contains("is not streaming since"), "{info}");
 
     env.pgkeep_ok(&["verify"]);
     let restored = env.restore_and_start("restored", &["--target-action", "promote"]);
     assert_eq!(restored.sql("SELECT note FROM marker"), "acknowledged");
     assert_eq!(restored.sql(common::ACCOUNTS_FINGERPRINT), expected);
     assert!(restored.pgbench_consistent());
+}
+
+/// receive-wal streams from a standby that is then promoted: it follows onto the new
+/// timeline, archives its history file and the old timeline's last segment as
+/// `.partial`, and a restore reaches a target on the new timeline from WAL that only the
+/// receiver stored.
+fn follows_promotion(pg: Pg) {
+    let env = Env::new(&format!("receivetl{}", pg.major), pg);
+    let main = env.primary();
+    env.pgkeep_ok(&["init"]);
+    main.sql("CREATE TABLE t (id int, note text); INSERT INTO t VALUES (1, 'before backup')");
+    env.backup();
+    let standby = env.standby_of(&main, "standby");
+    // The receiver's config names the standby as the cluster (same system, same
+    // repository).
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(
+            main.pgdata.to_str().unwrap(),
+            standby.pgdata.to_str().unwrap(),
+        )
+        .replace(
+            &format!("port={}", main.port),
+            &format!("port={}", standby.port),
+        )
+        .replace(
+            main.socket.to_str().unwrap(),
+            standby.socket.to_str().unwrap(),
+        )
+        + &format!(
+            "\n[receive]\nwarn_slot_wal_mb = 1\ndirectory = \"{}\"\n",
+            env.path("receive").display()
+        );
+    let standby_config = env.path("standby.toml");
+    std::fs::write(&standby_config, config).unwrap();
+    common::chown_postgres(&standby_config);
+    let mut receiver = Receiver::start_with(&env, &standby_config);
+    receiver.wait_for("started streaming", "streaming timeline 1");
+
+    // Stopped while WAL piles up, the receiver's slot holds it on the server: the
+    // receiver says so when it comes back, and so does info.
+    receiver.stop();
+    main.sql("INSERT INTO t SELECT 0, repeat('x', 100) FROM generate_series(1, 30000)");
+    main.sql("DELETE FROM t WHERE id = 0");
+    main.sql("INSERT INTO t VALUES (2, 'timeline 1')");
+    replayed(&main, &standby);
+    let mut receiver = Receiver::start_with(&env, &standby_config);
+    receiver.wait_for("warned of the slot", "more than [receive] warn_slot_wal_mb");
+    let info = common::run_ok(
+        as_postgres(&env.pgkeep)
+            .arg("--config")
+            .arg(&standby_config)
+            .arg("info"),
+    );
+    assert!(
+        info.contains("more than [receive] warn_slot_wal_mb"),
+        "{info}"
+    );
+    assert!(info.contains("slot pgkeep_main"), "{info}");
+    common::run_ok(
+        common::as_postgres(standby.pg.tool("pg_ctl"))
+            .args(["-w", "-D"])
+            .arg(&standby.pgdata)
+            .arg("promote"),
+    );
+    standby.wait_promoted();
+    standby.sql("INSERT INTO t VALUES (3, 'timeline 2')");
+    standby.sql("SELECT pg_create_restore_point('on_timeline_2')");
+    let at_point = rows(&standby);
+    standby.sql("INSERT INTO t VALUES (4, 'after the restore point')");
+    let switched = standby.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(switched.starts_with("00000002"), "{switched}");
+    receiver.wait_for(
+        "followed the promotion",
+        "timeline 1 ended; timeline 2 starts",
+    );
+    receiver.wait_for(
+        "archived timeline 2",
+        &format!("archived streamed {switched}"),
+    );
+    receiver.stop();
+
+    let wal = env.repo.join("main/wal");
+    assert!(wal.join("history/00000002.history").exists());
+    let partials: Vec<_> = std::fs::read_dir(wal.join("00000001"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert_eq!(partials.len(), 1, "{partials:?}");
+
+    let restored = env.restore_and_start(
+        "restored",
+        &[
+            "--target-name",
+            "on_timeline_2",
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(rows(&restored), at_point);
+    assert_eq!(
+        restored.sql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "3"
+    );
+}
+
+/// Waits until `standby` has replayed all that `primary` wrote.
+fn replayed(primary: &Server, standby: &Server) {
+    let lsn = primary.sql("SELECT pg_current_wal_lsn()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby.sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'")) != "t" {
+        assert!(Instant::now() < deadline, "the standby did not replay");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rows(s: &Server) -> String {
+    s.sql("SELECT string_agg(id || ':' || note, ',' ORDER BY id) FROM t")
 }
 
 /// SIGKILL to the postmaster and its children.
@@ -145,3 +276,4 @@ fn run_kill_9(server: &Server) {
 }
 
 on_each_version!(rpo_zero);
+on_each_version!(follows_promotion);

@@ -671,26 +671,7 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::ReceiveWal {
             synchronous,
             status_interval,
-        } => {
-            let (cluster, settings) = config.select_cluster(cli.cluster.as_deref())?;
-            let receive = &config.receive;
-            let options = receive::ReceiveOptions {
-                slot: receive
-                    .slot
-                    .clone()
-                    .unwrap_or_else(|| receive::default_slot(cluster)),
-                directory: receive
-                    .directory
-                    .clone()
-                    .unwrap_or_else(|| config.archive.spool_path.join(cluster).join("receive")),
-                synchronous: *synchronous || receive.synchronous,
-                status_interval: std::time::Duration::from_secs((*status_interval).max(1)),
-            };
-            let params = crate::pg::conninfo::resolve(&settings.connection)?;
-            let stop = receive::stop_on_signals();
-            receive::receive(&all_repositories(cli, &config), &params, &options, stop)?;
-            Ok(0)
-        }
+        } => run_receive_wal(cli, &config, *synchronous, *status_interval),
         Command::Restore(args) => run_restore(cli, &config, args),
         Command::Dump(args) => logical::run_dump(cli, &config, args),
         Command::DumpRestore(args) => logical::run_dump_restore(cli, &config, args),
@@ -816,6 +797,31 @@ fn run_archive_push(cli: &Cli, config: &Config, path: &std::path::Path) -> Resul
     } else {
         archive::push(&all_repositories(cli, config), path)?;
     }
+    Ok(0)
+}
+
+/// Streams WAL into the repositories until SIGINT or SIGTERM.
+fn run_receive_wal(cli: &Cli, config: &Config, synchronous: bool, interval: u64) -> Result<i32> {
+    let (cluster, settings) = config.select_cluster(cli.cluster.as_deref())?;
+    let receive = &config.receive;
+    let slot = receive
+        .slot
+        .clone()
+        .unwrap_or_else(|| receive::default_slot(cluster));
+    receive::check_slot_name(&slot)?;
+    let options = receive::ReceiveOptions {
+        slot,
+        directory: receive
+            .directory
+            .clone()
+            .unwrap_or_else(|| config.archive.spool_path.join(cluster).join("receive")),
+        synchronous: synchronous || receive.synchronous,
+        status_interval: std::time::Duration::from_secs(interval.max(1)),
+        warn_slot_wal: receive.warn_slot_wal_mb.saturating_mul(1 << 20),
+    };
+    let params = crate::pg::conninfo::resolve(&settings.connection)?;
+    let stop = receive::stop_on_signals();
+    receive::receive(&all_repositories(cli, config), &params, &options, stop)?;
     Ok(0)
 }
 

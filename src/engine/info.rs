@@ -14,6 +14,7 @@ use super::wal::timelines;
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
+use crate::repo::ReceiverStatus;
 use crate::repo::logical::DumpManifest;
 use crate::repo::manifest::Manifest;
 
@@ -29,7 +30,21 @@ pub struct InfoReport {
     pub dumps: Vec<DumpInfo>,
     pub wal: Vec<TimelineInfo>,
     pub recoverable: Option<Window>,
+    /// What each receive-wal last reported.
+    pub receivers: Vec<ReceiverInfo>,
 }
+
+/// A receive-wal's last report, with how far it is behind the server.
+#[derive(Serialize)]
+pub struct ReceiverInfo {
+    #[serde(flatten)]
+    pub status: ReceiverStatus,
+    /// Bytes of WAL the server had that the receiver had not yet fsynced.
+    pub behind: u64,
+}
+
+/// A receiver that has not reported for this long is taken for stopped.
+const RECEIVER_SILENCE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// The repository in one line: ok, or what needs attention.
 #[derive(Serialize)]
@@ -191,7 +206,17 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
     {
         w.to_time = last;
     }
-    let attention = attention(ctx, manifests, seg, &archive, recoverable.is_some())?;
+    let receivers: Vec<ReceiverInfo> = ctx
+        .repo
+        .receiver_statuses()?
+        .into_iter()
+        .map(|status| ReceiverInfo {
+            behind: status.server_end.0.saturating_sub(status.flushed.0),
+            status,
+        })
+        .collect();
+    let mut attention = attention(ctx, manifests, seg, &archive, recoverable.is_some())?;
+    attention.extend(receiver_attention(ctx, &receivers, Utc::now()));
     Ok(InfoReport {
         cluster: ctx.cluster_name.to_string(),
         system_identifier: info.system_identifier.to_string(),
@@ -221,7 +246,45 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
         dumps: readable_dumps(ctx)?.iter().map(DumpInfo::of).collect(),
         wal,
         recoverable,
+        receivers,
     })
+}
+
+/// What needs attention about the receivers: one not streaming, one silent, a slot
+/// holding too much WAL on the server.
+fn receiver_attention(
+    ctx: &Context,
+    receivers: &[ReceiverInfo],
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let limit = ctx.config.receive.warn_slot_wal_mb.saturating_mul(1 << 20);
+    let mut out = Vec::new();
+    for r in receivers.iter().map(|r| &r.status) {
+        let who = format!(
+            "receive-wal on {} (slot {}, from {})",
+            r.host, r.slot, r.server
+        );
+        if !r.connected {
+            out.push(format!(
+                "{who} is not streaming since {}: {}",
+                r.updated.format("%Y-%m-%d %H:%M:%S UTC"),
+                r.error.as_deref().unwrap_or("no reason recorded")
+            ));
+        } else if now - r.updated > RECEIVER_SILENCE {
+            out.push(format!(
+                "{who} has not reported since {}: check that it runs",
+                r.updated.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+        }
+        if r.slot_retained > limit {
+            out.push(format!(
+                "{who}: the slot held {} of WAL on the server, more than [receive] warn_slot_wal_mb; \
+                 if the receiver is retired, drop the slot before the server's disk fills",
+                super::human_bytes(r.slot_retained)
+            ));
+        }
+    }
+    out
 }
 
 /// Every logical backup whose manifest reads; the others are reported and left out
@@ -369,6 +432,23 @@ pub fn render(r: &InfoReport) -> String {
             w.to_time.format("%Y-%m-%d %H:%M:%S")
         )),
         None => out.push_str("\nrecoverable: nothing yet (no backup with its WAL archived)\n"),
+    }
+    if !r.receivers.is_empty() {
+        out.push_str("\nreceive-wal:\n");
+    }
+    for ReceiverInfo { status: s, behind } in &r.receivers {
+        out.push_str(&format!(
+            "  slot {} on {} from {}: {}, timeline {}, flushed {}, {} behind the server{}, reported {}\n",
+            s.slot,
+            s.host,
+            s.server,
+            if s.connected { "streaming" } else { "NOT STREAMING" },
+            s.timeline,
+            s.flushed,
+            human_bytes(*behind),
+            if s.synchronous { ", synchronous" } else { "" },
+            s.updated.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
     }
     out
 }

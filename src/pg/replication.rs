@@ -78,10 +78,14 @@ pub struct SlotState {
 
 /// What `START_REPLICATION` (and then the stream) gives.
 pub enum Streamed {
-    /// WAL beginning at `start`.
-    Wal { start: Lsn, data: Bytes },
+    /// WAL beginning at `start`; the server's WAL ends at `server_end`.
+    Wal {
+        start: Lsn,
+        server_end: Lsn,
+        data: Bytes,
+    },
     /// A keepalive; `reply` when the server wants a status update now.
-    Keepalive { reply: bool },
+    Keepalive { server_end: Lsn, reply: bool },
     /// Nothing arrived within the timeout.
     Idle,
     /// The requested timeline ended: streaming goes on at `start` on `timeline`.
@@ -411,6 +415,11 @@ impl Replication {
         }
     }
 
+    /// `host:port` of the server, for messages.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
     /// Tells the server how far WAL is written and flushed.
     pub fn send_status(&mut self, written: Lsn, flushed: Lsn, reply: bool) -> Result<()> {
         let now = SystemTime::now()
@@ -547,10 +556,16 @@ fn copy_data(mut body: Bytes) -> Result<Streamed> {
         Some(b'w') if body.len() >= 25 => {
             body.advance(1);
             let start = Lsn(body.get_u64());
-            body.advance(16); // the server's end of WAL and its clock
-            Ok(Streamed::Wal { start, data: body })
+            let server_end = Lsn(body.get_u64());
+            body.advance(8); // the server's clock
+            Ok(Streamed::Wal {
+                start,
+                server_end,
+                data: body,
+            })
         }
         Some(b'k') if body.len() >= 18 => Ok(Streamed::Keepalive {
+            server_end: Lsn(u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"))),
             reply: body[17] != 0,
         }),
         _ => bail!("the server sent a streaming message pgkeep does not know"),
@@ -637,7 +652,7 @@ mod tests {
         wal.extend_from_slice(&[0; 16]);
         wal.extend_from_slice(b"abc");
         match copy_data(Bytes::from(wal)).unwrap() {
-            Streamed::Wal { start, data } => {
+            Streamed::Wal { start, data, .. } => {
                 assert_eq!(start, Lsn(0x0100_0028));
                 assert_eq!(&data[..], b"abc");
             }
@@ -648,7 +663,7 @@ mod tests {
         keepalive.push(1);
         assert!(matches!(
             copy_data(Bytes::from(keepalive)).unwrap(),
-            Streamed::Keepalive { reply: true }
+            Streamed::Keepalive { reply: true, .. }
         ));
         assert!(copy_data(Bytes::from_static(b"w")).is_err());
     }

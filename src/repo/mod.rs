@@ -12,6 +12,7 @@
 //! CLUSTER/wal/TTTTTTTT/NAME            WAL segments, .partial and .backup files
 //! CLUSTER/wal/history/TTTTTTTT.history timeline history files
 //! CLUSTER/streamed/NAME                receive-wal's newest copy of a segment still being streamed
+//! CLUSTER/receivers/SLOT               what the receive-wal on that slot last reported
 //! CLUSTER/pins/LABEL                   pinned backups
 //! CLUSTER/wal-window                   time before which backups keep only their own WAL
 //! CLUSTER/wal-floor                    (older repositories) segment below which likewise
@@ -47,6 +48,7 @@ use self::manifest::Manifest;
 use self::pack::ChunkHasher;
 use self::storage::{LocalLocks, LocalStorage, ObjectMeta, ObjectStorage, RangeWindows, Storage};
 use crate::config::{Location, RepositoryConfig};
+use crate::format::lsn::Lsn;
 use crate::format::wal::{WalFile, valid_segment_size};
 
 /// What the repository knows about a cluster: set by `init`, checked by every command.
@@ -64,6 +66,28 @@ pub struct ClusterInfo {
 #[serde(deny_unknown_fields)]
 struct WalWindow {
     pitr_from: DateTime<Utc>,
+}
+
+/// `CLUSTER/receivers/SLOT`: what the receive-wal streaming over that slot last
+/// reported, for `info`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverStatus {
+    pub slot: String,
+    /// The server it streams from (`host:port`) and the machine it runs on.
+    pub server: String,
+    pub host: String,
+    pub synchronous: bool,
+    pub connected: bool,
+    /// Why it is not connected, when it is not.
+    pub error: Option<String>,
+    pub timeline: u32,
+    /// End of the WAL fsynced by the receiver, and of the WAL the server has.
+    pub flushed: Lsn,
+    pub server_end: Lsn,
+    /// Bytes of WAL the slot held on the server when the receiver connected.
+    pub slot_retained: u64,
+    pub updated: DateTime<Utc>,
 }
 
 /// A repository opened for one cluster.
@@ -469,6 +493,25 @@ impl ClusterRepo {
             Some(file) => self.wal_key(&file, name),
             None => name.to_string(),
         }
+    }
+
+    pub fn put_receiver_status(&self, status: &ReceiverStatus) -> Result<()> {
+        let key = self.key(&format!("receivers/{}", status.slot));
+        self.storage
+            .put(&key, &object::encode(&serde_json::to_vec(status)?, 0)?)
+    }
+
+    /// What every receive-wal last reported; a record that does not read is skipped.
+    pub fn receiver_statuses(&self) -> Result<Vec<ReceiverStatus>> {
+        let mut out = Vec::new();
+        for o in self.storage.list(&self.key("receivers"))? {
+            match self.get_json::<ReceiverStatus>(&o.key) {
+                Ok(Some(status)) => out.push(status),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("skipping receiver record {}: {e:#}", o.key),
+            }
+        }
+        Ok(out)
     }
 
     /// receive-wal's copy of segment `name` as far as it was streamed (an encoded

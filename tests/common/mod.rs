@@ -351,6 +351,22 @@ impl Env {
         server
     }
 
+    /// A streaming standby of `primary` in directory `name` (pg_basebackup -R), not
+    /// archiving, started.
+    pub fn standby_of(&self, primary: &Server, name: &str) -> Server {
+        let pgdata = self.path(name);
+        run_ok(
+            primary
+                .client("pg_basebackup")
+                .args(["-R", "-X", "stream", "-c", "fast", "-D"])
+                .arg(&pgdata),
+        );
+        let mut standby = self.restored(&pgdata);
+        standby.options = "-c archive_mode=off".into();
+        standby.start();
+        standby
+    }
+
     /// A server restored into `pgdata`, to be started with [`Server::start`].
     pub fn restored(&self, pgdata: &Path) -> Server {
         let name = pgdata.file_name().unwrap().to_string_lossy().to_string();

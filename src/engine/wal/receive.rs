@@ -35,8 +35,8 @@ use crate::os::sync_dir;
 use crate::pg::conninfo::ConnParams;
 use crate::pg::replication::{Replication, Streamed};
 use crate::repo::lock::{LockMode, LockService};
-use crate::repo::object;
 use crate::repo::storage::LocalLocks;
+use crate::repo::{ReceiverStatus, object};
 
 /// The longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -53,6 +53,9 @@ pub struct ReceiveOptions {
     pub synchronous: bool,
     /// The longest time between two status updates to the server.
     pub status_interval: Duration,
+    /// WAL held by the slot on the server, in bytes, above which receive-wal and `info`
+    /// raise the alarm.
+    pub warn_slot_wal: u64,
 }
 
 /// What the uploader thread is asked to store.
@@ -61,7 +64,12 @@ enum Upload {
     File(String),
     /// The streamed copy of segment `name` so far.
     Streamed { name: String, data: Vec<u8> },
+    /// The receiver's state, for `info`: stored once, not retried.
+    Status(Box<ReceiverStatus>),
 }
+
+/// How often the receiver records its state in the repositories.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// A failure that reconnecting cannot mend (the wrong server, a logical slot).
 #[derive(Debug)]
@@ -92,6 +100,8 @@ struct WalReceiver<'a, 'c> {
     /// End of the WAL written locally, and of what is fsynced.
     written: Lsn,
     flushed: Lsn,
+    status: ReceiverStatus,
+    last_report: Instant,
 }
 
 /// Streams WAL until `stop` is set (SIGINT or SIGTERM), reconnecting with backoff
@@ -136,6 +146,20 @@ pub fn receive(
             current: None,
             written: Lsn(0),
             flushed: Lsn(0),
+            status: ReceiverStatus {
+                slot: options.slot.clone(),
+                server: params.describe(),
+                host: crate::os::host_name(),
+                synchronous: options.synchronous,
+                connected: false,
+                error: None,
+                timeline: 0,
+                flushed: Lsn(0),
+                server_end: Lsn(0),
+                slot_retained: 0,
+                updated: chrono::Utc::now(),
+            },
+            last_report: Instant::now(),
         };
         let result = receiver.run(params, stop);
         drop(receiver); // closes the queue: the uploader stores what is left and ends
@@ -168,6 +192,12 @@ fn store_uploads(repos: &Repositories, dir: &Path, queue: &Receiver<Upload>, sto
             let outcome = match &upload {
                 Upload::File(name) => store_file(repos, dir, name),
                 Upload::Streamed { name, data } => store_streamed(repos, name, data),
+                Upload::Status(status) => {
+                    if let Err(e) = repos.every(|ctx| ctx.repo.put_receiver_status(status)) {
+                        tracing::warn!("cannot record receive-wal's state: {e:#}");
+                    }
+                    break;
+                }
             };
             match outcome {
                 Ok(()) => break,
@@ -220,6 +250,12 @@ impl WalReceiver<'_, '_> {
             let before = self.flushed;
             let outcome = self.stream(params, stop);
             self.stopped_streaming()?;
+            self.status.connected = false;
+            self.status.error = Some(match &outcome {
+                Ok(()) => "receive-wal was stopped".into(),
+                Err(e) => format!("{e:#}"),
+            });
+            self.report();
             match outcome {
                 Ok(()) => break,
                 Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
@@ -261,6 +297,21 @@ impl WalReceiver<'_, '_> {
                     .context("the slot just created is not there")?
             }
         };
+        let retained = state
+            .restart_lsn
+            .map_or(0, |r| system.position.0.saturating_sub(r.0));
+        if retained > self.options.warn_slot_wal {
+            tracing::error!(
+                "slot {slot} holds {} of WAL on the server, more than [receive] warn_slot_wal_mb: \
+                 the server keeps it until receive-wal has it; if this receiver is retired, drop the slot \
+                 (SELECT pg_drop_replication_slot('{slot}')) before the server's disk fills",
+                crate::engine::human_bytes(retained)
+            );
+        }
+        self.status.connected = true;
+        self.status.error = None;
+        self.status.slot_retained = retained;
+        self.status.server_end = system.position;
         let (mut timeline, mut start) = match self.resume_point()? {
             Some(point) => point,
             None => (
@@ -276,6 +327,8 @@ impl WalReceiver<'_, '_> {
             tracing::info!("streaming timeline {timeline} from {start}");
             self.written = start;
             self.flushed = self.flushed.max(start);
+            self.status.timeline = timeline;
+            self.report();
             let next = match conn.start_replication(Some(slot), timeline, start)? {
                 Streamed::TimelineEnd { timeline, start } => Some((timeline, start)),
                 _ => self.follow(&mut conn, timeline, stop)?,
@@ -335,19 +388,32 @@ impl WalReceiver<'_, '_> {
                 .saturating_sub(last_status.elapsed())
                 .min(STOP_CHECK);
             match conn.next(wait)? {
-                Streamed::Wal { start, data } => self.write(timeline, start, &data)?,
-                Streamed::Keepalive { reply: true } => {
-                    self.flush()?;
-                    conn.send_status(self.written, self.flushed, false)?;
-                    last_status = Instant::now();
+                Streamed::Wal {
+                    start,
+                    server_end,
+                    data,
+                } => {
+                    self.status.server_end = server_end;
+                    self.write(timeline, start, &data)?;
                 }
-                Streamed::Keepalive { reply: false } | Streamed::Idle => {}
+                Streamed::Keepalive { server_end, reply } => {
+                    self.status.server_end = server_end;
+                    if reply {
+                        self.flush()?;
+                        conn.send_status(self.written, self.flushed, false)?;
+                        last_status = Instant::now();
+                    }
+                }
+                Streamed::Idle => {}
                 Streamed::TimelineEnd { timeline, start } => return Ok(Some((timeline, start))),
             }
             if last_status.elapsed() >= interval {
                 self.flush()?;
                 conn.send_status(self.written, self.flushed, false)?;
                 last_status = Instant::now();
+            }
+            if self.last_report.elapsed() >= REPORT_EVERY {
+                self.report();
             }
         }
     }
@@ -468,6 +534,17 @@ impl WalReceiver<'_, '_> {
         Ok(())
     }
 
+    /// Queues the receiver's state for the repositories.
+    fn report(&mut self) {
+        self.status.flushed = self.flushed;
+        self.status.updated = chrono::Utc::now();
+        let status = Box::new(self.status.clone());
+        self.uploads
+            .send(Upload::Status(status))
+            .expect("the uploader runs");
+        self.last_report = Instant::now();
+    }
+
     /// Stores the history file of `timeline` from the server, if the archive lacks it.
     fn archive_history(&self, conn: &mut Replication, timeline: u32) -> Result<()> {
         let (name, content) = conn.timeline_history(timeline)?;
@@ -518,4 +595,19 @@ pub fn default_slot(cluster: &str) -> String {
         })
         .collect();
     format!("pgkeep_{name}").chars().take(63).collect()
+}
+
+/// Refuses a slot name PostgreSQL would refuse (it also names the receiver's record).
+pub fn check_slot_name(slot: &str) -> Result<()> {
+    let valid = !slot.is_empty()
+        && slot.len() <= 63
+        && slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        bail!(
+            "replication slot name '{slot}' is not valid: use up to 63 lower-case letters, digits and underscores"
+        );
+    }
+    Ok(())
 }
