@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use super::tls::{self, Need};
+
 /// Keywords pgkeep understands, with the environment variable libpq reads for each.
 const KEYWORDS: &[(&str, Option<&str>)] = &[
     ("host", Some("PGHOST")),
@@ -24,6 +26,9 @@ const KEYWORDS: &[(&str, Option<&str>)] = &[
     ("application_name", Some("PGAPPNAME")),
     ("options", Some("PGOPTIONS")),
     ("sslmode", Some("PGSSLMODE")),
+    ("sslrootcert", Some("PGSSLROOTCERT")),
+    ("sslcert", Some("PGSSLCERT")),
+    ("sslkey", Some("PGSSLKEY")),
     ("service", Some("PGSERVICE")),
     ("target_session_attrs", Some("PGTARGETSESSIONATTRS")),
     ("replication", None),
@@ -42,6 +47,11 @@ pub struct ConnParams {
     pub application_name: String,
     pub options: Option<String>,
     pub sslmode: String,
+    /// CA certificates to check the server's certificate against (`sslrootcert`).
+    pub sslrootcert: Option<PathBuf>,
+    /// The client certificate and its key (`sslcert`, `sslkey`).
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
 }
 
 /// Parses `conninfo` (keyword/value string or `postgres://` URI) and completes it from
@@ -120,6 +130,9 @@ fn resolve_with(conninfo: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
             .unwrap_or_else(|| "pgkeep".into()),
         options: map.get("options").cloned(),
         sslmode,
+        sslrootcert: map.get("sslrootcert").map(PathBuf::from),
+        sslcert: map.get("sslcert").map(PathBuf::from),
+        sslkey: map.get("sslkey").map(PathBuf::from),
     };
     if params.password.is_none() {
         let passfile = map
@@ -435,13 +448,11 @@ impl ConnParams {
         if let Some(o) = &self.options {
             cfg.options(o);
         }
-        cfg.ssl_mode(match self.sslmode.as_str() {
-            "disable" => postgres::config::SslMode::Disable,
-            "allow" | "prefer" => postgres::config::SslMode::Prefer,
-            other => bail!(
-                "sslmode={other} needs TLS, which this build of pgkeep does not support yet; \
-                 use sslmode=prefer or a Unix socket"
-            ),
+        let first = self.hosts.first().map_or("", String::as_str);
+        cfg.ssl_mode(match tls::need(self, first) {
+            Need::Never => postgres::config::SslMode::Disable,
+            Need::IfOffered => postgres::config::SslMode::Prefer,
+            Need::Always => postgres::config::SslMode::Require,
         });
         Ok(cfg)
     }

@@ -4,4 +4,5 @@
 pub mod conninfo;
 pub mod replication;
 pub mod session;
+pub mod tls;
 pub mod tools;

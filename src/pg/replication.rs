@@ -20,6 +20,7 @@ use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
 
 use super::conninfo::ConnParams;
+use super::tls::{self, Need, Tls};
 use crate::format::lsn::Lsn;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for status updates.
@@ -36,6 +37,12 @@ trait Wire: Read + Write + Send {
 impl Wire for TcpStream {
     fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
         self.set_read_timeout(timeout)
+    }
+}
+
+impl Wire for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.sock.set_read_timeout(timeout)
     }
 }
 
@@ -95,16 +102,6 @@ pub enum Streamed {
 impl Replication {
     /// Connects to the first server of `params` that accepts a replication connection.
     pub fn connect(params: &ConnParams) -> Result<Replication> {
-        if matches!(
-            params.sslmode.as_str(),
-            "require" | "verify-ca" | "verify-full"
-        ) {
-            bail!(
-                "sslmode={} needs TLS, which pgkeep's replication connection does not support yet; \
-                 use sslmode=prefer or a Unix socket",
-                params.sslmode
-            );
-        }
         let mut failure = None;
         for (i, host) in params.hosts.iter().enumerate() {
             let port = params
@@ -131,8 +128,9 @@ impl Replication {
                 params.user
             )
         };
-        let wire =
-            open_wire(host, port, params.connect_timeout).map_err(|e| fail(e.to_string()))?;
+        let tls = Tls::for_host(params, host)?;
+        let wire = open_wire(host, port, params.connect_timeout, &tls)
+            .map_err(|e| fail(format!("{e:#}")))?;
         let mut conn = Replication {
             wire,
             incoming: BytesMut::with_capacity(256 * 1024),
@@ -531,18 +529,48 @@ fn is_timeout(e: &anyhow::Error) -> bool {
     })
 }
 
-fn open_wire(host: &str, port: u16, timeout: Option<Duration>) -> std::io::Result<Box<dyn Wire>> {
+/// The connection to `host`: a Unix socket, or TCP with TLS as `tls` says.
+fn open_wire(host: &str, port: u16, timeout: Option<Duration>, tls: &Tls) -> Result<Box<dyn Wire>> {
     if host.starts_with('/') {
         return Ok(Box::new(UnixStream::connect(format!(
             "{host}/.s.PGSQL.{port}"
         ))?));
     }
+    let mut tcp = connect_tcp(host, port, timeout)?;
+    if tls.need == Need::Never {
+        return Ok(Box::new(tcp));
+    }
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request)?;
+    let mut answer = [0u8];
+    tcp.read_exact(&mut answer)?;
+    match answer[0] {
+        b'S' => {
+            let mut session = tls.client(host)?;
+            while session.is_handshaking() {
+                session
+                    .complete_io(&mut tcp)
+                    .map_err(|e| match tls::rustls_error(&e) {
+                        Some(failure) => anyhow!("{}", tls.explain(host, failure)),
+                        None => anyhow!("the TLS handshake failed: {e}"),
+                    })?;
+            }
+            Ok(Box::new(rustls::StreamOwned::new(session, tcp)))
+        }
+        b'N' if tls.need == Need::IfOffered => Ok(Box::new(tcp)),
+        b'N' => bail!(tls::NO_TLS),
+        _ => bail!("the server answered the TLS request with neither yes nor no"),
+    }
+}
+
+fn connect_tcp(host: &str, port: u16, timeout: Option<Duration>) -> std::io::Result<TcpStream> {
     let mut failure = None;
     for addr in (host, port).to_socket_addrs()? {
         match TcpStream::connect_timeout(&addr, timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)) {
             Ok(stream) => {
                 stream.set_nodelay(true)?;
-                return Ok(Box::new(stream));
+                return Ok(stream);
             }
             Err(e) => failure = Some(e),
         }

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::conninfo::ConnParams;
+use super::tls::{self, Tls};
 use crate::format::lsn::Lsn;
 
 pub struct Session {
@@ -43,12 +44,19 @@ fn describe(e: &postgres::Error) -> String {
 impl Session {
     pub fn connect(params: &ConnParams) -> Result<Session> {
         let config = params.to_client_config()?;
-        let mut client = config.connect(postgres::NoTls).map_err(|e| {
+        let host = params.hosts.first().map_or("", String::as_str);
+        let tls = Tls::for_host(params, host)?;
+        let mut client = config.connect(tls.for_session()).map_err(|e| {
+            let why = match tls::rustls_error(&e) {
+                Some(failure) => tls.explain(host, failure),
+                // (The postgres crate's words for a server that refused the TLS request.)
+                None if describe(&e).contains("server does not support TLS") => tls::NO_TLS.into(),
+                None => describe(&e),
+            };
             anyhow!(
-                "cannot connect to PostgreSQL at {} as user '{}': {}; check `connection` in the pgkeep config and that the server is running",
+                "cannot connect to PostgreSQL at {} as user '{}': {why}; check `connection` in the pgkeep config and that the server is running",
                 params.describe(),
                 params.user,
-                describe(&e)
             )
         })?;
         let version: String = client

@@ -77,6 +77,15 @@ impl Tool {
         if let Some(o) = &conn.options {
             cmd.env("PGOPTIONS", o);
         }
+        for (var, file) in [
+            ("PGSSLROOTCERT", &conn.sslrootcert),
+            ("PGSSLCERT", &conn.sslcert),
+            ("PGSSLKEY", &conn.sslkey),
+        ] {
+            if let Some(file) = file {
+                cmd.env(var, file);
+            }
+        }
         if let Some(t) = conn.connect_timeout {
             cmd.env("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string());
         }

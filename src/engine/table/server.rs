@@ -149,6 +149,9 @@ impl ScratchServer {
             application_name: "pgkeep restore-table".into(),
             options: None,
             sslmode: "disable".into(),
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 
