@@ -3,6 +3,8 @@
 
 use super::lsn::Lsn;
 
+/// `DBState::DB_IN_ARCHIVE_RECOVERY`: a standby (or a server in recovery).
+pub const DB_IN_ARCHIVE_RECOVERY: u32 = 5;
 /// `DBState::DB_IN_PRODUCTION`.
 pub const DB_IN_PRODUCTION: u32 = 6;
 

@@ -46,12 +46,17 @@ use crate::repo::manifest::{FileEntry, MANIFEST_VERSION, Manifest, TablespaceEnt
 pub const CHUNK_SIZE: usize = 256 * 1024;
 
 /// Checks that the copied `pg_control` belongs to the server that ran the backup: the
-/// same system, in production, with the checkpoint `pg_backup_start` made or a later one.
-/// A standby behind the same host name and path (after a failover) fails this.
-fn check_control_file(ctx: &Context, bytes: &[u8], sysid: u64, checkpoint: Lsn) -> Result<()> {
+/// same system, in production (in archive recovery for a standby), with the checkpoint
+/// (restartpoint) `pg_backup_start` used or a later one. A standby behind the primary's
+/// host name and path (after a failover) fails this, and so does the reverse.
+fn check_control_file(ctx: &Context, bytes: &[u8], server: &Server, checkpoint: Lsn) -> Result<()> {
     let control = control::parse(bytes).context("the copied global/pg_control is too short")?;
-    if control.system_identifier != sysid
-        || control.state != control::DB_IN_PRODUCTION
+    let state = match server.standby {
+        true => control::DB_IN_ARCHIVE_RECOVERY,
+        false => control::DB_IN_PRODUCTION,
+    };
+    if control.system_identifier != server.system_identifier
+        || control.state != state
         || control.checkpoint < checkpoint
     {
         bail!(
@@ -300,12 +305,7 @@ fn take(
 fn check_stop(ctx: &Context, server: &Server, stop: &Stop) -> Result<label::BackupLabel> {
     let parsed = label::parse(&stop.stop.label_file)
         .map_err(|e| anyhow!("pg_backup_stop returned a bad label: {e}"))?;
-    check_control_file(
-        ctx,
-        &stop.control,
-        server.system_identifier,
-        parsed.checkpoint_lsn,
-    )?;
+    check_control_file(ctx, &stop.control, server, parsed.checkpoint_lsn)?;
     Ok(parsed)
 }
 

@@ -43,6 +43,9 @@ pub struct Stop {
 /// The server a backup is taken from, as checked when connecting.
 pub struct Server {
     pub system_identifier: u64,
+    /// A hot standby: the backup is taken there (PostgreSQL allows `pg_backup_start` on
+    /// a standby), its WAL comes from the archive the standby or a receiver fills.
+    pub standby: bool,
     pub version_num: u32,
     pub data_checksums: bool,
     /// Tablespace OID → name, from the catalog.
@@ -101,14 +104,11 @@ impl DataDirectory {
                 info.system_identifier
             );
         }
-        if session.in_recovery()? {
-            bail!(
-                "the server is a standby; pgkeep backs up primaries only for now, so point `connection` at the primary"
-            );
-        }
+        let standby = session.in_recovery()?;
         ctx.check_data_directory(&mut session)?;
         let server = Server {
             system_identifier,
+            standby,
             version_num: session.version_num,
             data_checksums: session.setting("data_checksums")? == "on",
             tablespace_names: session

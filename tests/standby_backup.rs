@@ -1,0 +1,130 @@
+//! Backups from a hot standby: pgkeep's config names only the standby (its data
+//! directory and its server), the primary runs pgbench and archives nothing, and the
+//! WAL comes from the standby's own archiving (`archive_mode = always`). Restores reach
+//! every kind of target exactly.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Env, Pg, Server};
+
+/// Exactly what the database holds: every balance, the history, the marks.
+fn fingerprint(s: &Server) -> String {
+    s.sql(
+        "SELECT (SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts) \
+         || '|' || (SELECT count(*) FROM pgbench_history) \
+         || '|' || (SELECT coalesce(string_agg(name, ',' ORDER BY id), '') FROM marks)",
+    )
+}
+
+/// Switches WAL on the primary and waits until the standby has archived the segment.
+fn archived_through_standby(main: &Server, standby: &Server) {
+    let segment = main.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not archive {segment}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Clears its flag when dropped, also when a panic unwinds.
+struct Stopping<'a>(&'a AtomicBool);
+
+impl Drop for Stopping<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+fn standby_backup(pg: Pg) {
+    let env = Env::new(&format!("standby{}", pg.major), pg);
+    let main = env.primary();
+    main.pgbench_init(5);
+    main.sql("CREATE TABLE marks (id int, name text)");
+    // The standby keeps the archive_command of the primary's config file (pgkeep's);
+    // the primary itself then stops archiving.
+    // The repository exists before the standby archives (a failing archive_command
+    // makes PostgreSQL wait a minute before it tries again).
+    let mut standby = env.standby_of(&main, "standby");
+    env.write_config(&standby, "");
+    env.pgkeep_ok(&["init"]);
+    standby.stop();
+    standby.options = "-c archive_mode=always".into();
+    standby.start();
+    main.sql("ALTER SYSTEM SET archive_command = 'true'");
+    main.sql("SELECT pg_reload_conf()");
+    // The segments pg_basebackup gave the standby are not marked for archiving: the
+    // backup must start from a checkpoint the standby replayed after archiving began.
+    main.sql("SELECT pg_switch_wal()");
+    main.sql("CHECKPOINT");
+    let lsn = main.sql("SELECT pg_current_wal_lsn()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby.sql(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'")) != "t" {
+        assert!(Instant::now() < deadline, "the standby did not replay");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The backup runs under load; the test (not pgkeep) switches WAL on the primary so
+    // that the segments the backup waits for fill quickly.
+    let load = main.pgbench_load(2);
+    let switching = AtomicBool::new(true);
+    let label = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while switching.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1500));
+                main.sql("SELECT pg_switch_wal()");
+            }
+        });
+        let _stop_switching = Stopping(&switching);
+        env.backup()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    load.stop(&main);
+    assert_eq!(env.labels(), vec![label]);
+
+    let mut marks = Vec::new();
+    let xid = main.sql("BEGIN; INSERT INTO marks VALUES (1, 'xid'); SELECT txid_current(); COMMIT");
+    marks.push((
+        "xid",
+        vec!["--target-xid".to_string(), xid],
+        fingerprint(&main),
+    ));
+    main.sql("INSERT INTO marks VALUES (2, 'name')");
+    main.sql("SELECT pg_create_restore_point('standby_mark')");
+    marks.push((
+        "name",
+        vec!["--target-name".into(), "standby_mark".into()],
+        fingerprint(&main),
+    ));
+    main.sql("INSERT INTO marks VALUES (3, 'lsn')");
+    let lsn = main.sql("SELECT pg_current_wal_lsn()");
+    marks.push(("lsn", vec!["--target-lsn".into(), lsn], fingerprint(&main)));
+    main.sql("INSERT INTO marks VALUES (4, 'time')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let time = main.sql("SELECT now()");
+    marks.push((
+        "time",
+        vec!["--target-time".into(), time],
+        fingerprint(&main),
+    ));
+    std::thread::sleep(Duration::from_millis(1100));
+    main.sql("INSERT INTO marks VALUES (5, 'end')");
+    marks.push(("end", vec![], fingerprint(&main)));
+    archived_through_standby(&main, &standby);
+
+    for (name, target, expected) in &marks {
+        let mut args: Vec<&str> = target.iter().map(String::as_str).collect();
+        args.extend(["--target-action", "promote"]);
+        let restored = env.restore_and_start(&format!("restored-{name}"), &args);
+        assert_eq!(&fingerprint(&restored), expected, "target {name}");
+        assert!(restored.pgbench_consistent(), "target {name}");
+        restored.stop();
+    }
+}
+
+on_each_version!(standby_backup);
