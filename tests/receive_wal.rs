@@ -62,8 +62,13 @@ impl Receiver {
     }
 
     fn wait_for(&mut self, what: &str, text: &str) {
+        self.wait_for_more(what, text, 0);
+    }
+
+    /// Waits until the log (of every run so far) holds `text` more than `seen` times.
+    fn wait_for_more(&mut self, what: &str, text: &str, seen: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.log().contains(text) {
+        while self.log().matches(text).count() <= seen {
             let exited = self.child.try_wait().unwrap();
             assert!(
                 exited.is_none() && Instant::now() < deadline,
@@ -133,13 +138,36 @@ fn rpo_zero(pg: Pg) {
     assert_eq!(status["synchronous"], true, "{info}");
     run_kill_9(&main);
     receiver.wait_for("stored the streamed segment", "stored the streamed copy");
-    receiver.stop();
     let info = env.pgkeep_ok(&["info"]);
     assert!(info.contains("is not streaming since"), "{info}");
 
+    // The primary comes back (crash recovery) and the receiver streams again. Then
+    // both die at once: the receiver, started again while the server is gone, stores
+    // the segment its last run left.
+    let streams = receiver.log().matches("streaming timeline 1 from").count();
+    main.start();
+    receiver.wait_for_more("streamed again", "streaming timeline 1 from", streams);
+    main.sql("INSERT INTO marker VALUES ('acknowledged too')");
+    receiver.kill();
+    run_kill_9(&main);
+    let stored = std::fs::read_to_string(env.path("receive-wal.log"))
+        .unwrap()
+        .matches("stored the streamed copy")
+        .count();
+    let mut receiver = Receiver::start(&env);
+    receiver.wait_for_more(
+        "stored what its last run left",
+        "stored the streamed copy",
+        stored,
+    );
+    receiver.stop();
+
     env.pgkeep_ok(&["verify"]);
     let restored = env.restore_and_start("restored", &["--target-action", "promote"]);
-    assert_eq!(restored.sql("SELECT note FROM marker"), "acknowledged");
+    assert_eq!(
+        restored.sql("SELECT string_agg(note, ',' ORDER BY note) FROM marker"),
+        "acknowledged,acknowledged too"
+    );
     assert_eq!(restored.sql(common::ACCOUNTS_FINGERPRINT), expected);
     assert!(restored.pgbench_consistent());
 }

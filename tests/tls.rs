@@ -297,7 +297,7 @@ fn tls(pg: Pg) {
         "no-client-cert",
         &format!("host=localhost port={port} user=certuser dbname=postgres sslmode=require"),
     );
-    sql_refused(&env, &no_client_cert, "certificate");
+    sql_refused(&env, &no_client_cert, "requires a valid client certificate");
 
     restart_with(&main, &["ssl = off".into()]);
     let plain = config_with(

@@ -457,6 +457,40 @@ impl ConnParams {
         Ok(cfg)
     }
 
+    /// These settings once per server they name, each with its own host and port (the
+    /// port of the same place in the list, else the only one), tried in order as libpq
+    /// does; TLS is decided per server.
+    fn each_host(&self) -> Vec<ConnParams> {
+        self.hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| ConnParams {
+                hosts: vec![host.clone()],
+                ports: vec![
+                    self.ports
+                        .get(i)
+                        .or(self.ports.first())
+                        .copied()
+                        .unwrap_or(5432),
+                ],
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// What `connect` gives for the first server of these settings it reaches, each
+    /// tried in order as libpq does; the last failure if none is reached.
+    pub fn first_reachable<T>(&self, connect: impl Fn(&ConnParams) -> Result<T>) -> Result<T> {
+        let mut failure = None;
+        for one in self.each_host() {
+            match connect(&one) {
+                Ok(connected) => return Ok(connected),
+                Err(e) => failure = Some(e),
+            }
+        }
+        Err(failure.unwrap_or_else(|| anyhow::anyhow!("the connection settings name no host")))
+    }
+
     /// `host:port` of the first server, for messages.
     pub fn describe(&self) -> String {
         format!(

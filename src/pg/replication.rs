@@ -26,6 +26,9 @@ use crate::format::lsn::Lsn;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for status updates.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
+/// The longest message taken from a server (a walsender's are at most about 128 KiB).
+const MAX_MESSAGE: usize = 64 << 20;
+
 /// How long a TCP connect may take when `connect_timeout` is not set.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -102,23 +105,13 @@ pub enum Streamed {
 impl Replication {
     /// Connects to the first server of `params` that accepts a replication connection.
     pub fn connect(params: &ConnParams) -> Result<Replication> {
-        let mut failure = None;
-        for (i, host) in params.hosts.iter().enumerate() {
-            let port = params
-                .ports
-                .get(i)
-                .or(params.ports.first())
-                .copied()
-                .unwrap_or(5432);
-            match Replication::connect_one(params, host, port) {
-                Ok(conn) => return Ok(conn),
-                Err(e) => failure = Some(e),
-            }
-        }
-        Err(failure.unwrap_or_else(|| anyhow!("the connection settings name no host")))
+        params.first_reachable(Replication::connect_one)
     }
 
-    fn connect_one(params: &ConnParams, host: &str, port: u16) -> Result<Replication> {
+    /// Connects to the one server `params` names.
+    fn connect_one(params: &ConnParams) -> Result<Replication> {
+        let host = params.hosts[0].as_str();
+        let port = params.ports[0];
         let server = format!("{host}:{port}");
         let fail = |why: String| {
             anyhow!(
@@ -198,7 +191,10 @@ impl Replication {
         match code {
             0 => return Ok(()),
             3 => frontend::password_message(password()?.as_bytes(), &mut self.outgoing)?,
-            5 if body.len() >= 4 => {
+            5 => {
+                if body.len() < 4 {
+                    bail!("the server sent a malformed md5 request");
+                }
                 let salt = [body[0], body[1], body[2], body[3]];
                 let hash = md5_hash(params.user.as_bytes(), password()?.as_bytes(), salt);
                 frontend::password_message(hash.as_bytes(), &mut self.outgoing)?;
@@ -254,10 +250,22 @@ impl Replication {
 
     /// Reads result sets up to ReadyForQuery.
     fn results(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        self.results_after(sql, None)
+    }
+
+    /// As [`Replication::results`], `first` being a message already taken.
+    fn results_after(
+        &mut self,
+        sql: &str,
+        mut first: Option<Message>,
+    ) -> Result<Vec<Vec<Option<String>>>> {
         let mut rows = Vec::new();
         let mut error = None;
         loop {
-            let message = self.receive()?;
+            let message = match first.take() {
+                Some(message) => message,
+                None => self.receive()?,
+            };
             match message.tag {
                 b'T' => rows.clear(),
                 b'D' => rows.push(data_row(message.body)?),
@@ -327,48 +335,37 @@ impl Replication {
         Ok(())
     }
 
-    /// Starts streaming `timeline` from `start`. A timeline that ends exactly at `start`
-    /// answers at once with `TimelineEnd`; otherwise `Streamed::Idle` and the stream is on.
+    /// Starts streaming `timeline` from `start` over `slot`: `None` once the stream is
+    /// on, or the next timeline and its start when `timeline` ends exactly at `start`
+    /// (the server then skips COPY mode and answers at once).
     pub fn start_replication(
         &mut self,
-        slot: Option<&str>,
+        slot: &str,
         timeline: u32,
         start: Lsn,
-    ) -> Result<Streamed> {
-        let slot = slot
-            .map(|s| format!("SLOT {} ", quote(s)))
-            .unwrap_or_default();
-        let sql = format!("START_REPLICATION {slot}PHYSICAL {start} TIMELINE {timeline}");
+    ) -> Result<Option<(u32, Lsn)>> {
+        let sql = format!(
+            "START_REPLICATION SLOT {} PHYSICAL {start} TIMELINE {timeline}",
+            quote(slot)
+        );
         frontend::query(&sql, &mut self.outgoing)?;
         self.send()?;
         loop {
             let message = self.receive()?;
             match message.tag {
-                b'W' => return Ok(Streamed::Idle),
+                b'W' => return Ok(None),
                 b'E' => bail!(
                     "{sql} failed on {}: {}",
                     self.server,
                     error_text(&message.body)
                 ),
                 b'T' | b'D' => {
-                    // Skipped COPY: the timeline ends at `start`.
-                    self.incoming_push_front(message);
-                    return self.timeline_end(&sql);
+                    let rows = self.results_after(&sql, Some(message))?;
+                    return self.next_timeline(&rows).map(Some);
                 }
                 _ => {}
             }
         }
-    }
-
-    /// Puts a message back to be read again (only at the front, only just after it was
-    /// taken).
-    fn incoming_push_front(&mut self, message: Message) {
-        let mut again = BytesMut::with_capacity(5 + message.body.len() + self.incoming.len());
-        again.extend_from_slice(&[message.tag]);
-        again.extend_from_slice(&(message.body.len() as u32 + 4).to_be_bytes());
-        again.extend_from_slice(&message.body);
-        again.extend_from_slice(&self.incoming);
-        self.incoming = again;
     }
 
     /// The next streamed message, waiting up to `timeout`.
@@ -382,7 +379,9 @@ impl Replication {
                 b'c' => {
                     frontend::copy_done(&mut self.outgoing);
                     self.send()?;
-                    return self.timeline_end("START_REPLICATION");
+                    let rows = self.results("START_REPLICATION")?;
+                    let (timeline, start) = self.next_timeline(&rows)?;
+                    return Ok(Streamed::TimelineEnd { timeline, start });
                 }
                 b'E' => bail!(
                     "streaming from {} failed: {}",
@@ -394,18 +393,18 @@ impl Replication {
         }
     }
 
-    /// After the server ended a timeline's stream: the next timeline and where it starts.
-    fn timeline_end(&mut self, sql: &str) -> Result<Streamed> {
-        let rows = self.results(sql)?;
+    /// The next timeline and where it starts, from the result set that follows the end
+    /// of a timeline's stream.
+    fn next_timeline(&self, rows: &[Vec<Option<String>>]) -> Result<(u32, Lsn)> {
         match rows.first().map(|r| r.as_slice()) {
-            Some([Some(timeline), Some(start)]) => Ok(Streamed::TimelineEnd {
-                timeline: timeline
+            Some([Some(timeline), Some(start)]) => Ok((
+                timeline
                     .parse()
                     .context("the server named a bad next timeline")?,
-                start: start
+                start
                     .parse()
                     .map_err(|_| anyhow!("the server named a bad next timeline start"))?,
-            }),
+            )),
             _ => bail!(
                 "{} ended streaming without naming a next timeline (is it shutting down?)",
                 self.server
@@ -485,7 +484,7 @@ impl Replication {
         let Some(len) = self.pending_length() else {
             return Ok(None);
         };
-        if len < 4 {
+        if !(4..=MAX_MESSAGE).contains(&len) {
             bail!("{} sent a malformed message (length {len})", self.server);
         }
         if self.incoming.len() <= len {
@@ -506,12 +505,7 @@ impl Replication {
                 self.incoming.extend_from_slice(&chunk[..n]);
                 Ok(())
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
                 Err(anyhow::Error::new(e))
             }
             Err(e) => bail!("the connection to {} broke: {e}", self.server),
@@ -519,14 +513,11 @@ impl Replication {
     }
 }
 
-/// Whether `e` is a read that timed out or was interrupted by a signal.
+/// Whether `e` is a read that timed out (a socket read timeout is `WouldBlock`; a
+/// `TimedOut` is TCP giving up on the connection) or was interrupted by a signal.
 fn is_timeout(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<std::io::Error>().is_some_and(|e| {
-        matches!(
-            e.kind(),
-            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-        )
-    })
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted))
 }
 
 /// The connection to `host`: a Unix socket, or TCP with TLS as `tls` says.
@@ -677,21 +668,31 @@ mod tests {
 
         let mut wal = vec![b'w'];
         wal.extend_from_slice(&0x0100_0028u64.to_be_bytes());
-        wal.extend_from_slice(&[0; 16]);
+        wal.extend_from_slice(&0x0300_0000u64.to_be_bytes());
+        wal.extend_from_slice(&7i64.to_be_bytes());
         wal.extend_from_slice(b"abc");
         match copy_data(Bytes::from(wal)).unwrap() {
-            Streamed::Wal { start, data, .. } => {
+            Streamed::Wal {
+                start,
+                server_end,
+                data,
+            } => {
                 assert_eq!(start, Lsn(0x0100_0028));
+                assert_eq!(server_end, Lsn(0x0300_0000));
                 assert_eq!(&data[..], b"abc");
             }
             _ => panic!("not WAL"),
         }
         let mut keepalive = vec![b'k'];
-        keepalive.extend_from_slice(&[0; 16]);
+        keepalive.extend_from_slice(&0x0400_0010u64.to_be_bytes());
+        keepalive.extend_from_slice(&9i64.to_be_bytes());
         keepalive.push(1);
         assert!(matches!(
             copy_data(Bytes::from(keepalive)).unwrap(),
-            Streamed::Keepalive { reply: true, .. }
+            Streamed::Keepalive {
+                server_end: Lsn(0x0400_0010),
+                reply: true
+            }
         ));
         assert!(copy_data(Bytes::from_static(b"w")).is_err());
     }

@@ -42,7 +42,13 @@ fn describe(e: &postgres::Error) -> String {
 }
 
 impl Session {
+    /// Connects to the first server of `params` that accepts the connection.
     pub fn connect(params: &ConnParams) -> Result<Session> {
+        params.first_reachable(Session::connect_one)
+    }
+
+    /// Connects to the one server `params` names.
+    fn connect_one(params: &ConnParams) -> Result<Session> {
         let config = params.to_client_config()?;
         let host = params.hosts.first().map_or("", String::as_str);
         let tls = Tls::for_host(params, host)?;

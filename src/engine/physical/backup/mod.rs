@@ -51,9 +51,10 @@ pub const CHUNK_SIZE: usize = 256 * 1024;
 /// host name and path (after a failover) fails this, and so does the reverse.
 fn check_control_file(ctx: &Context, bytes: &[u8], server: &Server, checkpoint: Lsn) -> Result<()> {
     let control = control::parse(bytes).context("the copied global/pg_control is too short")?;
-    let state = match server.standby {
-        true => control::DB_IN_ARCHIVE_RECOVERY,
-        false => control::DB_IN_PRODUCTION,
+    let state = if server.standby {
+        control::DB_IN_ARCHIVE_RECOVERY
+    } else {
+        control::DB_IN_PRODUCTION
     };
     if control.system_identifier != server.system_identifier
         || control.state != state

@@ -1,5 +1,6 @@
 //! `receive-wal`: WAL streamed from the server over a replication connection (with a
 //! physical slot) into the repository, as pg_receivewal streams it into a directory.
+//! This thread streams into local files; `upload` stores them.
 //!
 //! Local files (in the receive directory, one receiver per directory):
 //! `NAME.receiving` is the segment being streamed, written from its start, zero-padded to
@@ -7,16 +8,19 @@
 //! segment of a timeline that ended (a promotion), waiting to be stored.
 //!
 //! Invariants:
-//! - The flush position reported to the server never passes what is fsynced locally, so
-//!   the slot keeps on the server every byte not yet durable here.
-//! - A segment is renamed from `.receiving` only once whole and fsynced, and its local
-//!   file is removed only once it is stored in every repository (`archive::store`, the
-//!   object archive-push makes: identical content already stored is success, different
-//!   content is never overwritten).
-//! - When streaming stops (the server went away, or pgkeep is told to stop), the
+//! - The flush position reported to the server never passes what is fsynced locally on
+//!   the timeline being streamed, so the slot keeps on the server every byte not yet
+//!   durable here, and a synchronous primary acknowledges only commits that are.
+//! - A segment is renamed from `.receiving` only once whole and fsynced (and the
+//!   uploader removes it only once stored in every repository).
+//! - When streaming stops, and at start for a `.receiving` an earlier run left, the
 //!   segment being streamed is stored as the repository's streamed copy of it, which
 //!   archive-get serves for a segment not archived whole. So what the server was told
 //!   is flushed reaches the repository even if the server never comes back.
+//! - A server that sends nothing, not even the keepalive asked for, for
+//!   `SILENCE_INTERVALS` status intervals is taken for gone: the connection is dropped.
+
+mod upload;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -25,25 +29,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
+use self::upload::{Upload, store_uploads};
 use crate::engine::repositories::Repositories;
 use crate::engine::wal::archive;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
 use crate::os::sync_dir;
 use crate::pg::conninfo::ConnParams;
-use crate::pg::replication::{Replication, Streamed};
+use crate::pg::replication::{Replication, SlotState, Streamed, SystemId};
+use crate::repo::ReceiverStatus;
 use crate::repo::lock::{LockMode, LockService};
 use crate::repo::storage::LocalLocks;
-use crate::repo::{ReceiverStatus, object};
 
-/// The longest wait between reconnection attempts.
+/// The longest wait between reconnection attempts (and between upload attempts).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How often the stream loop looks at the stop flag while the server is quiet.
 const STOP_CHECK: Duration = Duration::from_millis(500);
 
+/// How often the receiver records its state in the repositories.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Status intervals without a word from the server after which it is taken for gone.
+const SILENCE_INTERVALS: u32 = 3;
+
+/// How receive-wal runs (from `[receive]` and the command line).
 pub struct ReceiveOptions {
     pub slot: String,
     /// Local directory for the segment being streamed and those not yet stored.
@@ -57,19 +69,6 @@ pub struct ReceiveOptions {
     /// raise the alarm.
     pub warn_slot_wal: u64,
 }
-
-/// What the uploader thread is asked to store.
-enum Upload {
-    /// A local file (`NAME` or `NAME.partial`) to archive and then remove.
-    File(String),
-    /// The streamed copy of segment `name` so far.
-    Streamed { name: String, data: Vec<u8> },
-    /// The receiver's state, for `info`: stored once, not retried.
-    Status(Box<ReceiverStatus>),
-}
-
-/// How often the receiver records its state in the repositories.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// A failure that reconnecting cannot mend (the wrong server, a logical slot).
 #[derive(Debug)]
@@ -90,6 +89,7 @@ struct Receiving {
     segno: u64,
 }
 
+/// The stream side of receive-wal: one connection at a time, its position and files.
 struct WalReceiver<'a, 'c> {
     repos: &'a Repositories<'c>,
     options: &'a ReceiveOptions,
@@ -97,9 +97,12 @@ struct WalReceiver<'a, 'c> {
     system_identifier: u64,
     uploads: Sender<Upload>,
     current: Option<Receiving>,
-    /// End of the WAL written locally, and of what is fsynced.
+    /// End of the WAL written locally, of what is fsynced, and of what the server was
+    /// last told is flushed (all on the timeline being streamed).
     written: Lsn,
     flushed: Lsn,
+    reported: Lsn,
+    last_status: Instant,
     status: ReceiverStatus,
     last_report: Instant,
 }
@@ -132,8 +135,8 @@ pub fn receive(
             )
         })?;
     let (uploads, queue) = crossbeam_channel::unbounded();
-    for name in waiting_files(dir)? {
-        uploads.send(Upload::File(name)).expect("queue is open");
+    for upload in left_behind(dir)? {
+        uploads.send(upload).expect("queue is open");
     }
     std::thread::scope(|scope| {
         scope.spawn(|| store_uploads(repos, dir, &queue, stop));
@@ -146,6 +149,8 @@ pub fn receive(
             current: None,
             written: Lsn(0),
             flushed: Lsn(0),
+            reported: Lsn(0),
+            last_status: Instant::now(),
             status: ReceiverStatus {
                 slot: options.slot.clone(),
                 server: params.describe(),
@@ -167,80 +172,25 @@ pub fn receive(
     })
 }
 
-/// Whole segments and ended timelines' partial segments left in `dir`, oldest first.
-fn waiting_files(dir: &Path) -> Result<Vec<String>> {
+/// What an earlier run left in `dir`, oldest first: whole segments and ended timelines'
+/// partial segments to archive, and the streamed copy of a segment it was streaming.
+fn left_behind(dir: &Path) -> Result<Vec<Upload>> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| {
-            matches!(
-                WalFile::parse(n),
-                Some(WalFile::Segment { .. } | WalFile::Partial { .. })
-            )
-        })
         .collect();
     names.sort();
-    Ok(names)
-}
-
-/// The uploader: stores each queued file in every repository, retrying with backoff
-/// until it is stored (or pgkeep is stopping: the file then waits for the next start).
-fn store_uploads(repos: &Repositories, dir: &Path, queue: &Receiver<Upload>, stop: &AtomicBool) {
-    for upload in queue {
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            let outcome = match &upload {
-                Upload::File(name) => store_file(repos, dir, name),
-                Upload::Streamed { name, data } => store_streamed(repos, name, data),
-                Upload::Status(status) => {
-                    if let Err(e) = repos.every(|ctx| ctx.repo.put_receiver_status(status)) {
-                        tracing::warn!("cannot record receive-wal's state: {e:#}");
-                    }
-                    break;
-                }
-            };
-            match outcome {
-                Ok(()) => break,
-                Err(e) if stop.load(Ordering::Relaxed) => {
-                    tracing::error!("{e:#}; it is stored at the next start of receive-wal");
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!("{e:#}; trying again in {}s", backoff.as_secs());
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+    Ok(names
+        .into_iter()
+        .filter_map(|name| match WalFile::parse(&name) {
+            Some(WalFile::Segment { .. } | WalFile::Partial { .. }) => Some(Upload::File(name)),
+            _ => {
+                let segment = name.strip_suffix(".receiving")?;
+                matches!(WalFile::parse(segment), Some(WalFile::Segment { .. }))
+                    .then(|| Upload::Streamed(segment.to_string()))
             }
-        }
-    }
-}
-
-fn store_file(repos: &Repositories, dir: &Path, name: &str) -> Result<()> {
-    let path = dir.join(name);
-    let file = WalFile::parse(name).expect("queued files have WAL names");
-    let data = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    repos
-        .every(|ctx| archive::store(ctx, name, &file, &data))
-        .with_context(|| format!("streamed {name} is not archived"))?;
-    if let WalFile::Segment { .. } = file {
-        // The whole segment is archived: its streamed copy is of no more use.
-        let _ = repos.every(|ctx| ctx.repo.delete_streamed(name));
-    }
-    fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-    sync_dir(dir)?;
-    tracing::info!("archived streamed {name}");
-    Ok(())
-}
-
-fn store_streamed(repos: &Repositories, name: &str, data: &[u8]) -> Result<()> {
-    repos
-        .every(|ctx| {
-            let encoded = object::encode(data, ctx.repo_config.compress_level)?;
-            ctx.repo.put_streamed(name, &encoded)
         })
-        .with_context(|| format!("the streamed copy of {name} is not stored"))?;
-    tracing::info!("stored the streamed copy of {name}");
-    Ok(())
+        .collect())
 }
 
 impl WalReceiver<'_, '_> {
@@ -259,6 +209,7 @@ impl WalReceiver<'_, '_> {
             match outcome {
                 Ok(()) => break,
                 Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
+                Err(_) if stop.load(Ordering::Relaxed) => break,
                 Err(e) => {
                     if self.flushed > before {
                         backoff = Duration::from_secs(1);
@@ -284,10 +235,52 @@ impl WalReceiver<'_, '_> {
                 system.system_identifier, self.system_identifier
             )));
         }
+        let state = self.slot(&mut conn, &system)?;
+        self.status.server = conn.server().to_string();
+        self.status.connected = true;
+        self.status.error = None;
+        self.status.server_end = system.position;
+        let (mut timeline, mut start) = match self.resume_point()? {
+            Some(point) => point,
+            None => (
+                state.restart_timeline.unwrap_or(system.timeline),
+                state.restart_lsn.unwrap_or(system.position),
+            ),
+        };
+        loop {
+            // Always from a segment's start, so a local file never has a hole.
+            start = self.seg.start_lsn(self.seg.segno(start));
+            if timeline > 1 {
+                self.archive_history(&mut conn, timeline)?;
+            }
+            tracing::info!("streaming timeline {timeline} from {start}");
+            (self.written, self.flushed, self.reported) = (start, start, start);
+            self.status.timeline = timeline;
+            self.report();
+            let next = match conn.start_replication(&self.options.slot, timeline, start)? {
+                Some(ended) => Some(ended),
+                None => self.follow(&mut conn, timeline, stop)?,
+            };
+            let Some((next_timeline, next_start)) = next else {
+                return Ok(());
+            };
+            // The timeline's last segment is incomplete for good: it is archived as
+            // NAME.partial, as PostgreSQL's archiver does at a promotion.
+            self.finish_current(".partial")?;
+            tracing::info!(
+                "timeline {timeline} ended; timeline {next_timeline} starts at {next_start}"
+            );
+            (timeline, start) = (next_timeline, next_start);
+        }
+    }
+
+    /// The slot's state, the slot created if missing; warns loudly when it holds more
+    /// WAL on the server than `warn_slot_wal`.
+    fn slot(&mut self, conn: &mut Replication, system: &SystemId) -> Result<SlotState> {
         let slot = self.options.slot.as_str();
         let state = match conn.read_slot(slot)? {
             Some(state) if !state.physical => bail!(Fatal(format!(
-                "replication slot '{slot}' is a logical slot; receive-wal needs a physical one: name another with --slot"
+                "replication slot '{slot}' is a logical slot; receive-wal needs a physical one: name another in [receive] slot"
             ))),
             Some(state) => state,
             None => {
@@ -308,42 +301,8 @@ impl WalReceiver<'_, '_> {
                 crate::engine::human_bytes(retained)
             );
         }
-        self.status.connected = true;
-        self.status.error = None;
         self.status.slot_retained = retained;
-        self.status.server_end = system.position;
-        let (mut timeline, mut start) = match self.resume_point()? {
-            Some(point) => point,
-            None => (
-                state.restart_timeline.unwrap_or(system.timeline),
-                state.restart_lsn.unwrap_or(system.position),
-            ),
-        };
-        loop {
-            start = self.seg.start_lsn(self.seg.segno(start));
-            if timeline > 1 {
-                self.archive_history(&mut conn, timeline)?;
-            }
-            tracing::info!("streaming timeline {timeline} from {start}");
-            self.written = start;
-            self.flushed = self.flushed.max(start);
-            self.status.timeline = timeline;
-            self.report();
-            let next = match conn.start_replication(Some(slot), timeline, start)? {
-                Streamed::TimelineEnd { timeline, start } => Some((timeline, start)),
-                _ => self.follow(&mut conn, timeline, stop)?,
-            };
-            let Some((next_timeline, next_start)) = next else {
-                return Ok(());
-            };
-            // The timeline's last segment is incomplete for good: it is archived as
-            // NAME.partial, as PostgreSQL's archiver does at a promotion.
-            self.finish_current(".partial")?;
-            tracing::info!(
-                "timeline {timeline} ended; timeline {next_timeline} starts at {next_start}"
-            );
-            (timeline, start) = (next_timeline, next_start);
-        }
+        Ok(state)
     }
 
     /// Where an earlier run stopped: the start of the segment it was streaming.
@@ -372,22 +331,24 @@ impl WalReceiver<'_, '_> {
         stop: &AtomicBool,
     ) -> Result<Option<(u32, Lsn)>> {
         let interval = self.options.status_interval;
-        let mut last_status = Instant::now();
+        let mut last_heard = Instant::now();
+        self.last_status = Instant::now();
         loop {
             if stop.load(Ordering::Relaxed) {
-                self.flush()?;
-                conn.send_status(self.written, self.flushed, false)?;
+                self.confirm(conn, false)?;
                 return Ok(None);
             }
-            if self.options.synchronous && self.written > self.flushed && !conn.has_pending() {
-                self.flush()?;
-                conn.send_status(self.written, self.flushed, false)?;
-                last_status = Instant::now();
+            if self.options.synchronous && !conn.has_pending() && self.unconfirmed() {
+                self.confirm(conn, false)?;
             }
             let wait = interval
-                .saturating_sub(last_status.elapsed())
+                .saturating_sub(self.last_status.elapsed())
                 .min(STOP_CHECK);
-            match conn.next(wait)? {
+            let message = conn.next(wait)?;
+            if !matches!(message, Streamed::Idle) {
+                last_heard = Instant::now();
+            }
+            match message {
                 Streamed::Wal {
                     start,
                     server_end,
@@ -399,23 +360,41 @@ impl WalReceiver<'_, '_> {
                 Streamed::Keepalive { server_end, reply } => {
                     self.status.server_end = server_end;
                     if reply {
-                        self.flush()?;
-                        conn.send_status(self.written, self.flushed, false)?;
-                        last_status = Instant::now();
+                        self.confirm(conn, false)?;
                     }
                 }
                 Streamed::Idle => {}
                 Streamed::TimelineEnd { timeline, start } => return Ok(Some((timeline, start))),
             }
-            if last_status.elapsed() >= interval {
-                self.flush()?;
-                conn.send_status(self.written, self.flushed, false)?;
-                last_status = Instant::now();
+            if last_heard.elapsed() > interval * SILENCE_INTERVALS {
+                bail!(
+                    "{} has sent nothing for {} s, not even the keepalive asked for; taking it for gone",
+                    conn.server(),
+                    last_heard.elapsed().as_secs()
+                );
+            }
+            if self.last_status.elapsed() >= interval {
+                // Asking for a reply proves the server is still there.
+                self.confirm(conn, true)?;
             }
             if self.last_report.elapsed() >= REPORT_EVERY {
                 self.report();
             }
         }
+    }
+
+    /// Whether WAL is written or flushed beyond what the server was told.
+    fn unconfirmed(&self) -> bool {
+        self.written > self.flushed || self.flushed > self.reported
+    }
+
+    /// fsyncs what is written and tells the server; `ask` requests a keepalive back.
+    fn confirm(&mut self, conn: &mut Replication, ask: bool) -> Result<()> {
+        self.flush()?;
+        conn.send_status(self.written, self.flushed, ask)?;
+        self.reported = self.flushed;
+        self.last_status = Instant::now();
+        Ok(())
     }
 
     /// Writes streamed WAL at its place, completing segments as they fill.
@@ -508,28 +487,23 @@ impl WalReceiver<'_, '_> {
         let to = self.path(r.timeline, r.segno, suffix);
         fs::rename(&from, &to).with_context(|| format!("cannot rename {}", from.display()))?;
         sync_dir(&self.options.directory)?;
-        let name = to
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("WAL names are text");
+        let name = self.seg.name(r.timeline, r.segno) + suffix;
         self.uploads
-            .send(Upload::File(name.to_string()))
+            .send(Upload::File(name))
             .expect("the uploader runs");
         Ok(())
     }
 
-    /// Streaming stopped: the segment being streamed is fsynced and its copy so far
-    /// queued for the repository; the next connection streams it again from its start.
+    /// Streaming stopped: the segment being streamed is fsynced and queued as a
+    /// streamed copy; the next connection streams it again from its start.
     fn stopped_streaming(&mut self) -> Result<()> {
         self.flush()?;
         let Some(r) = self.current.take() else {
             return Ok(());
         };
-        let path = self.path(r.timeline, r.segno, ".receiving");
-        let data = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let name = self.seg.name(r.timeline, r.segno);
         self.uploads
-            .send(Upload::Streamed { name, data })
+            .send(Upload::Streamed(name))
             .expect("the uploader runs");
         Ok(())
     }
