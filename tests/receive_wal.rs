@@ -291,6 +291,50 @@ fn rows(s: &Server) -> String {
     s.sql("SELECT string_agg(id || ':' || note, ',' ORDER BY id) FROM t")
 }
 
+/// pg_tde encrypts the WAL on disk (its key file is laid out by hand, as in
+/// tests/pg_tde.rs: no pg_tde build here), but streaming sends it decrypted: receive-wal
+/// refuses a repository that is not encrypted, and streams into an encrypted one.
+fn refuses_decrypted_wal_in_plain_repository(pg: Pg) {
+    for encrypted in [false, true] {
+        let mut env = Env::new(&format!("receivetde{}{encrypted}", pg.major), pg.clone());
+        if encrypted {
+            env = env.encrypted();
+        }
+        let main = env.primary();
+        let receive = format!(
+            "\n[receive]\ndirectory = \"{}\"\n",
+            env.path("receive").display()
+        );
+        env.write_config(&main, &receive);
+        env.pgkeep_ok(&["init"]);
+        std::fs::create_dir_all(main.pgdata.join("pg_tde")).unwrap();
+        std::fs::write(main.pgdata.join("pg_tde/wal_keys"), [1u8; 64]).unwrap();
+        common::chown_postgres(&main.pgdata.join("pg_tde"));
+        let mut receiver = Receiver::start(&env);
+        if encrypted {
+            receiver.wait_for("started streaming", "streaming timeline 1");
+            receiver.stop();
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = receiver.child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "receive-wal ran on:\n{}",
+                    receiver.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert!(!status.success());
+            let log = receiver.log();
+            assert!(log.contains("encrypts its WAL with pg_tde"), "{log}");
+            assert!(log.contains("not encrypted"), "{log}");
+        }
+    }
+}
+
 /// SIGKILL to the postmaster and its children.
 fn run_kill_9(server: &Server) {
     let pid = std::fs::read_to_string(server.pgdata.join("postmaster.pid")).unwrap();
@@ -305,3 +349,4 @@ fn run_kill_9(server: &Server) {
 
 on_each_version!(rpo_zero);
 on_each_version!(follows_promotion);
+on_each_version!(refuses_decrypted_wal_in_plain_repository);

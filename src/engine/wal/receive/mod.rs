@@ -32,6 +32,7 @@ use anyhow::{Context as _, Result, bail};
 use crossbeam_channel::Sender;
 
 use self::upload::{Upload, store_uploads};
+use crate::config::Encryption;
 use crate::engine::repositories::Repositories;
 use crate::engine::wal::archive;
 use crate::format::lsn::Lsn;
@@ -39,6 +40,7 @@ use crate::format::wal::{SegmentSize, WalFile};
 use crate::os::sync_dir;
 use crate::pg::conninfo::ConnParams;
 use crate::pg::replication::{Replication, SlotState, Streamed, SystemId};
+use crate::pg::session::Session;
 use crate::repo::ReceiverStatus;
 use crate::repo::lock::{LockMode, LockService};
 use crate::repo::storage::LocalLocks;
@@ -235,6 +237,7 @@ impl WalReceiver<'_, '_> {
                 system.system_identifier, self.system_identifier
             )));
         }
+        self.refuse_decrypted_wal_into_plain_repositories(params)?;
         let state = self.slot(&mut conn, &system)?;
         self.status.server = conn.server().to_string();
         self.status.connected = true;
@@ -272,6 +275,37 @@ impl WalReceiver<'_, '_> {
             );
             (timeline, start) = (next_timeline, next_start);
         }
+    }
+
+    /// pg_tde encrypts WAL on disk, but a walsender sends it decrypted: streamed into a
+    /// repository that is not encrypted, it would lie there in the clear. The key file
+    /// is looked for over SQL (`pg_stat_file`, which needs superuser or
+    /// pg_read_server_files; without that right the check says so and lets it be).
+    fn refuse_decrypted_wal_into_plain_repositories(&self, params: &ConnParams) -> Result<()> {
+        let mut session = Session::connect(params)?;
+        let keys =
+            session.text("SELECT ((pg_stat_file('pg_tde/wal_keys', true)).size IS NOT NULL)::text");
+        match keys.as_deref() {
+            Ok("true") => {}
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot tell whether pg_tde encrypts the WAL ({e:#}); grant pg_read_server_files to check"
+                );
+                return Ok(());
+            }
+        }
+        self.repos
+            .every(|ctx| match ctx.repo_config.encryption {
+                Encryption::None => bail!(
+                    "the server encrypts its WAL with pg_tde (it has pg_tde/wal_keys), and a replication \
+                     connection sends WAL decrypted, so receive-wal does not store it in this repository, \
+                     which is not encrypted: use an encrypted repository, or archive_command, which stores \
+                     WAL as PostgreSQL wrote it"
+                ),
+                _ => Ok(()),
+            })
+            .map_err(|e| anyhow::anyhow!(Fatal(format!("{e:#}"))))
     }
 
     /// The slot's state, the slot created if missing; warns loudly when it holds more
