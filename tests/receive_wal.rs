@@ -108,11 +108,17 @@ fn rpo_zero(pg: Pg) {
     env.pgkeep_ok(&["init"]);
     let mut receiver = Receiver::start(&env);
     receiver.wait_for("started streaming", "streaming timeline 1");
-    assert_eq!(
-        main.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pgkeep'"),
-        "sync",
-        "receive-wal is not the synchronous standby"
-    );
+    // ("potential" until the walsender has caught up.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while main.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pgkeep'")
+        != "sync"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "receive-wal is not the synchronous standby"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     main.pgbench_init(5);
     env.backup();
 
