@@ -306,6 +306,20 @@ pub struct ClusterConfig {
     /// oldest installed one new enough for the server is used.
     #[serde(default)]
     pub pg_bin: Option<PathBuf>,
+    /// Where `backup` reads the cluster's files.
+    #[serde(default)]
+    pub backup_source: BackupSource,
+}
+
+/// Where a physical backup's bytes come from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupSource {
+    /// `pgdata`, read by pgkeep on the database host.
+    #[default]
+    DataDirectory,
+    /// A `BASE_BACKUP` stream over a replication connection: pgkeep may run elsewhere.
+    Replication,
 }
 
 /// zstd level 1: on WAL it stores within 1% of level 3 at twice the speed, and on data

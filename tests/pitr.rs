@@ -6,16 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::objects::Service;
+use common::targets::fingerprint;
 use common::{Env, Pg, Server};
-
-/// Exactly what the database holds: every account balance, the history, the marks.
-fn fingerprint(s: &Server) -> String {
-    s.sql(
-        "SELECT (SELECT md5(string_agg(aid::text || ':' || abalance::text, ',' ORDER BY aid)) FROM pgbench_accounts) \
-         || '|' || (SELECT count(*) || '/' || coalesce(sum(delta), 0) FROM pgbench_history) \
-         || '|' || (SELECT coalesce(string_agg(name, ',' ORDER BY id), '') FROM marks)",
-    )
-}
 
 fn sleep(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));

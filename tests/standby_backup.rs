@@ -10,15 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::{Env, Pg, Server};
 
-/// Exactly what the database holds: every balance, the history, the marks.
-fn fingerprint(s: &Server) -> String {
-    s.sql(
-        "SELECT (SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts) \
-         || '|' || (SELECT count(*) FROM pgbench_history) \
-         || '|' || (SELECT coalesce(string_agg(name, ',' ORDER BY id), '') FROM marks)",
-    )
-}
-
 /// Switches WAL on the primary and waits until the standby has archived the segment.
 fn archived_through_standby(main: &Server, standby: &Server) {
     let segment = main.sql("SELECT pg_walfile_name(pg_switch_wal())");
@@ -87,44 +78,9 @@ fn standby_backup(pg: Pg) {
     load.stop(&main);
     assert_eq!(env.labels(), vec![label]);
 
-    let mut marks = Vec::new();
-    let xid = main.sql("BEGIN; INSERT INTO marks VALUES (1, 'xid'); SELECT txid_current(); COMMIT");
-    marks.push((
-        "xid",
-        vec!["--target-xid".to_string(), xid],
-        fingerprint(&main),
-    ));
-    main.sql("INSERT INTO marks VALUES (2, 'name')");
-    main.sql("SELECT pg_create_restore_point('standby_mark')");
-    marks.push((
-        "name",
-        vec!["--target-name".into(), "standby_mark".into()],
-        fingerprint(&main),
-    ));
-    main.sql("INSERT INTO marks VALUES (3, 'lsn')");
-    let lsn = main.sql("SELECT pg_current_wal_lsn()");
-    marks.push(("lsn", vec!["--target-lsn".into(), lsn], fingerprint(&main)));
-    main.sql("INSERT INTO marks VALUES (4, 'time')");
-    std::thread::sleep(Duration::from_millis(1100));
-    let time = main.sql("SELECT now()");
-    marks.push((
-        "time",
-        vec!["--target-time".into(), time],
-        fingerprint(&main),
-    ));
-    std::thread::sleep(Duration::from_millis(1100));
-    main.sql("INSERT INTO marks VALUES (5, 'end')");
-    marks.push(("end", vec![], fingerprint(&main)));
+    let targets = common::targets::record(&main);
     archived_through_standby(&main, &standby);
-
-    for (name, target, expected) in &marks {
-        let mut args: Vec<&str> = target.iter().map(String::as_str).collect();
-        args.extend(["--target-action", "promote"]);
-        let restored = env.restore_and_start(&format!("restored-{name}"), &args);
-        assert_eq!(&fingerprint(&restored), expected, "target {name}");
-        assert!(restored.pgbench_consistent(), "target {name}");
-        restored.stop();
-    }
+    common::targets::restore_each(&env, &targets);
 }
 
 on_each_version!(standby_backup);

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::config::{ClusterConfig, Config, Location, RepositoryConfig};
+use crate::config::{BackupSource, ClusterConfig, Config, Location, RepositoryConfig};
 use crate::pg::conninfo::{self, ConnParams};
 use crate::pg::session::Session;
 use crate::repo::{self, ClusterRepo, OpenMode};
@@ -80,8 +80,12 @@ impl<'a> Context<'a> {
         Session::connect(&self.conn_params()?)
     }
 
-    /// Checks that the server behind `connection` is the cluster configured as `pgdata`.
+    /// Checks that the server behind `connection` is the cluster configured as `pgdata`;
+    /// a cluster backed up over replication runs elsewhere, and its `pgdata` is not there.
     pub fn check_data_directory(&self, session: &mut Session) -> Result<()> {
+        if self.cluster.backup_source == BackupSource::Replication {
+            return Ok(());
+        }
         let server_dir = session.setting("data_directory")?;
         let same = match (
             Path::new(&server_dir).canonicalize(),
@@ -171,15 +175,25 @@ pub fn parallel_map<T: Send, R: Send>(
     jobs: usize,
     work: impl Fn(T, &AtomicBool) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    for item in items {
-        tx.send(item).expect("the receiver is alive");
-    }
-    drop(tx);
+    let feed = |send: &mut dyn FnMut(T) -> Result<()>| items.into_iter().try_for_each(send);
+    Ok(parallel_feed(jobs, feed, work)?.1)
+}
+
+/// As [`parallel_map`], the items coming from `produce`, which runs on the calling
+/// thread while the workers take what it sends (through a short queue, so a stream is
+/// read no faster than it is worked). Returns what `produce` returned and the results.
+/// A worker's failure makes the next send fail; the worker's error is the one returned.
+pub fn parallel_feed<T: Send, R: Send, P>(
+    jobs: usize,
+    produce: impl FnOnce(&mut dyn FnMut(T) -> Result<()>) -> Result<P>,
+    work: impl Fn(T, &AtomicBool) -> Result<R> + Sync,
+) -> Result<(P, Vec<R>)> {
+    let jobs = jobs.max(1);
+    let (tx, rx) = crossbeam_channel::bounded(2 * jobs);
     let stop = AtomicBool::new(false);
     let first_error = Mutex::new(None);
-    let results = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..jobs.max(1))
+    let (produced, results) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
             .map(|_| {
                 let (rx, stop, first_error, work) = (rx.clone(), &stop, &first_error, &work);
                 scope.spawn(move || {
@@ -202,14 +216,25 @@ pub fn parallel_map<T: Send, R: Send>(
                 })
             })
             .collect();
-        handles
+        drop(rx);
+        let mut send = |item: T| match stop.load(Ordering::Relaxed) {
+            true => Err(stopped()),
+            false => tx.send(item).map_err(|_| stopped()),
+        };
+        let produced = produce(&mut send);
+        if produced.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        drop(tx);
+        let results = handles
             .into_iter()
             .flat_map(|h| h.join().expect("a worker panicked"))
-            .collect::<Vec<R>>()
+            .collect::<Vec<R>>();
+        (produced, results)
     });
     match first_error.into_inner().unwrap() {
         Some(e) => Err(e),
-        None => Ok(results),
+        None => Ok((produced?, results)),
     }
 }
 

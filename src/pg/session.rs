@@ -186,6 +186,24 @@ impl Session {
             .parse()?)
     }
 
+    /// Whether the server has pg_tde's WAL key file: its WAL is encrypted on disk, and
+    /// a walsender sends it decrypted. Looked for with `pg_stat_file`, which needs
+    /// superuser or pg_read_server_files; without that right this warns and says no.
+    pub fn has_tde_wal_keys(&mut self) -> bool {
+        match self
+            .text("SELECT ((pg_stat_file('pg_tde/wal_keys', true)).size IS NOT NULL)::text")
+            .as_deref()
+        {
+            Ok(keys) => keys == "true",
+            Err(e) => {
+                tracing::warn!(
+                    "cannot tell whether pg_tde encrypts the WAL ({e:#}); grant pg_read_server_files to check"
+                );
+                false
+            }
+        }
+    }
+
     pub fn in_recovery(&mut self) -> Result<bool> {
         Ok(self.text("SELECT pg_is_in_recovery()::text")? == "true")
     }

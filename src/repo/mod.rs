@@ -250,6 +250,13 @@ impl ClusterRepo {
 
     /// Publishes a backup. Called only when everything it refers to is durable.
     pub fn publish_manifest(&self, manifest: &Manifest) -> Result<()> {
+        // What a restore would refuse is never published.
+        manifest.validate().map_err(|e| {
+            anyhow::anyhow!(
+                "backup {} was not published, its manifest would be invalid: {e}",
+                manifest.label
+            )
+        })?;
         self.publish_new(
             &self.manifest_key(&manifest.label),
             manifest,
@@ -521,6 +528,15 @@ impl ClusterRepo {
     }
 
     /// The streamed copy of segment `name`, checked; `None` if there is none.
+    /// Segment `name` as archived, or else receive-wal's streamed copy of it (a segment
+    /// not archived whole; recovery replays it to where streaming stopped).
+    pub fn get_segment_or_streamed(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self.get_wal(name)? {
+            Some(data) => Ok(Some(data)),
+            None => self.get_streamed(name),
+        }
+    }
+
     pub fn get_streamed(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let key = self.streamed_key(name)?;
         match self.storage.get(&key)? {

@@ -8,6 +8,8 @@
 
 pub mod faults;
 pub mod objects;
+pub mod receiver;
+pub mod targets;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -46,35 +48,37 @@ impl Pg {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Uid and gid of the `postgres` OS user.
-fn postgres_ids() -> (u32, u32) {
-    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
-    *IDS.get_or_init(|| {
-        let id = |flag: &str| {
-            run_ok(Command::new("id").args([flag, "postgres"]))
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        (id("-u"), id("-g"))
-    })
+/// Uid and gid of OS user `user`.
+fn user_ids(user: &str) -> (u32, u32) {
+    let id = |flag: &str| {
+        run_ok(Command::new("id").args([flag, user]))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (id("-u"), id("-g"))
 }
 
 /// A command that runs as the database OS user. The program is exec'd directly with
 /// that uid (no wrapper process), so killing the child kills the program itself.
 pub fn as_postgres(program: impl AsRef<Path>) -> Command {
+    as_user("postgres", program)
+}
+
+/// A command that runs as OS user `user` (when the tests run as root).
+pub fn as_user(user: &str, program: impl AsRef<Path>) -> Command {
     use std::os::unix::process::CommandExt;
     let mut c = Command::new(program.as_ref());
     if is_root() {
-        let (uid, gid) = postgres_ids();
-        c.uid(uid)
-            .gid(gid)
-            .env("HOME", "/var/lib/postgresql")
-            .env("USER", "postgres");
+        let (uid, gid) = user_ids(user);
+        c.uid(uid).gid(gid);
+        if user == "postgres" {
+            c.env("HOME", "/var/lib/postgresql").env("USER", "postgres");
+        }
     }
     c
 }
@@ -133,7 +137,8 @@ pub struct Env {
     /// Whether a local repository (`repo`) comes first, before the object-storage one.
     local_first: bool,
     bucket: String,
-    servers: std::sync::Mutex<Vec<PathBuf>>,
+    /// Every server started: its data directory and the OS user it runs as.
+    servers: std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
 }
 
 impl Env {
@@ -367,19 +372,58 @@ impl Env {
         standby
     }
 
+    /// Stops `server` and starts it again as OS user `user` (created if missing), its
+    /// data directory closed to every other user; only when the tests run as root.
+    pub fn hand_over(&self, server: &mut Server, user: &'static str) {
+        if !is_root() {
+            return;
+        }
+        server.stop();
+        if !Command::new("id")
+            .arg(user)
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            run_ok(Command::new("useradd").args(["--system", "--no-create-home", user]));
+        }
+        let logs = self.path(&format!("{user}-logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        for path in [&server.pgdata, &server.socket, &logs] {
+            run_ok(
+                Command::new("chown")
+                    .args(["-R", &format!("{user}:{user}")])
+                    .arg(path),
+            );
+        }
+        run_ok(Command::new("chmod").arg("0700").arg(&server.pgdata));
+        server.log = logs.join("server.log");
+        server.user = user;
+        for entry in self.servers.lock().unwrap().iter_mut() {
+            if entry.0 == server.pgdata {
+                entry.1 = user;
+            }
+        }
+        server.start();
+    }
+
     /// A server restored into `pgdata`, to be started with [`Server::start`].
     pub fn restored(&self, pgdata: &Path) -> Server {
         let name = pgdata.file_name().unwrap().to_string_lossy().to_string();
         let server = Server::at(self, pgdata.to_path_buf(), &name);
-        self.servers.lock().unwrap().push(server.pgdata.clone());
+        self.servers
+            .lock()
+            .unwrap()
+            .push((server.pgdata.clone(), "postgres"));
         server
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        for pgdata in self.servers.lock().unwrap().iter() {
-            let _ = as_postgres(self.pg.tool("pg_ctl"))
+        for (pgdata, user) in self.servers.lock().unwrap().iter() {
+            let _ = as_user(user, self.pg.tool("pg_ctl"))
                 .args(["-D"])
                 .arg(pgdata)
                 .args(["-m", "immediate", "stop"])
@@ -404,6 +448,8 @@ pub struct Server {
     pub pg: Pg,
     /// Extra `-c` settings given at start.
     pub options: String,
+    /// The OS user the server runs as.
+    pub user: &'static str,
 }
 
 impl Server {
@@ -418,6 +464,7 @@ impl Server {
             log: env.dir.join(format!("{name}.log")),
             pg: env.pg.clone(),
             options: String::new(),
+            user: "postgres",
         }
     }
 
@@ -446,7 +493,10 @@ impl Server {
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str(&conf);
         std::fs::write(&path, text).unwrap();
-        env.servers.lock().unwrap().push(server.pgdata.clone());
+        env.servers
+            .lock()
+            .unwrap()
+            .push((server.pgdata.clone(), "postgres"));
         server
     }
 
@@ -457,7 +507,7 @@ impl Server {
             self.socket.display(),
             self.options
         );
-        let out = as_postgres(self.pg.tool("pg_ctl"))
+        let out = as_user(self.user, self.pg.tool("pg_ctl"))
             .args(["-w", "-t", "120", "-D"])
             .arg(&self.pgdata)
             .arg("-l")
@@ -477,7 +527,7 @@ impl Server {
 
     pub fn stop(&self) {
         run_ok(
-            as_postgres(self.pg.tool("pg_ctl"))
+            as_user(self.user, self.pg.tool("pg_ctl"))
                 .args(["-w", "-D"])
                 .arg(&self.pgdata)
                 .args(["-m", "fast", "stop"]),

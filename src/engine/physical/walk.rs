@@ -116,6 +116,17 @@ fn relation_name(name: &str) -> Option<(&str, &str, u32)> {
     valid.then_some((node, fork, seg))
 }
 
+/// What the name of a file at `rel` (a path in the backup) says about it as a relation
+/// data file, for files a server streams rather than ones walked here.
+pub fn relation_of(rel: &str) -> Option<Relation> {
+    let (dir, name) = rel.rsplit_once('/')?;
+    let (_, fork, segment) = relation_name(name).filter(|_| is_database_dir(dir))?;
+    Some(Relation {
+        segment,
+        main_fork: fork.is_empty(),
+    })
+}
+
 /// Temporary relations: `tBACKENDID_RELFILENODE[...]`.
 fn is_temp_relation(name: &str) -> bool {
     name.strip_prefix('t')
@@ -269,6 +280,11 @@ mod tests {
         assert!(is_database_dir("base/5"));
         assert!(is_database_dir("pg_tblspc/16400/PG_15_202209061/5"));
         assert!(!is_database_dir("base"));
+        assert!(relation_of("base/5/16384.2").is_some_and(|r| r.segment == 2 && r.main_fork));
+        assert!(relation_of("pg_tblspc/1/PG_15_1/5/7_fsm").is_some_and(|r| !r.main_fork));
+        assert!(
+            relation_of("base/5/PG_VERSION").is_none() && relation_of("pg_xact/0000").is_none()
+        );
     }
 
     #[test]

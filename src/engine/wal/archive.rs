@@ -112,19 +112,16 @@ pub fn store(ctx: &Context, name: &str, file: &WalFile, data: &[u8]) -> Result<(
 /// whole comes from receive-wal's streamed copy if there is one: recovery replays it to
 /// where streaming stopped, so nothing the receiver confirmed is missing.
 pub fn get(ctx: &Context, name: &str, dest: &Path) -> Result<bool> {
+    let streamed = matches!(WalFile::parse(name), Some(WalFile::Segment { .. }));
     let data = match ctx.repo.get_wal(name)? {
         Some(data) => data,
-        None if matches!(WalFile::parse(name), Some(WalFile::Segment { .. })) => {
-            match ctx.repo.get_streamed(name)? {
-                Some(data) => {
-                    tracing::info!(
-                        "{name} is not archived whole; using receive-wal's streamed copy"
-                    );
-                    data
-                }
-                None => return Ok(false),
+        None if streamed => match ctx.repo.get_streamed(name)? {
+            Some(data) => {
+                tracing::info!("{name} is not archived whole; using receive-wal's streamed copy");
+                data
             }
-        }
+            None => return Ok(false),
+        },
         None => return Ok(false),
     };
     let dir = dest

@@ -84,9 +84,9 @@ pub fn path_end(
     Some(end)
 }
 
-/// The time of the last commit or abort at or after `after` in the archived WAL along
-/// `path`, looking back from segment `end` (in the newest segment that holds one, the
-/// latest time). A recovery target time at or after it is never reached: PostgreSQL
+/// The time of the last commit or abort at or after `after` in the archived (or
+/// streamed) WAL along `path`, looking back from segment `end` (in the newest segment
+/// that holds one, the latest time). A recovery target time at or after it is never reached: PostgreSQL
 /// stops before the first transaction later than the target and fails if there is none.
 pub fn last_transaction_time(
     repo: &ClusterRepo,
@@ -95,10 +95,16 @@ pub fn last_transaction_time(
     after: Lsn,
     end: u64,
 ) -> Result<Option<DateTime<Utc>>> {
+    // Streamed copies of the segments after the archived ones continue the WAL.
+    let name_of = |segno: u64| seg.name(path.timeline_of_segment(seg, segno), segno);
+    let mut end = end;
+    while repo.get_streamed(&name_of(end + 1))?.is_some() {
+        end += 1;
+    }
     for segno in (seg.segno(after)..=end).rev() {
-        let name = seg.name(path.timeline_of_segment(seg, segno), segno);
+        let name = name_of(segno);
         // A damaged segment ends the search as a missing one does (verify names it).
-        let bytes = match repo.get_wal(&name) {
+        let bytes = match repo.get_segment_or_streamed(&name) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => break,
             Err(e) => {
@@ -119,8 +125,8 @@ pub fn last_transaction_time(
     Ok(None)
 }
 
-/// Positions of every restore point called `name` in the archived WAL along `path`,
-/// reading from the start of each backup onwards until WAL runs out.
+/// Positions of every restore point called `name` in the archived (or streamed) WAL
+/// along `path`, reading from the start of each backup onwards until WAL runs out.
 pub fn find_restore_points(
     repo: &ClusterRepo,
     seg: SegmentSize,
@@ -135,7 +141,7 @@ pub fn find_restore_points(
     let mut next = starts.first().copied();
     while let Some(segno) = next {
         let wal_name = seg.name(path.timeline_of_segment(seg, segno), segno);
-        next = match repo.get_wal(&wal_name)? {
+        next = match repo.get_segment_or_streamed(&wal_name)? {
             Some(bytes) => {
                 reader.feed(segno, &bytes, |rec| {
                     if restore_point(&rec).is_some_and(|(n, _)| n == name) {

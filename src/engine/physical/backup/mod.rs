@@ -1,4 +1,5 @@
-//! `backup`: an online physical backup read straight from the data directory.
+//! `backup`: an online physical backup, read straight from the data directory or
+//! streamed by the server over a replication connection (`remote`).
 //!
 //! Pipeline: N workers read files (up to their size at listing time), validate page
 //! checksums, cut them into chunks, hash and compress the chunks not yet in the
@@ -11,6 +12,7 @@
 mod changes;
 mod parent;
 mod reader;
+mod remote;
 mod replicate;
 mod source;
 mod summary;
@@ -27,8 +29,10 @@ use indicatif::ProgressBar;
 use self::changes::ChangedBlocks;
 use self::parent::Parent;
 use self::reader::{FileReader, Stats};
+use self::remote::Remote;
 pub use self::replicate::{Replicated, replicate};
 use self::source::{DataDirectory, Server, Source, Stop, epoch_to_time};
+use crate::config::BackupSource;
 use crate::engine::wal::archive::{self, wait_for_wal};
 use crate::engine::wal::timelines;
 use crate::engine::{Context, human_bytes};
@@ -191,8 +195,16 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             ctx.cluster_name
         )
     })?;
-    let mut source = DataDirectory::connect(ctx, &info)?;
-    take(ctx, &info, &mut source, full, progress)
+    match ctx.cluster.backup_source {
+        BackupSource::DataDirectory => {
+            let mut source = DataDirectory::connect(ctx, &info)?;
+            take(ctx, &info, &mut source, full, progress)
+        }
+        BackupSource::Replication => {
+            let mut source = Remote::connect(ctx, &info)?;
+            take(ctx, &info, &mut source, full, progress)
+        }
+    }
 }
 
 /// Takes a backup from `source`: the phases every source shares.
@@ -234,8 +246,10 @@ fn take(
     let size = source.size();
     progress.set_length(size);
     let changed = match &parent {
-        Some(p) => changed_blocks(ctx, source, &path, seg, p.start_lsn()..start.lsn)?,
-        None => None,
+        Some(p) if source.skips_unchanged() => {
+            changed_blocks(ctx, source, &path, seg, p.start_lsn()..start.lsn)?
+        }
+        _ => None,
     };
 
     // From here every path finishes the chunk writer before returning.

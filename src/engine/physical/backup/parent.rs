@@ -62,8 +62,12 @@ impl Parent {
 
     /// The parent's entry for the file at the same place.
     pub fn file(&self, src: &SourceFile) -> Option<&FileEntry> {
-        self.files
-            .get(&(src.rel.clone(), path_bytes(src.raw.as_deref())))
+        self.file_at(&src.rel, src.raw.as_deref())
+    }
+
+    /// The parent's entry for path `rel` (with its bytes when they are not UTF-8).
+    pub fn file_at(&self, rel: &str, raw: Option<&[u8]>) -> Option<&FileEntry> {
+        self.files.get(&(rel.to_string(), path_bytes(raw)))
     }
 
     /// The parent's entry if the file cannot have changed since: same size and mtime, and

@@ -12,12 +12,13 @@ use indicatif::ProgressBar;
 use super::CHUNK_SIZE;
 use super::changes::ChangedBlocks;
 use super::parent::Parent;
-use crate::engine::physical::walk::SourceFile;
+use crate::engine::physical::walk::{Relation, SourceFile};
 use crate::engine::stopped;
 use crate::format::lsn::Lsn;
 use crate::format::page::{self, BLOCKS_PER_SEGMENT, PAGE_SIZE};
 use crate::repo::chunk_store::ChunkWriter;
 use crate::repo::manifest::{FileEntry, path_bytes};
+use crate::repo::pack::ChunkId;
 
 /// Stores an in-memory file (`backup_label`, `tablespace_map`) as a manifest entry.
 pub fn store_file(
@@ -86,6 +87,24 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usi
     Ok(n)
 }
 
+/// Pages of one chunk of a relation file that fail verification and were not changed
+/// since the backup started: (block number, offset in the file, bytes).
+fn suspect_pages(
+    data: &[u8],
+    file_offset: u64,
+    segment: u32,
+    start_lsn: Lsn,
+) -> impl Iterator<Item = (u32, u64, &[u8])> {
+    data.chunks_exact(PAGE_SIZE)
+        .enumerate()
+        .filter_map(move |(i, page_bytes)| {
+            let in_file = file_offset + (i * PAGE_SIZE) as u64;
+            let blkno = segment * BLOCKS_PER_SEGMENT + (in_file / PAGE_SIZE as u64) as u32;
+            let bad = !page::verify(page_bytes, blkno) && page::page_lsn(page_bytes) < start_lsn;
+            bad.then_some((blkno, in_file, page_bytes))
+        })
+}
+
 /// Page checks for one chunk of a relation file. A page that fails is read again: it
 /// counts as bad only if it still fails and was not changed since the backup started
 /// (a page being written may be torn, and WAL replay repairs it).
@@ -97,12 +116,7 @@ fn bad_pages(
     start_lsn: Lsn,
 ) -> Result<Vec<u32>> {
     let mut bad = Vec::new();
-    for (i, page_bytes) in data.chunks_exact(PAGE_SIZE).enumerate() {
-        let in_file = file_offset + (i * PAGE_SIZE) as u64;
-        let blkno = segment * BLOCKS_PER_SEGMENT + (in_file / PAGE_SIZE as u64) as u32;
-        if page::verify(page_bytes, blkno) || page::page_lsn(page_bytes) >= start_lsn {
-            continue;
-        }
+    for (blkno, in_file, page_bytes) in suspect_pages(data, file_offset, segment, start_lsn) {
         let mut again = vec![0u8; PAGE_SIZE];
         match file.read_exact_at(&mut again, in_file) {
             Ok(()) => {}
@@ -120,6 +134,40 @@ fn bad_pages(
 }
 
 impl FileReader<'_> {
+    /// Stores chunk `index` (at `offset`) of the file at `rel`, as a server streamed it,
+    /// and returns its id with the blocks whose checks fail. The server sends a page it
+    /// read again after a failed check (`basebackup.c`), so a failure here is not a
+    /// torn read.
+    pub fn store_streamed(
+        &self,
+        (rel, raw): (&str, Option<&[u8]>),
+        relation: Option<&Relation>,
+        (index, offset): (usize, u64),
+        data: &[u8],
+    ) -> Result<(ChunkId, Vec<u32>)> {
+        let bad = match (relation, self.checksums_from) {
+            (Some(r), Some(start)) => suspect_pages(data, offset, r.segment, start)
+                .map(|(blkno, _, _)| blkno)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let base = self
+            .parent
+            .and_then(|p| p.file_at(rel, raw))
+            .and_then(|entry| entry.chunks.get(index).copied());
+        let (id, new) = self.chunks.store(data, base)?;
+        self.stats
+            .read
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if new {
+            self.stats
+                .stored
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        self.progress.inc(data.len() as u64);
+        Ok((id, bad))
+    }
+
     /// Backs up one file; `None` if it vanished (dropped relation) before it was opened.
     /// Polls `stop` between chunks.
     pub fn backup_file(&self, src: &SourceFile, stop: &AtomicBool) -> Result<Option<FileEntry>> {

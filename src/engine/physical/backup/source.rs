@@ -1,8 +1,8 @@
 //! Where a backup's bytes come from. A source starts the backup on the server, hands
 //! every file to the pipeline, and stops the backup; what follows (chunks, WAL, the
-//! manifest) is the same whatever the source. Today the data directory, read while an
-//! SQL session holds `pg_backup_start`; a `BASE_BACKUP` stream over the replication
-//! protocol is the next source, and only this trait sees the difference.
+//! manifest) is the same whatever the source: the data directory, read while an SQL
+//! session holds `pg_backup_start` (here), or a `BASE_BACKUP` stream over the
+//! replication protocol (`remote`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -76,6 +76,11 @@ pub trait Source {
     fn directories(&self) -> Vec<DirectoryEntry>;
     /// Whether pg_tde encrypts the WAL the backup's changes are in.
     fn wal_encrypted(&self) -> bool;
+    /// Whether the source can leave out what is unchanged since the parent (files it
+    /// reads itself); a server's stream holds everything whatever is asked.
+    fn skips_unchanged(&self) -> bool {
+        true
+    }
 }
 
 /// The data directory of the configured cluster, read while the SQL session that called
@@ -91,11 +96,9 @@ pub struct DataDirectory {
     tde_keys: Option<tde::KeyFiles>,
 }
 
-impl DataDirectory {
-    /// Connects to the cluster's server and checks it is the registered primary whose
-    /// data directory is the configured `pgdata`.
-    pub fn connect(ctx: &Context, info: &ClusterInfo) -> Result<DataDirectory> {
-        let mut session = ctx.connect()?;
+impl Server {
+    /// The server behind `session`, checked to be the repository's cluster.
+    pub fn of(ctx: &Context, info: &ClusterInfo, session: &mut Session) -> Result<Server> {
         let system_identifier = session.system_identifier()?;
         if system_identifier != info.system_identifier {
             bail!(
@@ -104,11 +107,9 @@ impl DataDirectory {
                 info.system_identifier
             );
         }
-        let standby = session.in_recovery()?;
-        ctx.check_data_directory(&mut session)?;
-        let server = Server {
+        Ok(Server {
             system_identifier,
-            standby,
+            standby: session.in_recovery()?,
             version_num: session.version_num,
             data_checksums: session.setting("data_checksums")? == "on",
             tablespace_names: session
@@ -121,7 +122,17 @@ impl DataDirectory {
                 session.version_num / 10000,
                 session.text("SELECT catalog_version_no::text FROM pg_control_system()")?
             ),
-        };
+        })
+    }
+}
+
+impl DataDirectory {
+    /// Connects to the cluster's server and checks it is the registered cluster whose
+    /// data directory is the configured `pgdata`.
+    pub fn connect(ctx: &Context, info: &ClusterInfo) -> Result<DataDirectory> {
+        let mut session = ctx.connect()?;
+        let server = Server::of(ctx, info, &mut session)?;
+        ctx.check_data_directory(&mut session)?;
         Ok(DataDirectory {
             session,
             server,

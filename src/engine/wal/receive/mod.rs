@@ -278,22 +278,10 @@ impl WalReceiver<'_, '_> {
     }
 
     /// pg_tde encrypts WAL on disk, but a walsender sends it decrypted: streamed into a
-    /// repository that is not encrypted, it would lie there in the clear. The key file
-    /// is looked for over SQL (`pg_stat_file`, which needs superuser or
-    /// pg_read_server_files; without that right the check says so and lets it be).
+    /// repository that is not encrypted, it would lie there in the clear.
     fn refuse_decrypted_wal_into_plain_repositories(&self, params: &ConnParams) -> Result<()> {
-        let mut session = Session::connect(params)?;
-        let keys =
-            session.text("SELECT ((pg_stat_file('pg_tde/wal_keys', true)).size IS NOT NULL)::text");
-        match keys.as_deref() {
-            Ok("true") => {}
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot tell whether pg_tde encrypts the WAL ({e:#}); grant pg_read_server_files to check"
-                );
-                return Ok(());
-            }
+        if !Session::connect(params)?.has_tde_wal_keys() {
+            return Ok(());
         }
         self.repos
             .every(|ctx| match ctx.repo_config.encryption {

@@ -1,5 +1,6 @@
 //! A physical replication connection (`replication=true`): the walsender's commands over
-//! the simple query protocol, and the COPY BOTH stream of `START_REPLICATION`.
+//! the simple query protocol, the COPY BOTH stream of `START_REPLICATION`, and the COPY
+//! OUT stream of `BASE_BACKUP` (in `base_backup`).
 //!
 //! No maintained Rust client speaks this: tokio-postgres has no replication mode, and
 //! postgres-protocol's message parser does not know CopyBothResponse. So this is a small
@@ -8,6 +9,10 @@
 //!
 //! Invariant: a message leaves the input buffer only when it is whole, so a read that
 //! times out (the caller's cue to send a status update) never loses part of one.
+
+mod base_backup;
+
+pub use self::base_backup::{BackupPart, BaseBackupStart, StreamedTablespace};
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

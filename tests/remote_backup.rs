@@ -1,0 +1,94 @@
+//! Remote backups (`backup_source = "replication"`): the server runs as another OS user
+//! with its data directory closed (0700), and pgkeep's config names a `pgdata` that does
+//! not exist, so every byte comes over the replication protocol. As on a backup host,
+//! the WAL comes from receive-wal (the server archives nothing). Restores reach every
+//! kind of target exactly, a second backup stores only what changed, and PostgreSQL's
+//! own pg_verifybackup accepts a restored copy against the server's manifest.
+
+mod common;
+
+use common::receiver::Receiver;
+use common::targets;
+use common::{Env, Pg, as_postgres, run_ok};
+
+fn stored_size(env: &Env, label: &str) -> u64 {
+    let info: serde_json::Value =
+        serde_json::from_str(&env.pgkeep_ok(&["info", "--json"])).unwrap();
+    info["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["label"] == label)
+        .and_then(|b| b["stored_size"].as_u64())
+        .unwrap()
+}
+
+fn remote_backup(pg: Pg) {
+    let env = Env::new(&format!("remote{}", pg.major), pg);
+    let mut main = env.primary();
+    main.pgbench_init(10);
+    main.sql("CREATE TABLE marks (id int, name text)");
+    main.sql("ALTER SYSTEM SET archive_command = 'true'");
+    env.hand_over(&mut main, "pgsource");
+    let listed = as_postgres("ls").arg(&main.pgdata).output().unwrap();
+    assert!(
+        !listed.status.success() || !common::is_root(),
+        "pgkeep's user can read the data directory"
+    );
+    let receive = format!(
+        "backup_source = \"replication\"\n\n[receive]\ndirectory = \"{}\"\n",
+        env.path("receive").display()
+    );
+    env.write_config(&main, &receive);
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    let config = config.replace(
+        &format!("pgdata = \"{}\"", main.pgdata.display()),
+        "pgdata = \"/nonexistent/pgdata\"",
+    );
+    std::fs::write(&env.config, config).unwrap();
+
+    env.pgkeep_ok(&["init"]);
+    let mut receiver = Receiver::start(&env);
+    receiver.wait_for("started streaming", "streaming timeline 1");
+    let load = main.pgbench_load(2);
+    let first = env.backup();
+    load.stop(&main);
+    // After a small change the next backup stores little, though the server sends all.
+    let quiet = env.backup();
+    main.sql("CREATE TABLE filler AS SELECT generate_series(1, 10000) AS n");
+    let second = env.backup();
+    assert!(stored_size(&env, &quiet) > 0);
+    let (full, incremental) = (stored_size(&env, &first), stored_size(&env, &second));
+    assert!(
+        incremental * 10 < full,
+        "the second backup stored {incremental} bytes, the first {full}"
+    );
+
+    let targets = targets::record(&main);
+    main.sql("SELECT pg_switch_wal()");
+    receiver.stop();
+    env.pgkeep_ok(&["verify"]);
+    targets::restore_each(&env, &targets);
+
+    let copy = env.path("verified");
+    let copy_arg = copy.to_str().unwrap();
+    env.pgkeep_ok(&[
+        "restore",
+        "--backup",
+        &second,
+        "--pgdata",
+        copy_arg,
+        "--target",
+        "immediate",
+    ]);
+    run_ok(as_postgres(env.pg.tool("pg_verifybackup")).args(["-n", copy_arg]));
+    // pg_verifybackup does catch a change: the oracle is not blind.
+    std::fs::write(copy.join("PG_VERSION"), "0\n").unwrap();
+    let damaged = as_postgres(env.pg.tool("pg_verifybackup"))
+        .args(["-n", copy_arg])
+        .output()
+        .unwrap();
+    assert!(!damaged.status.success(), "pg_verifybackup missed a change");
+}
+
+on_each_version!(remote_backup);
