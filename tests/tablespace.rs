@@ -1,5 +1,6 @@
-//! A tablespace outside the data directory, restored elsewhere with --tablespace-map;
-//! and every value pgkeep writes for recovery (tablespace paths, a restore point name,
+//! A tablespace outside the data directory, restored elsewhere with --tablespace-map,
+//! from a backup of the data directory or, on 16 and 17, from a `BASE_BACKUP` stream
+//! (its tablespace arrives as an archive of its own); and every value pgkeep writes for recovery (tablespace paths, a restore point name,
 //! the paths in `restore_command`) read back by PostgreSQL exactly as it was.
 
 mod common;
@@ -25,8 +26,25 @@ fn awkward_copy(env: &Env) -> (PathBuf, PathBuf) {
 }
 
 fn tablespace(pg: Pg) {
-    let mut env = Env::new(&format!("tablespace{}", pg.major), pg);
+    scenario(pg, "");
+}
+
+#[test]
+fn remote_pg16() {
+    scenario(Pg::new(16), "backup_source = \"replication\"\n");
+}
+
+#[test]
+fn remote_pg17() {
+    scenario(Pg::new(17), "backup_source = \"replication\"\n");
+}
+
+/// The scenario with `cluster` as extra lines of the cluster's config.
+fn scenario(pg: Pg, cluster: &str) {
+    let name = format!("tablespace{}{}", pg.major, cluster.len());
+    let mut env = Env::new(&name, pg);
     let main = env.primary();
+    env.write_config(&main, cluster);
     env.pgkeep_ok(&["init"]);
     let original = env.path("ts dir\\original");
     std::fs::create_dir(&original).unwrap();
@@ -72,6 +90,11 @@ fn tablespace(pg: Pg) {
         "--target-action",
         "promote",
     ]);
+    assert_eq!(
+        pgdata.join("backup_manifest").exists(),
+        !cluster.is_empty(),
+        "a streamed backup holds the server's manifest, a local one does not"
+    );
     let link = std::fs::read_link(pgdata.join("pg_tblspc").join(&oid)).unwrap();
     assert_eq!(link, relocated);
 

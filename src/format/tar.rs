@@ -32,6 +32,41 @@ pub enum TarError {
     Type(char),
 }
 
+/// A ustar header of a regular file (mode 0600), as pg_dump's tar format writes one.
+pub fn file_header(name: &str, size: u64, mtime: i64) -> [u8; BLOCK] {
+    let mut h = [0u8; BLOCK];
+    let field = |h: &mut [u8; BLOCK], at: usize, len: usize, value: &[u8]| {
+        h[at..at + value.len().min(len)].copy_from_slice(&value[..value.len().min(len)]);
+    };
+    let octal = |h: &mut [u8; BLOCK], at: usize, len: usize, value: u64| {
+        field(
+            h,
+            at,
+            len,
+            format!("{value:0width$o}", width = len - 1).as_bytes(),
+        );
+    };
+    field(&mut h, 0, 100, name.as_bytes());
+    octal(&mut h, 100, 8, 0o600);
+    octal(&mut h, 108, 8, 0);
+    octal(&mut h, 116, 8, 0);
+    if size < 1 << 33 {
+        octal(&mut h, 124, 12, size);
+    } else {
+        // GNU base-256 for members of 8 GiB and more (pg_restore reads it).
+        h[124] = 0x80;
+        h[128..136].copy_from_slice(&size.to_be_bytes());
+    }
+    octal(&mut h, 136, 12, mtime.max(0) as u64);
+    h[156] = b'0';
+    field(&mut h, 257, 6, b"ustar\0");
+    field(&mut h, 263, 2, b"00");
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    field(&mut h, 148, 8, format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
 /// Bytes of padding after a member of `size` bytes.
 pub fn padding(size: u64) -> usize {
     ((BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64) as usize
@@ -115,33 +150,34 @@ fn number(field: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// A header as `tarCreateHeader` writes it.
-    pub(crate) fn header(name: &str, kind: u8, size: u64, link: &str) -> [u8; BLOCK] {
-        let mut h = [0u8; BLOCK];
+    /// A header as `tarCreateHeader` writes it: a directory or symlink name ends in `/`.
+    fn header(name: &str, kind: u8, size: u64, link: &str) -> [u8; BLOCK] {
         let name = match kind {
             b'5' | b'2' => format!("{name}/"),
             _ => name.to_string(),
         };
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        h[100..108].copy_from_slice(b"0000600 ");
-        if size >> 33 == 0 {
-            h[124..136].copy_from_slice(format!("{size:011o} ").as_bytes());
-        } else {
-            h[124] = 0x80;
-            h[128..136].copy_from_slice(&size.to_be_bytes());
-        }
-        h[136..148].copy_from_slice(b"14723456701 ");
+        let mut h = file_header(&name, size, 0o14723456701);
         h[156] = kind;
         h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
         h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
         h
+    }
+
+    #[test]
+    fn headers_carry_their_checksum() {
+        let h = file_header("3400.dat", 1234, 1_700_000_000);
+        assert_eq!(&h[..8], b"3400.dat");
+        assert_eq!(&h[124..136], b"00000002322\0");
+        assert_eq!(&h[257..265], b"ustar\x0000");
+        let mut blank = h;
+        blank[148..156].fill(b' ');
+        let sum: u32 = blank.iter().map(|&b| u32::from(b)).sum();
+        assert_eq!(&h[148..155], format!("{sum:06o}\0").as_bytes());
     }
 
     #[test]
