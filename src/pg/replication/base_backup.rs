@@ -64,7 +64,7 @@ impl Replication {
         let sql = format!("BASE_BACKUP ({options})");
         frontend::query(&sql, &mut self.outgoing)?;
         self.send()?;
-        let mut sets: Vec<Rows> = Vec::new();
+        let (mut sets, mut error): (Vec<Rows>, _) = (Vec::new(), None);
         loop {
             let message = self.receive()?;
             match message.tag {
@@ -74,15 +74,12 @@ impl Replication {
                     .context("BASE_BACKUP sent a row before its columns")?
                     .push(data_row(message.body)?),
                 b'H' => break,
-                b'E' => bail!(
-                    "BASE_BACKUP failed on {}: {}",
-                    self.server,
-                    error_text(&message.body)
-                ),
-                b'Z' => bail!(
-                    "BASE_BACKUP on {} ended without sending a backup",
-                    self.server
-                ),
+                // The connection stays usable: the error is read up to ReadyForQuery.
+                b'E' => error = Some(error_text(&message.body)),
+                b'Z' => match error {
+                    Some(e) => bail!("BASE_BACKUP failed on {}: {e}", self.server),
+                    None => bail!("BASE_BACKUP on {} ended without sending a backup", self.server),
+                },
                 b'N' => self.notice(&message.body),
                 _ => {}
             }
