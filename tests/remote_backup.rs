@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::receiver::Receiver;
 use common::targets;
 use common::{Env, Pg, as_postgres, run_ok};
@@ -21,6 +23,28 @@ fn stored_size(env: &Env, label: &str) -> u64 {
         .find(|b| b["label"] == label)
         .and_then(|b| b["stored_size"].as_u64())
         .unwrap()
+}
+
+/// A backup killed while the server streams publishes nothing, and the server lets the
+/// next one run (its walsender ended with the connection).
+fn killed_mid_stream(env: &Env) {
+    let log = env.path("killed-backup.log");
+    let mut backup = as_postgres(&env.pgkeep)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["-v", "backup"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap().contains("started at") {
+        assert!(Instant::now() < deadline, "the backup did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    backup.kill().unwrap();
+    backup.wait().unwrap();
+    assert!(env.labels().is_empty(), "a killed backup was published");
 }
 
 fn remote_backup(pg: Pg) {
@@ -50,6 +74,7 @@ fn remote_backup(pg: Pg) {
     env.pgkeep_ok(&["init"]);
     let mut receiver = Receiver::start(&env);
     receiver.wait_for("started streaming", "streaming timeline 1");
+    killed_mid_stream(&env);
     let load = main.pgbench_load(2);
     let first = env.backup();
     load.stop(&main);
