@@ -37,7 +37,10 @@ fn killed_mid_stream(env: &Env) {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log).unwrap().contains("started at") {
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("started at")
+    {
         assert!(Instant::now() < deadline, "the backup did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
