@@ -4,6 +4,8 @@
 
 use serde::Deserialize;
 
+use crate::format::lsn::Lsn;
+
 #[derive(Deserialize)]
 struct Raw {
     #[serde(rename = "PostgreSQL-Backup-Manifest-Version")]
@@ -93,6 +95,47 @@ pub fn parse(bytes: &[u8]) -> Result<ServerManifest, ManifestError> {
     })
 }
 
+/// A file of a prior backup, as an uploaded manifest lists it.
+pub struct PriorFile<'a> {
+    pub path: &'a [u8],
+    pub size: u64,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+}
+
+/// A manifest of a prior backup in PostgreSQL's format (version 2), for
+/// `UPLOAD_MANIFEST`: its files and the WAL range it needed (`timeline`, `start` to
+/// `end`), closed by the checksum the server verifies.
+pub fn write(
+    system_identifier: u64,
+    files: &[PriorFile],
+    (timeline, start, end): (u32, Lsn, Lsn),
+) -> Vec<u8> {
+    let mut out = format!(
+        "{{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"System-Identifier\": {system_identifier},\n\"Files\": [\n"
+    );
+    for (i, f) in files.iter().enumerate() {
+        let path = match std::str::from_utf8(f.path) {
+            Ok(text) => format!("\"Path\": {}", serde_json::Value::from(text)),
+            Err(_) => format!("\"Encoded-Path\": \"{}\"", hex::encode(f.path)),
+        };
+        let modified = chrono::DateTime::from_timestamp(f.mtime, 0)
+            .unwrap_or_default()
+            .format("%Y-%m-%d %H:%M:%S GMT");
+        let comma = if i + 1 < files.len() { "," } else { "" };
+        out += &format!(
+            "{{ {path}, \"Size\": {}, \"Last-Modified\": \"{modified}\" }}{comma}\n",
+            f.size
+        );
+    }
+    out += &format!(
+        "],\n\"WAL-Ranges\": [\n{{ \"Timeline\": {timeline}, \"Start-LSN\": \"{start}\", \"End-LSN\": \"{end}\" }}\n],\n"
+    );
+    let sum = hex::encode(ring::digest::digest(&ring::digest::SHA256, out.as_bytes()));
+    out += &format!("\"Manifest-Checksum\": \"{sum}\"}}\n");
+    out.into_bytes()
+}
+
 /// PostgreSQL prints a CRC32C as the hex of its bytes in memory order (little-endian).
 fn crc32c_of(hexed: &str) -> Result<u32, ManifestError> {
     let bytes: [u8; 4] = hex::decode(hexed)
@@ -120,6 +163,40 @@ mod tests {
         );
         let sum = hex::encode(ring::digest::digest(&ring::digest::SHA256, body.as_bytes()));
         format!("{body}\"Manifest-Checksum\": \"{sum}\"}}\n").into_bytes()
+    }
+
+    #[test]
+    fn writes_what_it_reads() {
+        let files = [
+            PriorFile {
+                path: b"base/5/16384",
+                size: 8192,
+                mtime: 1_700_000_000,
+            },
+            PriorFile {
+                path: b"odd\"name",
+                size: 0,
+                mtime: 0,
+            },
+            PriorFile {
+                path: &[0xff, b'x'],
+                size: 1,
+                mtime: 0,
+            },
+        ];
+        let text = write(7, &files, (2, Lsn(0x1000028), Lsn(0x2000100)));
+        let m = parse(&text).unwrap();
+        assert_eq!(m.system_identifier, Some(7));
+        let paths: Vec<&[u8]> = m.files.iter().map(|f| &f.path[..]).collect();
+        assert_eq!(paths, [&b"base/5/16384"[..], b"odd\"name", &[0xff, b'x']]);
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("\"Last-Modified\": \"2023-11-14 22:13:20 GMT\""),
+            "{text}"
+        );
+        assert!(text.contains(
+            "{ \"Timeline\": 2, \"Start-LSN\": \"0/1000028\", \"End-LSN\": \"0/2000100\" }"
+        ));
     }
 
     #[test]

@@ -78,7 +78,10 @@ impl Replication {
                 b'E' => error = Some(error_text(&message.body)),
                 b'Z' => match error {
                     Some(e) => bail!("BASE_BACKUP failed on {}: {e}", self.server),
-                    None => bail!("BASE_BACKUP on {} ended without sending a backup", self.server),
+                    None => bail!(
+                        "BASE_BACKUP on {} ended without sending a backup",
+                        self.server
+                    ),
                 },
                 b'N' => self.notice(&message.body),
                 _ => {}
@@ -110,6 +113,34 @@ impl Replication {
             timeline,
             tablespaces,
         })
+    }
+
+    /// Gives the server the manifest of a prior backup (PostgreSQL 17+), for a
+    /// `BASE_BACKUP (INCREMENTAL)` on this connection.
+    pub fn upload_manifest(&mut self, manifest: &[u8]) -> Result<()> {
+        frontend::query("UPLOAD_MANIFEST", &mut self.outgoing)?;
+        self.send()?;
+        let mut error = None;
+        loop {
+            let message = self.receive()?;
+            match message.tag {
+                b'G' => break,
+                b'E' => error = Some(error_text(&message.body)),
+                b'Z' => bail!(
+                    "UPLOAD_MANIFEST failed on {}: {}",
+                    self.server,
+                    error.unwrap_or_else(|| "no COPY was started".into())
+                ),
+                _ => {}
+            }
+        }
+        for piece in manifest.chunks(64 * 1024) {
+            frontend::CopyData::new(piece)?.write(&mut self.outgoing);
+        }
+        frontend::copy_done(&mut self.outgoing);
+        self.send()?;
+        self.results("UPLOAD_MANIFEST")?;
+        Ok(())
     }
 
     /// The next message of the stream started by [`Replication::base_backup`].
