@@ -2,8 +2,10 @@
 //! with its data directory closed (0700), and pgkeep's config names a `pgdata` that does
 //! not exist, so every byte comes over the replication protocol. As on a backup host,
 //! the WAL comes from receive-wal (the server archives nothing). Restores reach every
-//! kind of target exactly, a second backup stores only what changed, and PostgreSQL's
-//! own pg_verifybackup accepts a restored copy against the server's manifest.
+//! kind of target exactly, a second backup stores only what changed (on 17+ the server
+//! sends only what changed: `BASE_BACKUP (INCREMENTAL)`, patched onto the parent's
+//! chunks), and PostgreSQL's own pg_verifybackup accepts a restored full backup against
+//! the server's manifest.
 
 mod common;
 
@@ -50,12 +52,47 @@ fn killed_mid_stream(env: &Env) {
     assert!(env.labels().is_empty(), "a killed backup was published");
 }
 
+/// Without the WAL summaries since the parent the server refuses to send only what
+/// changed; the backup then takes the whole stream.
+fn refused_incremental(env: &Env, main: &common::Server) {
+    // The summarizer ends a summary at each checkpoint's redo record.
+    main.sql("CHECKPOINT");
+    let lsn = main.sql("SELECT redo_lsn FROM pg_control_checkpoint()");
+    let caught_up = format!("SELECT summarized_lsn >= '{lsn}' FROM pg_get_wal_summarizer_state()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while main.sql(&caught_up) != "t" {
+        assert!(
+            Instant::now() < deadline,
+            "WAL summarization did not reach {lsn}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let summaries = main.pgdata.join("pg_wal/summaries");
+    for entry in std::fs::read_dir(&summaries).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let out = env.pgkeep(&["-v", "backup"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("WAL summaries are required") && stderr.contains("every file instead"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("taken unread from the parent"), "{stdout}");
+}
+
 fn remote_backup(pg: Pg) {
     let env = Env::new(&format!("remote{}", pg.major), pg);
     let mut main = env.primary();
     main.pgbench_init(10);
     main.sql("CREATE TABLE marks (id int, name text)");
     main.sql("ALTER SYSTEM SET archive_command = 'true'");
+    if env.pg.major >= 17 {
+        main.sql("ALTER SYSTEM SET summarize_wal = on");
+    }
     env.hand_over(&mut main, "pgsource");
     let listed = as_postgres("ls").arg(&main.pgdata).output().unwrap();
     assert!(
@@ -84,13 +121,27 @@ fn remote_backup(pg: Pg) {
     // After a small change the next backup stores little, though the server sends all.
     let quiet = env.backup();
     main.sql("CREATE TABLE filler AS SELECT generate_series(1, 10000) AS n");
-    let second = env.backup();
+    let load = main.pgbench_load(1);
+    std::thread::sleep(Duration::from_millis(500));
+    load.stop(&main);
+    let printed = env.pgkeep_ok(&["backup"]);
+    let second = common::label_of(&printed);
+    // On 17+ the server sends only the blocks changed since the parent (WAL summaries).
+    assert_eq!(
+        printed.contains("taken unread from the parent"),
+        env.pg.major >= 17,
+        "{printed}"
+    );
+    let at_second = targets::fingerprint(&main);
     assert!(stored_size(&env, &quiet) > 0);
     let (full, incremental) = (stored_size(&env, &first), stored_size(&env, &second));
     assert!(
         incremental * 10 < full,
         "the second backup stored {incremental} bytes, the first {full}"
     );
+    if env.pg.major >= 17 {
+        refused_incremental(&env, &main);
+    }
 
     let targets = targets::record(&main);
     main.sql("SELECT pg_switch_wal()");
@@ -98,12 +149,17 @@ fn remote_backup(pg: Pg) {
     env.pgkeep_ok(&["verify"]);
     targets::restore_each(&env, &targets);
 
+    // The backup patched from the parent's chunks holds exactly what the server did.
+    let restored = env.restore_immediate_into("restored-second", &second);
+    assert_eq!(targets::fingerprint(&restored), at_second);
+    restored.stop();
+
     let copy = env.path("verified");
     let copy_arg = copy.to_str().unwrap();
     env.pgkeep_ok(&[
         "restore",
         "--backup",
-        &second,
+        &first,
         "--pgdata",
         copy_arg,
         "--target",

@@ -96,8 +96,8 @@ pub fn parse(bytes: &[u8]) -> Result<ServerManifest, ManifestError> {
 }
 
 /// A file of a prior backup, as an uploaded manifest lists it.
-pub struct PriorFile<'a> {
-    pub path: &'a [u8],
+pub struct PriorFile {
+    pub path: Vec<u8>,
     pub size: u64,
     /// Seconds since the epoch.
     pub mtime: i64,
@@ -115,9 +115,9 @@ pub fn write(
         "{{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"System-Identifier\": {system_identifier},\n\"Files\": [\n"
     );
     for (i, f) in files.iter().enumerate() {
-        let path = match std::str::from_utf8(f.path) {
+        let path = match std::str::from_utf8(&f.path) {
             Ok(text) => format!("\"Path\": {}", serde_json::Value::from(text)),
-            Err(_) => format!("\"Encoded-Path\": \"{}\"", hex::encode(f.path)),
+            Err(_) => format!("\"Encoded-Path\": \"{}\"", hex::encode(&f.path)),
         };
         let modified = chrono::DateTime::from_timestamp(f.mtime, 0)
             .unwrap_or_default()
@@ -169,17 +169,17 @@ mod tests {
     fn writes_what_it_reads() {
         let files = [
             PriorFile {
-                path: b"base/5/16384",
+                path: b"base/5/16384".to_vec(),
                 size: 8192,
                 mtime: 1_700_000_000,
             },
             PriorFile {
-                path: b"odd\"name",
+                path: b"odd\"name".to_vec(),
                 size: 0,
                 mtime: 0,
             },
             PriorFile {
-                path: &[0xff, b'x'],
+                path: vec![0xff, b'x'],
                 size: 1,
                 mtime: 0,
             },

@@ -10,6 +10,16 @@ pub struct BackupLabel {
     pub start_timeline: u32,
 }
 
+/// The label of an incremental backup (`BASE_BACKUP (INCREMENTAL)`) as the label of the
+/// backup reconstructed from it: without the `INCREMENTAL FROM` lines, which make the
+/// server refuse to start (as pg_combinebackup writes it).
+pub fn reconstructed(text: &str) -> String {
+    text.lines()
+        .filter(|line| !line.starts_with("INCREMENTAL FROM "))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 /// Parses the label text, e.g.
 /// `START WAL LOCATION: 0/2000028 (file 000000010000000000000002)`.
 pub fn parse(text: &str) -> Result<BackupLabel, String> {
@@ -35,6 +45,17 @@ pub fn parse(text: &str) -> Result<BackupLabel, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconstructed_label_drops_incremental_lines() {
+        let text = "START WAL LOCATION: 0/9000028 (file 000000010000000000000009)\n\
+                    INCREMENTAL FROM LSN: 0/5000028\nINCREMENTAL FROM TLI: 1\n\
+                    START TIMELINE: 1\n";
+        assert_eq!(
+            reconstructed(text),
+            "START WAL LOCATION: 0/9000028 (file 000000010000000000000009)\nSTART TIMELINE: 1\n"
+        );
+    }
 
     #[test]
     fn parses_pg15_label() {

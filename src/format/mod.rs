@@ -5,6 +5,7 @@ pub mod backup_manifest;
 pub mod control;
 pub mod guc;
 pub mod history;
+pub mod incremental;
 pub mod label;
 pub mod lsn;
 pub mod page;

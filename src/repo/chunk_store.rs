@@ -392,6 +392,12 @@ impl ChunkWriter<'_> {
         Ok(chunks)
     }
 
+    /// The plaintext of a stored chunk, every check passed (a parent's chunk that an
+    /// incremental stream patches).
+    pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.store.read(id)
+    }
+
     /// Whether the repository holds `id` readably. Data taken from the parent unread
     /// must pass this: a chunk lost since (a damaged pack) is read again from the data
     /// directory instead of being referred to by one more backup.

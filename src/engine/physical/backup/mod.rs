@@ -222,27 +222,27 @@ fn take(
     let store = ChunkStore::open(&ctx.repo)?;
     store.write_missing_indexes()?;
     let label = ctx.new_label("")?;
-    let start = source.start(&label)?;
+    let seg = SegmentSize(info.wal_segment_size);
+    // A source that needs the parent to start (a server sending what changed) has it
+    // chosen on the timeline it is on; the start must stay there.
+    let early = (source.timeline_before_start())
+        .map(|timeline| choose_parent(ctx, source.server(), timeline, full))
+        .transpose()?;
+    let start = source.start(&label, early.as_ref().and_then(|(_, p)| p.as_ref()))?;
     tracing::info!(
         "backup {label} started at {} on timeline {}",
         start.lsn,
         start.timeline
     );
-    archive_history_file(ctx, source, start.timeline)?;
-    let path = timelines::timeline_paths(&ctx.repo)?
-        .remove(&start.timeline)
-        .unwrap_or_else(|| TimelinePath::single(start.timeline));
-    let seg = SegmentSize(info.wal_segment_size);
-    let parent = match full {
-        true => None,
-        false => Parent::choose(
-            ctx.repo.readable_manifests(None)?,
-            &path,
-            source.server().version_num / 10000,
-            CHUNK_SIZE as u64,
-            source.server().data_checksums,
+    let (path, parent) = match early {
+        Some((path, _)) if path.timeline != start.timeline => bail!(
+            "the server moved to timeline {} as backup {label} started; run the backup again",
+            start.timeline
         ),
+        Some(chosen) => chosen,
+        None => choose_parent(ctx, source.server(), start.timeline, full)?,
     };
+    archive_history_file(ctx, source, start.timeline)?;
     let size = source.size();
     progress.set_length(size);
     let changed = match &parent {
@@ -313,6 +313,30 @@ fn take(
         new: Stats::get(&stats.stored),
         stored_again: written.stored_again,
     })
+}
+
+/// The timeline path of `timeline` as the repository knows it, and the backup on it to
+/// take unchanged data from (none with `full`).
+fn choose_parent(
+    ctx: &Context,
+    server: &Server,
+    timeline: u32,
+    full: bool,
+) -> Result<(TimelinePath, Option<Parent>)> {
+    let path = timelines::timeline_paths(&ctx.repo)?
+        .remove(&timeline)
+        .unwrap_or_else(|| TimelinePath::single(timeline));
+    let parent = match full {
+        true => None,
+        false => Parent::choose(
+            ctx.repo.readable_manifests(None)?,
+            &path,
+            server.version_num / 10000,
+            CHUNK_SIZE as u64,
+            server.data_checksums,
+        ),
+    };
+    Ok((path, parent))
 }
 
 /// Checks what the server returned at the stop and the copied `pg_control`; returns the

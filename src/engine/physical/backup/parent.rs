@@ -9,8 +9,10 @@
 //! hashed, and a chunk the repository has is never compressed or stored again.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStringExt;
 
 use crate::engine::physical::walk::SourceFile;
+use crate::format::backup_manifest::{self, PriorFile};
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::repo::manifest::{FileEntry, Manifest, path_bytes};
@@ -18,7 +20,9 @@ use crate::repo::pack::ChunkId;
 
 pub struct Parent {
     pub label: String,
+    timeline: u32,
     start_lsn: Lsn,
+    stop_lsn: Lsn,
     /// Parent start, seconds since the epoch.
     start_time: i64,
     chunk_size: u64,
@@ -49,7 +53,9 @@ impl Parent {
             .filter(|m| m.data_checksums == data_checksums)?;
         Some(Parent {
             label: parent.label,
+            timeline: parent.timeline,
             start_lsn: parent.start_lsn,
+            stop_lsn: parent.stop_lsn,
             start_time: parent.start_time.timestamp(),
             chunk_size: parent.chunk_size,
             files: parent
@@ -96,5 +102,21 @@ impl Parent {
 
     pub fn start_lsn(&self) -> Lsn {
         self.start_lsn
+    }
+
+    /// The parent described as PostgreSQL describes a backup (`backup_manifest`), for a
+    /// server to send what changed since (`BASE_BACKUP (INCREMENTAL)`): its files and the
+    /// WAL it needs. Checksums are left out; the server reads none.
+    pub fn server_manifest(&self, system_identifier: u64) -> Vec<u8> {
+        let mut files: Vec<PriorFile> = (self.files.values())
+            .map(|f| PriorFile {
+                path: f.fs_path().into_os_string().into_vec(),
+                size: f.size,
+                mtime: f.mtime,
+            })
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let wal = (self.timeline, self.start_lsn, self.stop_lsn);
+        backup_manifest::write(system_identifier, &files, wal)
     }
 }

@@ -6,7 +6,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use indicatif::ProgressBar;
 
 use super::CHUNK_SIZE;
@@ -14,6 +14,7 @@ use super::changes::ChangedBlocks;
 use super::parent::Parent;
 use crate::engine::physical::walk::{Relation, SourceFile};
 use crate::engine::stopped;
+use crate::format::incremental;
 use crate::format::lsn::Lsn;
 use crate::format::page::{self, BLOCKS_PER_SEGMENT, PAGE_SIZE};
 use crate::repo::chunk_store::ChunkWriter;
@@ -71,6 +72,26 @@ pub struct FileReader<'a> {
     pub changed: Option<&'a ChangedBlocks>,
     pub progress: &'a ProgressBar,
     pub stats: &'a Stats,
+}
+
+/// One chunk of a file the server sent as an incremental file: the blocks it holds there.
+pub struct Patch {
+    /// The chunk's length in the reconstructed file.
+    pub len: usize,
+    /// Its first block, relative to the segment.
+    pub first_block: u32,
+    /// Blocks from here on are not taken from the parent (see `format::incremental`).
+    pub truncation_block_length: u32,
+    /// The changed blocks in the chunk, by number relative to the segment.
+    pub blocks: Vec<(u32, Vec<u8>)>,
+}
+
+/// Which of `blocks` (absolute block numbers of a relation) lie in the `len` bytes at
+/// `offset` of segment `segment`.
+fn blocks_in(blocks: &[u32], segment: u32, offset: u64, len: usize) -> impl Iterator<Item = u32> {
+    let first = segment * BLOCKS_PER_SEGMENT + (offset / PAGE_SIZE as u64) as u32;
+    let range = first..first + (len / PAGE_SIZE) as u32;
+    blocks.iter().copied().filter(move |b| range.contains(b))
 }
 
 /// Reads as much of `buf` as the file has from `offset`.
@@ -140,10 +161,79 @@ impl FileReader<'_> {
     /// torn read.
     pub fn store_streamed(
         &self,
+        name: (&str, Option<&[u8]>),
+        relation: Option<&Relation>,
+        at: (usize, u64),
+        data: &[u8],
+    ) -> Result<(ChunkId, Vec<u32>)> {
+        self.store_received(name, relation, at, data, data.len())
+    }
+
+    /// Stores chunk `index` (at `offset`) of a file the server sent as the blocks changed
+    /// since the parent: the parent's chunk patched with them, or the parent's chunk
+    /// itself, unread, when nothing in it changed.
+    pub fn store_patched(
+        &self,
+        (rel, raw): (&str, Option<&[u8]>),
+        relation: Option<&Relation>,
+        (index, offset): (usize, u64),
+        patch: &Patch,
+    ) -> Result<(ChunkId, Vec<u32>)> {
+        let parent = self
+            .parent
+            .zip(self.parent.and_then(|p| p.file_at(rel, raw)));
+        let end_block = patch.first_block + (patch.len / PAGE_SIZE) as u32;
+        let unchanged = patch.blocks.is_empty() && end_block <= patch.truncation_block_length;
+        let unread = parent
+            .filter(|_| unchanged)
+            .and_then(|(p, entry)| p.chunk_of_length(entry, index, patch.len))
+            .filter(|id| self.chunks.has(id));
+        if let Some(id) = unread {
+            let segment = relation.map_or(0, |r| r.segment);
+            let parent_bad = parent.map_or(&[][..], |(_, e)| &e.bad_blocks[..]);
+            let bad = blocks_in(parent_bad, segment, offset, patch.len).collect();
+            self.stats
+                .unread
+                .fetch_add(patch.len as u64, Ordering::Relaxed);
+            self.progress.inc(patch.len as u64);
+            return Ok((id, bad));
+        }
+        let needs_prior = patch.truncation_block_length > patch.first_block;
+        let prior = match parent.map(|(_, entry)| entry.chunks.get(index)) {
+            _ if !needs_prior => Vec::new(),
+            None => bail!(
+                "the server sent only the changes of {rel}, but the parent backup lacks that file; run `pgkeep backup --full`"
+            ),
+            Some(None) => Vec::new(),
+            Some(Some(id)) => self.chunks.read(id).with_context(|| {
+                format!("cannot read the parent's copy of {rel}, which the server sent only the changes of; run `pgkeep backup --full`")
+            })?,
+        };
+        let changed: Vec<(u32, &[u8])> = (patch.blocks.iter())
+            .map(|(block, data)| (*block, &data[..]))
+            .collect();
+        let data = incremental::reconstruct(
+            patch.first_block,
+            patch.len,
+            patch.truncation_block_length,
+            &prior,
+            &changed,
+        );
+        let received = patch.blocks.len() * PAGE_SIZE;
+        self.stats
+            .unread
+            .fetch_add((patch.len - received) as u64, Ordering::Relaxed);
+        self.store_received((rel, raw), relation, (index, offset), &data, received)
+    }
+
+    /// Stores a chunk of which `received` bytes came from the server.
+    fn store_received(
+        &self,
         (rel, raw): (&str, Option<&[u8]>),
         relation: Option<&Relation>,
         (index, offset): (usize, u64),
         data: &[u8],
+        received: usize,
     ) -> Result<(ChunkId, Vec<u32>)> {
         let bad = match (relation, self.checksums_from) {
             (Some(r), Some(start)) => suspect_pages(data, offset, r.segment, start)
@@ -158,7 +248,7 @@ impl FileReader<'_> {
         let (id, new) = self.chunks.store(data, base)?;
         self.stats
             .read
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+            .fetch_add(received as u64, Ordering::Relaxed);
         if new {
             self.stats
                 .stored
@@ -202,10 +292,8 @@ impl FileReader<'_> {
             });
             if let Some(id) = unread {
                 // The parent's known bad pages in this chunk stay known.
-                let first = segment * BLOCKS_PER_SEGMENT + (offset / PAGE_SIZE as u64) as u32;
-                let blocks = first..first + (want / PAGE_SIZE) as u32;
                 let parent_bad = parent_file.map_or(&[][..], |e| &e.bad_blocks[..]);
-                bad_blocks.extend(parent_bad.iter().filter(|b| blocks.contains(b)));
+                bad_blocks.extend(blocks_in(parent_bad, segment, offset, want));
                 self.stats.unread.fetch_add(want as u64, Ordering::Relaxed);
                 self.progress.inc(want as u64);
                 chunks.push(id);

@@ -18,13 +18,17 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::{Buf, Bytes};
 
 use super::CHUNK_SIZE;
-use super::reader::{FileReader, store_file};
+use super::parent::Parent;
+use super::reader::{FileReader, Patch, store_file};
 use super::source::{Server, Source, Start, Stop, epoch_to_time};
 use crate::config::Encryption;
 use crate::engine::physical::walk::{self, Relation};
 use crate::engine::{Context, parallel_feed};
 use crate::format::backup_manifest;
+use crate::format::incremental;
+use crate::format::label;
 use crate::format::lsn::Lsn;
+use crate::format::page::PAGE_SIZE;
 use crate::format::tar::{self, BLOCK};
 use crate::pg::replication::{BackupPart, BaseBackupStart, Replication};
 use crate::pg::session::{BackupStop, Session};
@@ -38,8 +42,12 @@ pub struct Remote {
     session: Session,
     replication: Replication,
     server: Server,
+    /// The timeline the server was on when connected.
+    timeline: u32,
     /// The current timeline's history file, read before the stream takes the connection.
     history: Option<(u32, String, Vec<u8>)>,
+    /// Whether the server sends relation files as changes since the parent.
+    incremental: bool,
     started: Option<BaseBackupStart>,
     received: Option<Received>,
     dirs: Vec<DirectoryEntry>,
@@ -68,19 +76,28 @@ struct Piece {
     file: usize,
     index: usize,
     offset: u64,
-    data: Vec<u8>,
+    data: PieceData,
 }
 
-/// A file as received: what the manifest entry needs besides its chunks.
+enum PieceData {
+    Whole(Vec<u8>),
+    /// The blocks of the chunk the server sent, the rest to be taken from the parent.
+    Changed(Patch),
+}
+
+/// A file as received: what the manifest entry needs besides its chunks, and what the
+/// server's manifest lists (an incremental file's own name and size).
 struct ReceivedFile {
     member: Arc<Member>,
     size: u64,
     mode: u32,
     mtime: i64,
+    listed: Vec<u8>,
+    listed_size: u64,
     crc: u32,
 }
 
-/// The files kept whole in memory as well, for the checks after the stream.
+/// The files kept whole in memory, for the checks after the stream, and stored then.
 const KEPT: [&str; 3] = ["backup_label", "tablespace_map", "global/pg_control"];
 
 impl Remote {
@@ -117,12 +134,47 @@ impl Remote {
             session,
             replication,
             server,
+            timeline: system.timeline,
             history,
+            incremental: false,
             started: None,
             received: None,
             dirs: Vec::new(),
             wal_encrypted,
         })
+    }
+
+    /// The parent the server can send changes since: PostgreSQL 17+ summarizing WAL.
+    fn sends_changes<'p>(&mut self, parent: Option<&'p Parent>) -> Result<Option<&'p Parent>> {
+        let Some(parent) = parent else {
+            return Ok(None);
+        };
+        if self.server.version_num < 170000 {
+            return Ok(None);
+        }
+        if self.session.setting("summarize_wal")? != "on" {
+            tracing::info!(
+                "summarize_wal is off, so the server sends every file; set summarize_wal = on to have it send only the blocks changed since backup {}",
+                parent.label
+            );
+            return Ok(None);
+        }
+        Ok(Some(parent))
+    }
+
+    /// Starts a backup in which the server sends relation files as the blocks changed
+    /// since `parent`, whose manifest it is given first.
+    fn start_incremental(&mut self, parent: &Parent, options: &str) -> Result<BaseBackupStart> {
+        let manifest = parent.server_manifest(self.server.system_identifier);
+        self.replication.upload_manifest(&manifest)?;
+        let started = self
+            .replication
+            .base_backup(&format!("{options}, INCREMENTAL"))?;
+        tracing::info!(
+            "the server sends the blocks changed since backup {}",
+            parent.label
+        );
+        Ok(started)
     }
 
     /// Reads the stream to its end: every archive into `reader`, the manifest checked.
@@ -134,12 +186,13 @@ impl Remote {
         let replication = &mut self.replication;
         let store = |piece: Piece, _: &AtomicBool| {
             let member = &piece.member;
-            let (id, bad) = reader.store_streamed(
-                (&member.rel, member.raw.as_deref()),
-                member.relation.as_ref(),
-                (piece.index, piece.offset),
-                &piece.data,
-            )?;
+            let name = (&member.rel[..], member.raw.as_deref());
+            let at = (piece.index, piece.offset);
+            let relation = member.relation.as_ref();
+            let (id, bad) = match &piece.data {
+                PieceData::Whole(data) => reader.store_streamed(name, relation, at, data)?,
+                PieceData::Changed(patch) => reader.store_patched(name, relation, at, patch)?,
+            };
             Ok((piece.file, piece.index, id, bad))
         };
         let produce = |send: &mut dyn FnMut(Piece) -> Result<()>| {
@@ -190,16 +243,28 @@ impl Remote {
                  see the server's log, and run pg_amcheck"
             );
         }
-        let manifest = stream.manifest.as_deref().unwrap_or_default();
         let mut entries = assemble(&stream.files, pieces);
-        entries.push(store_file(
-            reader.chunks,
-            "backup_manifest",
-            manifest,
-            0o600,
-            now(),
-        )?);
         let mut kept = stream.kept;
+        if let Some(label) = kept.get_mut("backup_label").filter(|_| self.incremental) {
+            *label = label::reconstructed(&String::from_utf8_lossy(label)).into_bytes();
+        }
+        for entry in &mut entries {
+            if let Some(data) = kept.get(&entry.path) {
+                *entry = store_file(reader.chunks, &entry.path, data, entry.mode, entry.mtime)?;
+            }
+        }
+        // The server's manifest of an incremental backup lists the incremental files:
+        // it describes no restored copy, so it is not kept.
+        if !self.incremental {
+            let manifest = stream.manifest.as_deref().unwrap_or_default();
+            entries.push(store_file(
+                reader.chunks,
+                "backup_manifest",
+                manifest,
+                0o600,
+                now(),
+            )?);
+        }
         let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
         let mut dirs = stream.dirs;
         dirs.extend(tablespaces.values().map(|oid| DirectoryEntry {
@@ -283,26 +348,93 @@ impl Stream {
             if let Some(oid) = tablespace {
                 raw = [format!("pg_tblspc/{oid}/").as_bytes(), &raw].concat();
             }
-            let rel = String::from_utf8_lossy(&raw).into_owned();
-            let raw = std::str::from_utf8(&raw).is_err().then_some(raw);
             match header.kind {
                 tar::Kind::Directory => self.dirs.push(DirectoryEntry {
-                    path_bytes: path_bytes(raw.as_deref()),
-                    path: rel,
+                    path: String::from_utf8_lossy(&raw).into_owned(),
+                    path_bytes: path_bytes(std::str::from_utf8(&raw).is_err().then_some(&raw)),
                     mode: header.mode,
                 }),
                 // Tablespace links: the tablespace_map names them.
                 tar::Kind::Symlink { .. } => {}
-                tar::Kind::File => {
-                    let member = Arc::new(Member {
-                        relation: walk::relation_of(&rel),
-                        rel,
-                        raw,
-                    });
-                    self.file(archive, member, &header, send)?;
-                }
+                tar::Kind::File => match incremental_target(&raw) {
+                    Some(target) => {
+                        self.incremental_file(archive, member_at(target), raw, &header, send)?
+                    }
+                    None => self.file(archive, member_at(raw), &header, send)?,
+                },
             }
         }
+        Ok(())
+    }
+
+    /// Reads an incremental file (`dir/INCREMENTAL.name`) and sends on, per chunk of the
+    /// file it stands for, the blocks it holds there.
+    fn incremental_file(
+        &mut self,
+        archive: &mut Archive,
+        member: Arc<Member>,
+        listed: Vec<u8>,
+        tar_header: &tar::Header,
+        send: &mut dyn FnMut(Piece) -> Result<()>,
+    ) -> Result<()> {
+        let mut crc = 0u32;
+        let mut read = |len: usize| -> Result<Vec<u8>> {
+            let mut data = vec![0u8; len];
+            archive
+                .read_exact(&mut data)
+                .with_context(|| format!("the server's stream ended inside {}", member.rel))?;
+            crc = crc32c::crc32c_append(crc, &data);
+            Ok(data)
+        };
+        let damaged =
+            |e: incremental::HeaderError| anyhow!("the server sent {} damaged: {e}", member.rel);
+        let fixed = incremental::parse_fixed(read(12)?[..].try_into().unwrap()).map_err(damaged)?;
+        let header =
+            incremental::parse_blocks(fixed, &read(fixed.0 as usize * 4)?).map_err(damaged)?;
+        read((header.header_len() - 12 - 4 * fixed.0 as u64) as usize)?;
+        if header.file_len() != tar_header.size {
+            bail!(
+                "the server sent {} as {} bytes, but its header describes {}",
+                member.rel,
+                tar_header.size,
+                header.file_len()
+            );
+        }
+        let size = header.reconstructed_len();
+        let file = self.files.len();
+        let mut changed = header.blocks.iter().peekable();
+        for index in 0..size.div_ceil(CHUNK_SIZE as u64) as usize {
+            let offset = (index * CHUNK_SIZE) as u64;
+            let len = (CHUNK_SIZE as u64).min(size - offset) as usize;
+            let first_block = (offset / PAGE_SIZE as u64) as u32;
+            let end = first_block + (len / PAGE_SIZE) as u32;
+            let mut blocks = Vec::new();
+            while let Some(&block) = changed.next_if(|&&b| b < end) {
+                blocks.push((block, read(PAGE_SIZE)?));
+            }
+            send(Piece {
+                member: member.clone(),
+                file,
+                index,
+                offset,
+                data: PieceData::Changed(Patch {
+                    len,
+                    first_block,
+                    truncation_block_length: header.truncation_block_length,
+                    blocks,
+                }),
+            })?;
+        }
+        skip_padding(archive, tar_header.size)?;
+        self.files.push(ReceivedFile {
+            member,
+            size,
+            mode: tar_header.mode,
+            mtime: tar_header.mtime,
+            listed,
+            listed_size: tar_header.size,
+            crc,
+        });
         Ok(())
     }
 
@@ -324,27 +456,26 @@ impl Stream {
                 .read_exact(&mut data)
                 .with_context(|| format!("the server's stream ended inside {}", member.rel))?;
             crc = crc32c::crc32c_append(crc, &data);
-            if keep {
-                kept.extend_from_slice(&data);
-            }
-            let index = (offset / CHUNK_SIZE as u64) as usize;
-            send(Piece {
-                member: member.clone(),
-                file,
-                index,
-                offset,
-                data,
-            })?;
+            let at = offset;
             offset += want as u64;
+            match keep {
+                true => kept.extend_from_slice(&data),
+                false => send(Piece {
+                    member: member.clone(),
+                    file,
+                    index: (at / CHUNK_SIZE as u64) as usize,
+                    offset: at,
+                    data: PieceData::Whole(data),
+                })?,
+            }
         }
-        let mut padding = [0u8; BLOCK];
-        archive
-            .read_exact(&mut padding[..tar::padding(header.size)])
-            .context("the server's stream ended inside a tar member's padding")?;
+        skip_padding(archive, header.size)?;
         if keep {
             self.kept.insert(member.rel.clone(), kept);
         }
         self.files.push(ReceivedFile {
+            listed: (member.raw.clone()).unwrap_or_else(|| member.rel.clone().into_bytes()),
+            listed_size: header.size,
             member,
             size: header.size,
             mode: header.mode,
@@ -373,26 +504,17 @@ impl Stream {
         {
             return Err(fail("it names another database system".into()));
         }
-        let mut received: HashMap<Vec<u8>, &ReceivedFile> = (self.files.iter())
-            .map(|f| {
-                (
-                    f.member
-                        .raw
-                        .clone()
-                        .unwrap_or_else(|| f.member.rel.clone().into_bytes()),
-                    f,
-                )
-            })
-            .collect();
+        let mut received: HashMap<&[u8], &ReceivedFile> =
+            (self.files.iter()).map(|f| (&f.listed[..], f)).collect();
         for listed in &manifest.files {
             let shown = String::from_utf8_lossy(&listed.path);
             let file = received
-                .remove(&listed.path)
+                .remove(&listed.path[..])
                 .ok_or_else(|| fail(format!("{shown} did not arrive")))?;
-            if file.size != listed.size {
+            if file.listed_size != listed.size {
                 return Err(fail(format!(
                     "{shown} arrived with {} bytes, not {}",
-                    file.size, listed.size
+                    file.listed_size, listed.size
                 )));
             }
             if listed.crc32c.is_some_and(|crc| crc != file.crc) {
@@ -402,10 +524,38 @@ impl Stream {
             }
         }
         match received.values().next() {
-            Some(extra) => Err(fail(format!("{} is not in it", extra.member.rel))),
+            Some(extra) => Err(fail(format!(
+                "{} is not in it",
+                String::from_utf8_lossy(&extra.listed)
+            ))),
             None => Ok(()),
         }
     }
+}
+
+/// Reads the padding after a tar member of `size` bytes.
+fn skip_padding(archive: &mut Archive, size: u64) -> Result<()> {
+    let mut padding = [0u8; BLOCK];
+    archive
+        .read_exact(&mut padding[..tar::padding(size)])
+        .context("the server's stream ended inside a tar member's padding")
+}
+
+/// The member for a file at path `raw` in the backup.
+fn member_at(raw: Vec<u8>) -> Arc<Member> {
+    let rel = String::from_utf8_lossy(&raw).into_owned();
+    Arc::new(Member {
+        relation: walk::relation_of(&rel),
+        raw: std::str::from_utf8(&raw).is_err().then_some(raw),
+        rel,
+    })
+}
+
+/// The file an incremental file `dir/INCREMENTAL.name` stands for: `dir/name`.
+fn incremental_target(path: &[u8]) -> Option<Vec<u8>> {
+    let name_at = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+    let name = path[name_at..].strip_prefix(incremental::PREFIX.as_bytes())?;
+    Some([&path[..name_at], name].concat())
 }
 
 /// Reads one tar block; `false` at a clean end of the archive.
@@ -489,12 +639,29 @@ impl Source for Remote {
         })
     }
 
-    fn start(&mut self, label: &str) -> Result<Start> {
+    fn timeline_before_start(&self) -> Option<u32> {
+        Some(self.timeline)
+    }
+
+    fn start(&mut self, label: &str, parent: Option<&Parent>) -> Result<Start> {
         let time = epoch_to_time(self.session.now()?);
-        let started = self.replication.base_backup(&format!(
+        let options = format!(
             "LABEL {}, PROGRESS, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', TABLESPACE_MAP",
             literal(label)
-        ))?;
+        );
+        let started = match self.sends_changes(parent)? {
+            Some(parent) => match self.start_incremental(parent, &options) {
+                Ok(started) => {
+                    self.incremental = true;
+                    started
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}; the server sends every file instead");
+                    self.replication.base_backup(&options)?
+                }
+            },
+            None => self.replication.base_backup(&options)?,
+        };
         let databases = (self.session.databases()?.into_iter())
             .map(|(oid, name)| DatabaseEntry { oid, name })
             .collect();

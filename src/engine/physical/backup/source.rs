@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Utc};
 
+use super::parent::Parent;
 use super::reader::{FileReader, store_file};
 use super::tde;
 use crate::engine::physical::walk::{self, SourceDir, SourceFile};
@@ -64,7 +65,11 @@ pub trait Source {
     fn timeline_history(&mut self, timeline: u32) -> Result<Option<(String, Vec<u8>)>>;
     /// Starts the backup on the server (a checkpoint): from here the copy, with the WAL
     /// from the start on, is consistent.
-    fn start(&mut self, label: &str) -> Result<Start>;
+    fn start(&mut self, label: &str, parent: Option<&Parent>) -> Result<Start>;
+    /// The timeline the server is on, for a source whose start needs the parent.
+    fn timeline_before_start(&self) -> Option<u32> {
+        None
+    }
     /// The bytes the copy covers at most, known once started.
     fn size(&self) -> u64;
     /// Stores every file except those [`Source::stop`] stores.
@@ -168,7 +173,7 @@ impl Source for DataDirectory {
         }
     }
 
-    fn start(&mut self, label: &str) -> Result<Start> {
+    fn start(&mut self, label: &str, _: Option<&Parent>) -> Result<Start> {
         let time = epoch_to_time(self.session.now()?);
         self.tde_keys = tde::KeyFiles::read(&self.pgdata)?;
         let lsn = self.session.backup_start(label)?;
