@@ -298,7 +298,10 @@ fn default_warn_slot_wal_mb() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    pub pgdata: PathBuf,
+    /// The data directory, where pgkeep runs on the database host; without it the
+    /// cluster is backed up over a replication connection.
+    #[serde(default)]
+    pub pgdata: Option<PathBuf>,
     /// libpq-style connection string or URI.
     #[serde(default)]
     pub connection: String,
@@ -306,17 +309,27 @@ pub struct ClusterConfig {
     /// oldest installed one new enough for the server is used.
     #[serde(default)]
     pub pg_bin: Option<PathBuf>,
-    /// Where `backup` reads the cluster's files.
-    #[serde(default)]
-    pub backup_source: BackupSource,
+    /// Where `backup` reads the cluster's files; see [`ClusterConfig::backup_source`].
+    #[serde(default, rename = "backup_source")]
+    backup_source_setting: Option<BackupSource>,
+}
+
+impl ClusterConfig {
+    /// Where `backup` reads the cluster's files: as set, or `pgdata` if the config has
+    /// one, else a replication connection.
+    pub fn backup_source(&self) -> BackupSource {
+        self.backup_source_setting.unwrap_or(match self.pgdata {
+            Some(_) => BackupSource::DataDirectory,
+            None => BackupSource::Replication,
+        })
+    }
 }
 
 /// Where a physical backup's bytes come from.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackupSource {
     /// `pgdata`, read by pgkeep on the database host.
-    #[default]
     DataDirectory,
     /// A `BASE_BACKUP` stream over a replication connection: pgkeep may run elsewhere.
     Replication,
@@ -415,7 +428,7 @@ impl Config {
         for (key, p) in config
             .cluster
             .iter()
-            .map(|(n, c)| (format!("cluster.{n}.pgdata"), &c.pgdata))
+            .filter_map(|(n, c)| Some((format!("cluster.{n}.pgdata"), c.pgdata.as_ref()?)))
             .chain([("archive.spool_path".to_string(), &config.archive.spool_path)])
             .chain(
                 config

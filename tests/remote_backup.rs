@@ -1,7 +1,7 @@
-//! Remote backups (`backup_source = "replication"`): the server runs as another OS user
-//! with its data directory closed (0700), and pgkeep's config names a `pgdata` that does
-//! not exist, so every byte comes over the replication protocol. As on a backup host,
-//! the WAL comes from receive-wal (the server archives nothing). Restores reach every
+//! Remote backups: the server runs as another OS user with its data directory closed
+//! (0700), and pgkeep's config names no `pgdata`, so every byte comes over the
+//! replication protocol. As on a backup host, the WAL comes from receive-wal (the
+//! server archives nothing). Restores reach every
 //! kind of target exactly, a second backup stores only what changed (on 17+ the server
 //! sends only what changed: `BASE_BACKUP (INCREMENTAL)`, patched onto the parent's
 //! chunks), and PostgreSQL's own pg_verifybackup accepts a restored full backup against
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::receiver::Receiver;
 use common::targets;
-use common::{Env, Pg, as_postgres, run_ok};
+use common::{Env, Pg, as_postgres};
 
 fn stored_size(env: &Env, label: &str) -> u64 {
     let info: serde_json::Value =
@@ -100,15 +100,14 @@ fn remote_backup(pg: Pg) {
         "pgkeep's user can read the data directory"
     );
     let receive = format!(
-        "backup_source = \"replication\"\n\n[receive]\ndirectory = \"{}\"\n",
+        "\n[receive]\ndirectory = \"{}\"\n",
         env.path("receive").display()
     );
     env.write_config(&main, &receive);
+    // No pgdata: the cluster is backed up over replication.
     let config = std::fs::read_to_string(&env.config).unwrap();
-    let config = config.replace(
-        &format!("pgdata = \"{}\"", main.pgdata.display()),
-        "pgdata = \"/nonexistent/pgdata\"",
-    );
+    let config = config.replace(&format!("pgdata = \"{}\"\n", main.pgdata.display()), "");
+    assert!(!config.contains("pgdata"), "{config}");
     std::fs::write(&env.config, config).unwrap();
 
     env.pgkeep_ok(&["init"]);
@@ -154,25 +153,33 @@ fn remote_backup(pg: Pg) {
     assert_eq!(targets::fingerprint(&restored), at_second);
     restored.stop();
 
+    // The server's manifest of a full backup, pgkeep's of one patched from changes.
+    let verify = |copy: &std::path::Path| {
+        as_postgres(env.pg.tool("pg_verifybackup"))
+            .arg("-n")
+            .arg(copy)
+            .output()
+            .unwrap()
+    };
     let copy = env.path("verified");
-    let copy_arg = copy.to_str().unwrap();
-    env.pgkeep_ok(&[
-        "restore",
-        "--backup",
-        &first,
-        "--pgdata",
-        copy_arg,
-        "--target",
-        "immediate",
-    ]);
-    run_ok(as_postgres(env.pg.tool("pg_verifybackup")).args(["-n", copy_arg]));
+    for label in [&first, &second] {
+        let _ = std::fs::remove_dir_all(&copy);
+        let copy_arg = copy.to_str().unwrap();
+        let args = ["restore", "--backup", label, "--pgdata", copy_arg];
+        env.pgkeep_ok(&[&args[..], &["--target", "immediate"]].concat());
+        let out = verify(&copy);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // pg_verifybackup does catch a change: the oracle is not blind.
     std::fs::write(copy.join("PG_VERSION"), "0\n").unwrap();
-    let damaged = as_postgres(env.pg.tool("pg_verifybackup"))
-        .args(["-n", copy_arg])
-        .output()
-        .unwrap();
-    assert!(!damaged.status.success(), "pg_verifybackup missed a change");
+    assert!(
+        !verify(&copy).status.success(),
+        "pg_verifybackup missed a change"
+    );
 }
 
 on_each_version!(remote_backup);

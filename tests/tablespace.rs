@@ -1,7 +1,9 @@
 //! A tablespace outside the data directory, restored elsewhere with --tablespace-map,
 //! from a backup of the data directory or, on 16 and 17, from a `BASE_BACKUP` stream
-//! (its tablespace arrives as an archive of its own); and every value pgkeep writes for recovery (tablespace paths, a restore point name,
-//! the paths in `restore_command`) read back by PostgreSQL exactly as it was.
+//! (its tablespace arrives as an archive of its own; on 17 the last backup has the
+//! server send only what changed, tablespace files included); and every value pgkeep
+//! writes for recovery (tablespace paths, a restore point name, the paths in
+//! `restore_command`) read back by PostgreSQL exactly as it was.
 
 mod common;
 
@@ -26,26 +28,32 @@ fn awkward_copy(env: &Env) -> (PathBuf, PathBuf) {
 }
 
 fn tablespace(pg: Pg) {
-    scenario(pg, "");
+    scenario(pg, "", false);
 }
 
 #[test]
 fn remote_pg16() {
-    scenario(Pg::new(16), "backup_source = \"replication\"\n");
+    scenario(Pg::new(16), "backup_source = \"replication\"\n", false);
 }
 
 #[test]
 fn remote_pg17() {
-    scenario(Pg::new(17), "backup_source = \"replication\"\n");
+    scenario(Pg::new(17), "backup_source = \"replication\"\n", true);
 }
 
-/// The scenario with `cluster` as extra lines of the cluster's config.
-fn scenario(pg: Pg, cluster: &str) {
+/// The scenario with `cluster` as extra lines of the cluster's config; with `changes`,
+/// WAL is summarized and a second backup taken after a change, which the server sends
+/// as changes only.
+fn scenario(pg: Pg, cluster: &str, changes: bool) {
     let name = format!("tablespace{}{}", pg.major, cluster.len());
     let mut env = Env::new(&name, pg);
     let main = env.primary();
     env.write_config(&main, cluster);
     env.pgkeep_ok(&["init"]);
+    if changes {
+        main.sql("ALTER SYSTEM SET summarize_wal = on");
+        main.sql("SELECT pg_reload_conf()");
+    }
     let original = env.path("ts dir\\original");
     std::fs::create_dir(&original).unwrap();
     common::chown_postgres(&original);
@@ -58,6 +66,14 @@ fn scenario(pg: Pg, cluster: &str) {
     main.sql("CREATE INDEX far_id ON far (id) TABLESPACE ts");
     let oid = main.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
     env.pgkeep_ok(&["backup"]);
+    if changes {
+        main.sql("UPDATE far SET pad = 'changed' WHERE id % 1000 = 0");
+        let printed = env.pgkeep_ok(&["backup"]);
+        assert!(
+            printed.contains("taken unread from the parent"),
+            "{printed}"
+        );
+    }
     main.sql(&format!(
         "SELECT pg_create_restore_point('{}')",
         AWKWARD_NAME.replace('\'', "''")
@@ -110,6 +126,10 @@ fn scenario(pg: Pg, cluster: &str) {
     assert_eq!(
         server.sql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts'"),
         relocated.display().to_string()
+    );
+    assert_eq!(
+        server.sql("SELECT count(*) FROM far WHERE pad = 'changed'"),
+        if changes { "50" } else { "0" }
     );
     server.amcheck();
     server.stop();

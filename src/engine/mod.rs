@@ -83,22 +83,20 @@ impl<'a> Context<'a> {
     /// Checks that the server behind `connection` is the cluster configured as `pgdata`;
     /// a cluster backed up over replication runs elsewhere, and its `pgdata` is not there.
     pub fn check_data_directory(&self, session: &mut Session) -> Result<()> {
-        if self.cluster.backup_source == BackupSource::Replication {
-            return Ok(());
-        }
+        let pgdata = match &self.cluster.pgdata {
+            Some(p) if self.cluster.backup_source() == BackupSource::DataDirectory => p,
+            _ => return Ok(()),
+        };
         let server_dir = session.setting("data_directory")?;
-        let same = match (
-            Path::new(&server_dir).canonicalize(),
-            self.cluster.pgdata.canonicalize(),
-        ) {
+        let same = match (Path::new(&server_dir).canonicalize(), pgdata.canonicalize()) {
             (Ok(a), Ok(b)) => a == b,
-            _ => Path::new(&server_dir) == self.cluster.pgdata,
+            _ => Path::new(&server_dir) == pgdata,
         };
         if !same {
             bail!(
                 "the server at `connection` runs data directory {server_dir}, but cluster '{}' has pgdata = {}; fix one of them",
                 self.cluster_name,
-                self.cluster.pgdata.display()
+                pgdata.display()
             );
         }
         Ok(())
@@ -148,7 +146,9 @@ fn refuse_root(cluster: &ClusterConfig, repository: &Location) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    let mut paths = vec![("data directory", &cluster.pgdata)];
+    let mut paths: Vec<_> = (cluster.pgdata.iter())
+        .map(|p| ("data directory", p))
+        .collect();
     if let Location::Local(path) = repository {
         paths.push(("repository", path));
     }

@@ -95,20 +95,20 @@ pub fn parse(bytes: &[u8]) -> Result<ServerManifest, ManifestError> {
     })
 }
 
-/// A file of a prior backup, as an uploaded manifest lists it.
-pub struct PriorFile {
+/// A file as a written manifest lists it.
+pub struct ListedFile {
     pub path: Vec<u8>,
     pub size: u64,
     /// Seconds since the epoch.
     pub mtime: i64,
 }
 
-/// A manifest of a prior backup in PostgreSQL's format (version 2), for
-/// `UPLOAD_MANIFEST`: its files and the WAL range it needed (`timeline`, `start` to
-/// `end`), closed by the checksum the server verifies.
+/// A manifest in PostgreSQL's format (version 2): a backup's files, without checksums
+/// (sizes only, as `pg_combinebackup --manifest-checksums=NONE` writes), and the WAL
+/// range it needs (`timeline`, `start` to `end`), closed by the manifest's own checksum.
 pub fn write(
     system_identifier: u64,
-    files: &[PriorFile],
+    files: &[ListedFile],
     (timeline, start, end): (u32, Lsn, Lsn),
 ) -> Vec<u8> {
     let mut out = format!(
@@ -168,17 +168,17 @@ mod tests {
     #[test]
     fn writes_what_it_reads() {
         let files = [
-            PriorFile {
+            ListedFile {
                 path: b"base/5/16384".to_vec(),
                 size: 8192,
                 mtime: 1_700_000_000,
             },
-            PriorFile {
+            ListedFile {
                 path: b"odd\"name".to_vec(),
                 size: 0,
                 mtime: 0,
             },
-            PriorFile {
+            ListedFile {
                 path: vec![0xff, b'x'],
                 size: 1,
                 mtime: 0,

@@ -67,7 +67,8 @@ fn check_control_file(ctx: &Context, bytes: &[u8], server: &Server, checkpoint: 
         bail!(
             "the files in {} are not those of the server at `connection` (pg_control: system {}, state {}, checkpoint {} \
              before the backup's {checkpoint}); point `connection` and `pgdata` at the same server. The backup was not published",
-            ctx.cluster.pgdata.display(),
+            (ctx.cluster.pgdata.as_deref())
+                .map_or("the stream".into(), |p| p.display().to_string()),
             control.system_identifier,
             control.state,
             control.checkpoint
@@ -195,7 +196,7 @@ pub fn backup(ctx: &Context, full: bool, progress: &ProgressBar) -> Result<Backu
             ctx.cluster_name
         )
     })?;
-    match ctx.cluster.backup_source {
+    match ctx.cluster.backup_source() {
         BackupSource::DataDirectory => {
             let mut source = DataDirectory::connect(ctx, &info)?;
             take(ctx, &info, &mut source, full, progress)

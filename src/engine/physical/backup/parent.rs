@@ -12,11 +12,29 @@ use std::collections::HashMap;
 use std::os::unix::ffi::OsStringExt;
 
 use crate::engine::physical::walk::SourceFile;
-use crate::format::backup_manifest::{self, PriorFile};
+use crate::format::backup_manifest::{self, ListedFile};
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::repo::manifest::{FileEntry, Manifest, path_bytes};
 use crate::repo::pack::ChunkId;
+
+/// `files` of a backup that needs WAL `wal` (timeline, start, stop), as PostgreSQL's
+/// `backup_manifest` lists them.
+pub fn server_manifest<'f>(
+    system_identifier: u64,
+    files: impl Iterator<Item = &'f FileEntry>,
+    wal: (u32, Lsn, Lsn),
+) -> Vec<u8> {
+    let mut files: Vec<ListedFile> = files
+        .map(|f| ListedFile {
+            path: f.fs_path().into_os_string().into_vec(),
+            size: f.size,
+            mtime: f.mtime,
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    backup_manifest::write(system_identifier, &files, wal)
+}
 
 pub struct Parent {
     pub label: String,
@@ -108,15 +126,7 @@ impl Parent {
     /// server to send what changed since (`BASE_BACKUP (INCREMENTAL)`): its files and the
     /// WAL it needs. Checksums are left out; the server reads none.
     pub fn server_manifest(&self, system_identifier: u64) -> Vec<u8> {
-        let mut files: Vec<PriorFile> = (self.files.values())
-            .map(|f| PriorFile {
-                path: f.fs_path().into_os_string().into_vec(),
-                size: f.size,
-                mtime: f.mtime,
-            })
-            .collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path));
         let wal = (self.timeline, self.start_lsn, self.stop_lsn);
-        backup_manifest::write(system_identifier, &files, wal)
+        server_manifest(system_identifier, self.files.values(), wal)
     }
 }

@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::{Buf, Bytes};
 
 use super::CHUNK_SIZE;
-use super::parent::Parent;
+use super::parent::{Parent, server_manifest};
 use super::reader::{FileReader, Patch, store_file};
 use super::source::{Server, Source, Start, Stop, epoch_to_time};
 use crate::config::Encryption;
@@ -254,17 +254,21 @@ impl Remote {
             }
         }
         // The server's manifest of an incremental backup lists the incremental files:
-        // it describes no restored copy, so it is not kept.
-        if !self.incremental {
-            let manifest = stream.manifest.as_deref().unwrap_or_default();
-            entries.push(store_file(
-                reader.chunks,
-                "backup_manifest",
-                manifest,
-                0o600,
-                now(),
-            )?);
-        }
+        // the backup gets one of the files as restored instead.
+        let manifest = match (self.incremental, &self.started) {
+            (true, Some(s)) => {
+                let wal = (s.timeline, s.lsn, stop_lsn);
+                server_manifest(self.server.system_identifier, entries.iter(), wal)
+            }
+            _ => stream.manifest.clone().unwrap_or_default(),
+        };
+        entries.push(store_file(
+            reader.chunks,
+            "backup_manifest",
+            &manifest,
+            0o600,
+            now(),
+        )?);
         let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
         let mut dirs = stream.dirs;
         dirs.extend(tablespaces.values().map(|oid| DirectoryEntry {

@@ -138,10 +138,16 @@ impl DataDirectory {
         let mut session = ctx.connect()?;
         let server = Server::of(ctx, info, &mut session)?;
         ctx.check_data_directory(&mut session)?;
+        let pgdata = ctx.cluster.pgdata.clone().with_context(|| {
+            format!(
+                "cluster '{}' has backup_source = \"data_directory\" but no pgdata; set pgdata, or remove backup_source to back up over replication",
+                ctx.cluster_name
+            )
+        })?;
         Ok(DataDirectory {
             session,
             server,
-            pgdata: ctx.cluster.pgdata.clone(),
+            pgdata,
             files: Vec::new(),
             pg_control: None,
             dirs: Vec::new(),

@@ -67,7 +67,7 @@ fn segment(ctx: &Context, name: &str) -> Option<Vec<u8>> {
         Ok(None) => {}
         Err(e) => tracing::warn!("{e:#}; reading {name} from pg_wal instead"),
     }
-    let path = ctx.cluster.pgdata.join("pg_wal").join(name);
+    let path = ctx.cluster.pgdata.as_ref()?.join("pg_wal").join(name);
     match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == ErrorKind::NotFound => None,

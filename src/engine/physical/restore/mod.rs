@@ -419,7 +419,7 @@ fn plan<'m>(ctx: &Context, opts: &RestoreOptions, manifests: &'m [Manifest]) -> 
     )?;
     let chunks = ChunkStore::open(&ctx.repo)?;
     preflight(ctx, manifest, &chunks.index)?;
-    let in_place = same_directory(&pgdata, &ctx.cluster.pgdata);
+    let in_place = (ctx.cluster.pgdata.as_deref()).is_some_and(|p| same_directory(&pgdata, p));
     let kept = opts.only_database.as_deref().and_then(|database| {
         let kept = databases::kept(manifest, database);
         if kept.is_none() {
