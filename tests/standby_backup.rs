@@ -1,7 +1,8 @@
 //! Backups from a hot standby: pgkeep's config names only the standby (its data
 //! directory and its server), the primary runs pgbench and archives nothing, and the
 //! WAL comes from the standby's own archiving (`archive_mode = always`). Restores reach
-//! every kind of target exactly.
+//! every kind of target exactly, whether the backup reads the standby's data directory
+//! or has the standby stream it (`BASE_BACKUP`).
 
 mod common;
 
@@ -33,7 +34,17 @@ impl Drop for Stopping<'_> {
 }
 
 fn standby_backup(pg: Pg) {
-    let env = Env::new(&format!("standby{}", pg.major), pg);
+    scenario(pg, "");
+}
+
+#[test]
+fn remote_pg18() {
+    scenario(Pg::new(18), "backup_source = \"replication\"\n");
+}
+
+/// The scenario with `cluster` as extra lines of the cluster's config.
+fn scenario(pg: Pg, cluster: &str) {
+    let env = Env::new(&format!("standby{}{}", pg.major, cluster.len()), pg);
     let main = env.primary();
     main.pgbench_init(5);
     main.sql("CREATE TABLE marks (id int, name text)");
@@ -42,7 +53,7 @@ fn standby_backup(pg: Pg) {
     // The repository exists before the standby archives (a failing archive_command
     // makes PostgreSQL wait a minute before it tries again).
     let mut standby = env.standby_of(&main, "standby");
-    env.write_config(&standby, "");
+    env.write_config(&standby, cluster);
     env.pgkeep_ok(&["init"]);
     standby.stop();
     standby.options = "-c archive_mode=always".into();

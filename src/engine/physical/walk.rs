@@ -30,11 +30,13 @@ const SKIP_TOP_FILES: &[&str] = &[
     "tablespace_map",
     "tablespace_map.old",
     "backup_manifest",
-    "recovery.signal",
-    "standby.signal",
     "postgresql.auto.conf.tmp",
     "current_logfiles.tmp",
 ];
+
+/// The files that put a server into recovery: a backup of a standby leaves them out, so
+/// that its restore recovers as restore says, not as the standby was set up.
+pub const RECOVERY_SIGNALS: &[&str] = &["recovery.signal", "standby.signal"];
 
 pub struct SourceFile {
     /// Path in the manifest (tablespaces under `pg_tblspc/OID/`), as text; a name that is
@@ -198,7 +200,8 @@ fn walk_dir(abs: &Path, here: &RelPath, tablespace_dir: &str, out: &mut Walk) ->
     for (name, os_name) in names.iter().zip(&entries) {
         let child = here.child(os_name);
         let child_abs = abs.join(os_name);
-        if rel.is_empty() && SKIP_TOP_FILES.contains(&name.as_str()) {
+        let skipped = |list: &[&str]| list.contains(&name.as_str());
+        if rel.is_empty() && (skipped(SKIP_TOP_FILES) || skipped(RECOVERY_SIGNALS)) {
             continue;
         }
         if name == "pg_internal.init"

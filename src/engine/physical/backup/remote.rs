@@ -244,6 +244,7 @@ impl Remote {
             );
         }
         let mut entries = assemble(&stream.files, pieces);
+        entries.retain(|e| !walk::RECOVERY_SIGNALS.contains(&e.path.as_str()));
         let mut kept = stream.kept;
         if let Some(label) = kept.get_mut("backup_label").filter(|_| self.incremental) {
             *label = label::reconstructed(&String::from_utf8_lossy(label)).into_bytes();
