@@ -113,6 +113,11 @@ fn remote_backup(pg: Pg) {
     env.pgkeep_ok(&["init"]);
     let mut receiver = Receiver::start(&env);
     receiver.wait_for("started streaming", "streaming timeline 1");
+    // check knows the WAL comes from receive-wal, not from archive_command.
+    let checked = env.pgkeep(&["check"]);
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{stderr}");
+    assert!(stderr.contains("only through receive-wal"), "{stderr}");
     killed_mid_stream(&env);
     let load = main.pgbench_load(2);
     let first = env.backup();
@@ -145,6 +150,8 @@ fn remote_backup(pg: Pg) {
     let targets = targets::record(&main);
     main.sql("SELECT pg_switch_wal()");
     receiver.stop();
+    let stderr = env.pgkeep_err(&["check"]);
+    assert!(stderr.contains("is not in use"), "{stderr}");
     env.pgkeep_ok(&["verify"]);
     targets::restore_each(&env, &targets);
 

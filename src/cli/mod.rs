@@ -804,10 +804,7 @@ fn run_archive_push(cli: &Cli, config: &Config, path: &std::path::Path) -> Resul
 fn run_receive_wal(cli: &Cli, config: &Config, synchronous: bool, interval: u64) -> Result<i32> {
     let (cluster, settings) = config.select_cluster(cli.cluster.as_deref())?;
     let receive = &config.receive;
-    let slot = receive
-        .slot
-        .clone()
-        .unwrap_or_else(|| receive::default_slot(cluster));
+    let slot = receive::slot_of(receive, cluster);
     receive::check_slot_name(&slot)?;
     let options = receive::ReceiveOptions {
         slot,

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::wal::archive::wait_for_wal;
+use super::wal::receive;
 use super::{Context, shell_quote};
 use crate::format::guc;
 use crate::pg::session::Session;
@@ -136,14 +137,16 @@ pub fn check(ctx: &Context) -> Result<CheckReport> {
             "wal_level is minimal{pending}; set wal_level = replica in postgresql.conf and restart PostgreSQL"
         ));
     }
+    let mut archiving = Vec::new();
     if session.setting("archive_mode")? == "off" {
         let pending = restart(&mut session, "archive_mode")?;
-        problems.push(format!(
+        archiving.push(format!(
             "archive_mode is off{pending}; set archive_mode = on in postgresql.conf and restart PostgreSQL"
         ));
     }
     let archive_command = session.setting("archive_command")?;
-    problems.extend(archive_command_problem(ctx, &archive_command)?);
+    archiving.extend(archive_command_problem(ctx, &archive_command)?);
+    wal_delivery(ctx, &mut session, archiving, &mut report)?;
     if session.setting("data_checksums")? != "on" {
         report.warnings.push(
             "the cluster has no data checksums, so backups cannot validate pages: damage on disk \
@@ -163,6 +166,36 @@ pub fn check(ctx: &Context) -> Result<CheckReport> {
         failed_before,
     )?);
     Ok(report)
+}
+
+/// Whether WAL reaches the repository: through `archive_command` (`archiving` holds
+/// what is wrong with it) or receive-wal's slot. Archiving that is not set up is no
+/// problem while receive-wal streams over its slot, as on a backup host.
+fn wal_delivery(
+    ctx: &Context,
+    session: &mut Session,
+    archiving: Vec<String>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let slot = receive::slot_of(&ctx.config.receive, ctx.cluster_name);
+    let active = session.text(&format!(
+        "SELECT coalesce((SELECT active::text FROM pg_replication_slots WHERE slot_name = '{}'), 'none')",
+        slot.replace('\'', "''")
+    ))?;
+    match (active.as_str(), archiving.is_empty()) {
+        ("none", _) | (_, true) => report.problems.extend(archiving),
+        ("true", false) => report.warnings.push(format!(
+            "WAL reaches the repository only through receive-wal (slot {slot}), as archiving is not set up: {}",
+            archiving.join("; ")
+        )),
+        _ => {
+            report.problems.push(format!(
+                "receive-wal's slot {slot} is not in use and archiving is not set up, so no WAL reaches the repository                  (and the slot holds WAL on the server): start `pgkeep receive-wal`, or set up archiving"
+            ));
+            report.problems.extend(archiving);
+        }
+    }
+    Ok(())
 }
 
 /// How often `archive_command` has failed, from `pg_stat_archiver`.
@@ -198,7 +231,7 @@ fn wait_for_archiving(
     }
     Ok(Some(format!(
         "WAL segment {segment} did not reach the repository within {} s after a WAL switch; \
-         look at the PostgreSQL log for archive_command errors",
+         look at the PostgreSQL log for archive_command errors, or at receive-wal's log",
         timeout.as_secs()
     )))
 }

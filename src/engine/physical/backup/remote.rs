@@ -384,10 +384,7 @@ impl Stream {
     ) -> Result<()> {
         let mut crc = 0u32;
         let mut read = |len: usize| -> Result<Vec<u8>> {
-            let mut data = vec![0u8; len];
-            archive
-                .read_exact(&mut data)
-                .with_context(|| format!("the server's stream ended inside {}", member.rel))?;
+            let data = read_member(archive, len, &member.rel)?;
             crc = crc32c::crc32c_append(crc, &data);
             Ok(data)
         };
@@ -456,10 +453,7 @@ impl Stream {
         let (mut offset, mut crc, mut kept) = (0u64, 0u32, Vec::new());
         while offset < header.size {
             let want = (CHUNK_SIZE as u64).min(header.size - offset) as usize;
-            let mut data = vec![0u8; want];
-            archive
-                .read_exact(&mut data)
-                .with_context(|| format!("the server's stream ended inside {}", member.rel))?;
+            let data = read_member(archive, want, &member.rel)?;
             crc = crc32c::crc32c_append(crc, &data);
             let at = offset;
             offset += want as u64;
@@ -536,6 +530,17 @@ impl Stream {
             None => Ok(()),
         }
     }
+}
+
+/// The next `len` bytes of member `rel`, read into a buffer of that size (not zeroed
+/// first: this is every byte of the backup).
+fn read_member(archive: &mut Archive, len: usize, rel: &str) -> Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(len);
+    archive.take(len as u64).read_to_end(&mut data)?;
+    if data.len() < len {
+        bail!("the server's stream ended inside {rel}");
+    }
+    Ok(data)
 }
 
 /// Reads the padding after a tar member of `size` bytes.

@@ -32,7 +32,7 @@ use anyhow::{Context as _, Result, bail};
 use crossbeam_channel::Sender;
 
 use self::upload::{Upload, store_uploads};
-use crate::config::Encryption;
+use crate::config::{Encryption, ReceiveConfig};
 use crate::engine::repositories::Repositories;
 use crate::engine::wal::archive;
 use crate::format::lsn::Lsn;
@@ -580,9 +580,14 @@ pub fn stop_on_signals() -> &'static AtomicBool {
 
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
+/// The slot receive-wal uses for cluster `cluster`: the configured one, or the default.
+pub fn slot_of(receive: &ReceiveConfig, cluster: &str) -> String {
+    (receive.slot.clone()).unwrap_or_else(|| default_slot(cluster))
+}
+
 /// The slot of cluster `cluster` when the config names none: slot names may hold only
 /// lower-case letters, digits and underscores.
-pub fn default_slot(cluster: &str) -> String {
+fn default_slot(cluster: &str) -> String {
     let name: String = cluster
         .chars()
         .map(|c| match c.to_ascii_lowercase() {
