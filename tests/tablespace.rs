@@ -68,10 +68,22 @@ fn scenario(pg: Pg, cluster: &str, changes: bool) {
     env.pgkeep_ok(&["backup"]);
     if changes {
         main.sql("UPDATE far SET pad = 'changed' WHERE id % 1000 = 0");
-        let printed = env.pgkeep_ok(&["backup"]);
+        let out = env.pgkeep(&["-vv", "backup"]);
+        let (printed, log) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{log}");
         assert!(
             printed.contains("taken unread from the parent"),
             "{printed}"
+        );
+        // The tablespace's files too (found by their paths in the uploaded manifest).
+        let sent_changes = format!("pg_tblspc/{oid}/");
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&sent_changes) && l.contains("/INCREMENTAL.")),
+            "{log}"
         );
     }
     main.sql(&format!(

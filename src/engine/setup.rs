@@ -190,7 +190,8 @@ fn wal_delivery(
         )),
         _ => {
             report.problems.push(format!(
-                "receive-wal's slot {slot} is not in use and archiving is not set up, so no WAL reaches the repository                  (and the slot holds WAL on the server): start `pgkeep receive-wal`, or set up archiving"
+                "receive-wal's slot {slot} is not in use and archiving is not set up, so no WAL reaches the repository \
+                 (and the slot holds WAL on the server): start `pgkeep receive-wal`, or set up archiving"
             ));
             report.problems.extend(archiving);
         }

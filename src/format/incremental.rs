@@ -42,18 +42,36 @@ impl fmt::Display for HeaderError {
 }
 
 /// The first 12 bytes of a header: the number of blocks and the truncation length.
+/// A truncation length past the segment's end is taken as the segment's end: servers
+/// before the fix that clamps it (17.x) send one for a truncated relation of several
+/// segments, and no block lies past the end.
 pub fn parse_fixed(bytes: &[u8; 12]) -> Result<(u32, u32), HeaderError> {
     let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
     if word(0) != MAGIC {
         return Err(HeaderError(format!("magic 0x{:x}", word(0))));
     }
     let (count, truncation) = (word(4), word(8));
-    if count > BLOCKS_PER_SEGMENT || truncation > BLOCKS_PER_SEGMENT {
+    if count > BLOCKS_PER_SEGMENT {
         return Err(HeaderError(format!(
-            "{count} blocks, truncation length {truncation}: more than a segment holds"
+            "{count} blocks, more than a segment holds"
         )));
     }
-    Ok((count, truncation))
+    Ok((count, truncation.min(BLOCKS_PER_SEGMENT)))
+}
+
+/// Bytes of header before the first block of a file with `count` blocks: padded to a
+/// block when there are blocks.
+pub fn header_len(count: u32) -> u64 {
+    let bare = 12 + 4 * count as u64;
+    match count {
+        0 => bare,
+        _ => bare.next_multiple_of(PAGE_SIZE as u64),
+    }
+}
+
+/// Bytes of an incremental file with `count` blocks.
+pub fn file_len(count: u32) -> u64 {
+    header_len(count) + count as u64 * PAGE_SIZE as u64
 }
 
 /// The header from its fixed part and the block numbers that follow it.
@@ -83,20 +101,6 @@ pub fn parse_blocks(
 }
 
 impl Header {
-    /// Bytes of header before the first block: padded to a block when there are blocks.
-    pub fn header_len(&self) -> u64 {
-        let bare = 12 + 4 * self.blocks.len() as u64;
-        match self.blocks.is_empty() {
-            true => bare,
-            false => bare.next_multiple_of(PAGE_SIZE as u64),
-        }
-    }
-
-    /// Bytes the whole incremental file has.
-    pub fn file_len(&self) -> u64 {
-        self.header_len() + (self.blocks.len() * PAGE_SIZE) as u64
-    }
-
     /// Bytes of the reconstructed file.
     pub fn reconstructed_len(&self) -> u64 {
         let past_last = self.blocks.last().map_or(0, |b| b + 1);
@@ -148,13 +152,16 @@ mod tests {
     fn reads_the_header_postgresql_writes() {
         let h = parse(&header(2, 10, &[3, 12])).unwrap();
         assert_eq!(h.blocks, [3, 12]);
-        assert_eq!(h.header_len(), PAGE_SIZE as u64);
-        assert_eq!(h.file_len(), 3 * PAGE_SIZE as u64);
+        assert_eq!(header_len(2), PAGE_SIZE as u64);
+        assert_eq!(file_len(2), 3 * PAGE_SIZE as u64);
         assert_eq!(h.reconstructed_len(), 13 * PAGE_SIZE as u64);
         // No blocks: no padding, and the length is the truncation length.
         let h = parse(&header(0, 7, &[])).unwrap();
-        assert_eq!((h.header_len(), h.file_len()), (12, 12));
+        assert_eq!((header_len(0), file_len(0)), (12, 12));
         assert_eq!(h.reconstructed_len(), 7 * PAGE_SIZE as u64);
+        // A truncation length past the segment (older servers) ends at the segment.
+        let h = parse(&header(0, BLOCKS_PER_SEGMENT + 5, &[])).unwrap();
+        assert_eq!(h.truncation_block_length, BLOCKS_PER_SEGMENT);
     }
 
     #[test]
@@ -162,7 +169,7 @@ mod tests {
         let mut bad_magic = header(0, 1, &[]);
         bad_magic[0] ^= 1;
         assert!(parse(&bad_magic).is_err());
-        assert!(parse(&header(1, BLOCKS_PER_SEGMENT + 1, &[0])).is_err());
+        assert!(parse(&header(BLOCKS_PER_SEGMENT + 1, 1, &[])).is_err());
         assert!(parse(&header(2, 10, &[5, 5])).is_err());
         assert!(parse(&header(2, 10, &[5])).is_err());
         assert!(parse(&header(1, 10, &[BLOCKS_PER_SEGMENT])).is_err());

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::format::page::BLOCKS_PER_SEGMENT;
+
 /// Directories whose contents are never copied; the directory itself is kept.
 const EMPTY_DIRS: &[&str] = &[
     "pg_wal",
@@ -107,8 +109,14 @@ impl RelPath {
 /// Parses a relation file name (`16384`, `16384.2`, `16384_fsm`, `16384_vm.1`) into
 /// (relfilenode, fork, segment).
 fn relation_name(name: &str) -> Option<(&str, &str, u32)> {
+    // A segment number whose blocks have no block number is no relation's.
     let (base, seg) = match name.split_once('.') {
-        Some((b, s)) => (b, s.parse().ok()?),
+        Some((b, s)) => (
+            b,
+            s.parse()
+                .ok()
+                .filter(|s: &u32| s.checked_mul(BLOCKS_PER_SEGMENT).is_some())?,
+        ),
         None => (name, 0),
     };
     let (node, fork) = base.split_once('_').unwrap_or((base, ""));
@@ -277,6 +285,8 @@ mod tests {
         assert_eq!(relation_name("16384_vm.3"), Some(("16384", "vm", 3)));
         assert_eq!(relation_name("PG_VERSION"), None);
         assert_eq!(relation_name("16384_xyz"), None);
+        assert_eq!(relation_name("16384.32767").map(|r| r.2), Some(32767));
+        assert_eq!(relation_name("16384.32768"), None);
         assert!(is_temp_relation("t3_16384"));
         assert!(is_temp_relation("t3_16384_fsm.1"));
         assert!(!is_temp_relation("16384"));

@@ -225,8 +225,13 @@ fn take(
     let label = ctx.new_label("")?;
     let seg = SegmentSize(info.wal_segment_size);
     // A source that needs the parent to start (a server sending what changed) has it
-    // chosen on the timeline it is on; the start must stay there.
-    let early = (source.timeline_before_start())
+    // chosen on the timeline the server is on. The timeline's history is archived
+    // first: the parent may lie on an earlier timeline.
+    let early_timeline = source.timeline_before_start();
+    if let Some(timeline) = early_timeline {
+        archive_history_file(ctx, source, timeline)?;
+    }
+    let early = (early_timeline)
         .map(|timeline| choose_parent(ctx, source.server(), timeline, full))
         .transpose()?;
     let start = source.start(&label, early.as_ref().and_then(|(_, p)| p.as_ref()))?;
@@ -235,15 +240,16 @@ fn take(
         start.lsn,
         start.timeline
     );
+    if early_timeline != Some(start.timeline) {
+        archive_history_file(ctx, source, start.timeline)?;
+    }
+    // A standby's backup may start on the timeline of its last restartpoint, older than
+    // the one it replays; a server that took the parent (it checks the parent's WAL
+    // against its history) keeps it, else the parent is chosen for the start's timeline.
     let (path, parent) = match early {
-        Some((path, _)) if path.timeline != start.timeline => bail!(
-            "the server moved to timeline {} as backup {label} started; run the backup again",
-            start.timeline
-        ),
-        Some(chosen) => chosen,
-        None => choose_parent(ctx, source.server(), start.timeline, full)?,
+        Some(chosen) if start.from_parent || chosen.0.timeline == start.timeline => chosen,
+        _ => choose_parent(ctx, source.server(), start.timeline, full)?,
     };
-    archive_history_file(ctx, source, start.timeline)?;
     let size = source.size();
     progress.set_length(size);
     let changed = match &parent {

@@ -195,7 +195,6 @@ impl FileReader<'_> {
             self.stats
                 .unread
                 .fetch_add(patch.len as u64, Ordering::Relaxed);
-            self.progress.inc(patch.len as u64);
             return Ok((id, bad));
         }
         let needs_prior = patch.truncation_block_length > patch.first_block;
@@ -226,7 +225,8 @@ impl FileReader<'_> {
         self.store_received((rel, raw), relation, (index, offset), &data, received)
     }
 
-    /// Stores a chunk of which `received` bytes came from the server.
+    /// Stores a chunk of which `received` bytes came from the server (the progress
+    /// counts those: the server's size estimate is of what it sends).
     fn store_received(
         &self,
         (rel, raw): (&str, Option<&[u8]>),
@@ -254,7 +254,7 @@ impl FileReader<'_> {
                 .stored
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
-        self.progress.inc(data.len() as u64);
+        self.progress.inc(received as u64);
         Ok((id, bad))
     }
 

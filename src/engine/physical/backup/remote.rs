@@ -4,10 +4,13 @@
 //! stream lacks (catalog, snapshot, clock).
 //!
 //! Invariants: every file the server's own `backup_manifest` lists arrives with its size
-//! and CRC32C, and nothing else arrives, or the backup is not published; the manifest
-//! is stored in the backup, so that `pg_verifybackup` accepts a restored copy. The WAL
-//! is not in the stream (`WAL` off, `WAIT false`): it comes from the archive or
-//! receive-wal, as for local backups.
+//! and CRC32C, and nothing else arrives, or the backup is not published; the backup
+//! holds a `backup_manifest` of its files (the server's, or for one the server sent as
+//! changes since the parent, pgkeep's of the rebuilt files), so that `pg_verifybackup`
+//! accepts a restored copy. What is stored is always a full backup: incremental files
+//! are rebuilt onto the parent's chunks before they are stored. The WAL is not in the
+//! stream (`WAL` off, `WAIT false`): it comes from the archive or receive-wal, as for
+//! local backups.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -197,6 +200,7 @@ impl Remote {
         };
         let produce = |send: &mut dyn FnMut(Piece) -> Result<()>| {
             let mut stream = Stream {
+                incremental: self.incremental,
                 files: Vec::new(),
                 kept: HashMap::new(),
                 dirs: Vec::new(),
@@ -327,6 +331,8 @@ fn assemble(
 
 /// What the stream's archives held, as it is read.
 struct Stream {
+    /// Whether the server sends relation files as changes (`INCREMENTAL.*`).
+    incremental: bool,
     files: Vec<ReceivedFile>,
     kept: HashMap<String, Vec<u8>>,
     dirs: Vec<DirectoryEntry>,
@@ -361,7 +367,7 @@ impl Stream {
                 }),
                 // Tablespace links: the tablespace_map names them.
                 tar::Kind::Symlink { .. } => {}
-                tar::Kind::File => match incremental_target(&raw) {
+                tar::Kind::File => match incremental_target(&raw).filter(|_| self.incremental) {
                     Some(target) => {
                         self.incremental_file(archive, member_at(target), raw, &header, send)?
                     }
@@ -382,27 +388,34 @@ impl Stream {
         tar_header: &tar::Header,
         send: &mut dyn FnMut(Piece) -> Result<()>,
     ) -> Result<()> {
+        let shown = String::from_utf8_lossy(&listed).into_owned();
+        if tar_header.size < 12 {
+            bail!(
+                "the server sent {shown} with {} bytes, too few for an incremental file",
+                tar_header.size
+            );
+        }
         let mut crc = 0u32;
         let mut read = |len: usize| -> Result<Vec<u8>> {
-            let data = read_member(archive, len, &member.rel)?;
+            let data = read_member(archive, len, &shown)?;
             crc = crc32c::crc32c_append(crc, &data);
             Ok(data)
         };
-        let damaged =
-            |e: incremental::HeaderError| anyhow!("the server sent {} damaged: {e}", member.rel);
+        let damaged = |e: incremental::HeaderError| anyhow!("the server sent {shown} damaged: {e}");
         let fixed = incremental::parse_fixed(read(12)?[..].try_into().unwrap()).map_err(damaged)?;
-        let header =
-            incremental::parse_blocks(fixed, &read(fixed.0 as usize * 4)?).map_err(damaged)?;
-        read((header.header_len() - 12 - 4 * fixed.0 as u64) as usize)?;
-        if header.file_len() != tar_header.size {
+        let count = fixed.0;
+        if incremental::file_len(count) != tar_header.size {
             bail!(
-                "the server sent {} as {} bytes, but its header describes {}",
-                member.rel,
+                "the server sent {shown} as {} bytes, but its header describes {}",
                 tar_header.size,
-                header.file_len()
+                incremental::file_len(count)
             );
         }
+        let header =
+            incremental::parse_blocks(fixed, &read(count as usize * 4)?).map_err(damaged)?;
+        read((incremental::header_len(count) - 12 - 4 * count as u64) as usize)?;
         let size = header.reconstructed_len();
+        tracing::debug!("{shown}: {count} changed blocks of a {size}-byte file");
         let file = self.files.len();
         let mut changed = header.blocks.iter().peekable();
         for index in 0..size.div_ceil(CHUNK_SIZE as u64) as usize {
@@ -532,15 +545,12 @@ impl Stream {
     }
 }
 
-/// The next `len` bytes of member `rel`, read into a buffer of that size (not zeroed
-/// first: this is every byte of the backup).
+/// The next `len` bytes of member `rel`.
 fn read_member(archive: &mut Archive, len: usize, rel: &str) -> Result<Vec<u8>> {
-    let mut data = Vec::with_capacity(len);
-    archive.take(len as u64).read_to_end(&mut data)?;
-    if data.len() < len {
-        bail!("the server's stream ended inside {rel}");
-    }
-    Ok(data)
+    archive
+        .read_vec(len)
+        .with_context(|| format!("cannot read {rel} from the server's stream"))?
+        .with_context(|| format!("the server's stream ended inside {rel}"))
 }
 
 /// Reads the padding after a tar member of `size` bytes.
@@ -561,11 +571,13 @@ fn member_at(raw: Vec<u8>) -> Arc<Member> {
     })
 }
 
-/// The file an incremental file `dir/INCREMENTAL.name` stands for: `dir/name`.
+/// The relation file an incremental file `dir/INCREMENTAL.name` stands for: `dir/name`.
+/// The server sends only relation files so; any other name is an ordinary file's.
 fn incremental_target(path: &[u8]) -> Option<Vec<u8>> {
     let name_at = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
     let name = path[name_at..].strip_prefix(incremental::PREFIX.as_bytes())?;
-    Some([&path[..name_at], name].concat())
+    let target = [&path[..name_at], name].concat();
+    walk::relation_of(std::str::from_utf8(&target).ok()?).map(|_| target)
 }
 
 /// Reads one tar block; `false` at a clean end of the archive.
@@ -608,11 +620,12 @@ impl<'r> Archive<'r> {
     }
 }
 
-impl Read for Archive<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl Archive<'_> {
+    /// Makes `data` hold the next bytes; `false` at the archive's end.
+    fn fill(&mut self) -> std::io::Result<bool> {
         while self.data.is_empty() {
             if self.after.is_some() {
-                return Ok(0);
+                return Ok(false);
             }
             match self.replication.next_backup_part() {
                 Ok(BackupPart::Data(data)) => self.data = data,
@@ -620,6 +633,30 @@ impl Read for Archive<'_> {
                 Ok(other) => self.after = Some(other),
                 Err(e) => return Err(std::io::Error::other(format!("{e:#}"))),
             }
+        }
+        Ok(true)
+    }
+
+    /// The next `len` bytes, copied from the messages as they come (not into a zeroed
+    /// buffer first: this is every byte of the backup); `None` if the archive ends first.
+    fn read_vec(&mut self, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            if !self.fill()? {
+                return Ok(None);
+            }
+            let n = (len - out.len()).min(self.data.len());
+            out.extend_from_slice(&self.data[..n]);
+            self.data.advance(n);
+        }
+        Ok(Some(out))
+    }
+}
+
+impl Read for Archive<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.fill()? {
+            return Ok(0);
         }
         let n = buf.len().min(self.data.len());
         buf[..n].copy_from_slice(&self.data[..n]);
@@ -680,6 +717,7 @@ impl Source for Remote {
             timeline: started.timeline,
             time,
             databases,
+            from_parent: self.incremental,
         };
         self.started = Some(started);
         Ok(start)

@@ -28,6 +28,8 @@ pub struct Start {
     pub time: DateTime<Utc>,
     /// `pg_database` right after the start.
     pub databases: Vec<DatabaseEntry>,
+    /// Whether the server sends only what changed since the parent given to the start.
+    pub from_parent: bool,
 }
 
 /// What the backup ends with: the files stored last (`global/pg_control`, then
@@ -205,6 +207,7 @@ impl Source for DataDirectory {
             timeline,
             time,
             databases,
+            from_parent: false,
         })
     }
 
