@@ -355,6 +355,25 @@ impl ChunkWriter<'_> {
     /// Stores a chunk unless the repository has it; `base` is the parent's chunk at the
     /// same place, if any. Returns the id and whether the chunk was new.
     pub fn store(&self, data: &[u8], base: Option<ChunkId>) -> Result<(ChunkId, bool)> {
+        self.store_over(data, base.map(|id| (id, None)))
+    }
+
+    /// As [`ChunkWriter::store`], with the base's plaintext already read (every check
+    /// passed), so that it is not read twice.
+    pub fn store_over_read(
+        &self,
+        data: &[u8],
+        base: ChunkId,
+        plain: Vec<u8>,
+    ) -> Result<(ChunkId, bool)> {
+        self.store_over(data, Some((base, Some(plain))))
+    }
+
+    fn store_over(
+        &self,
+        data: &[u8],
+        base: Option<(ChunkId, Option<Vec<u8>>)>,
+    ) -> Result<(ChunkId, bool)> {
         let id = self.store.index.hasher.id(data);
         let new = self.must_store(id)?;
         if new {
@@ -410,8 +429,8 @@ impl ChunkWriter<'_> {
     /// read (then the chunk is stored whole). The base is read with every check: a delta
     /// of a base copy that rotted would decode only through that very copy, and so break
     /// once a good copy of the base replaces it.
-    fn delta_base(&self, base: Option<ChunkId>) -> Option<(Delta, Vec<u8>)> {
-        let base = base?;
+    fn delta_base(&self, base: Option<(ChunkId, Option<Vec<u8>>)>) -> Option<(Delta, Vec<u8>)> {
+        let (base, known_plain) = base?;
         let depth = self
             .store
             .index
@@ -423,7 +442,8 @@ impl ChunkWriter<'_> {
         if depth > MAX_DELTA_DEPTH || self.level == 0 {
             return None;
         }
-        let base_plain = match self.store.read(&base) {
+        let read = known_plain.map_or_else(|| self.store.read(&base), Ok);
+        let base_plain = match read {
             Ok(plain) => plain,
             Err(e) => {
                 tracing::warn!("{e:#}; storing the chunk whole instead of as a delta");

@@ -166,7 +166,7 @@ impl FileReader<'_> {
         at: (usize, u64),
         data: &[u8],
     ) -> Result<(ChunkId, Vec<u32>)> {
-        self.store_received(name, relation, at, data, data.len())
+        self.store_received(name, relation, at, data, (data.len(), None))
     }
 
     /// Stores chunk `index` (at `offset`) of a file the server sent as the blocks changed
@@ -222,18 +222,26 @@ impl FileReader<'_> {
         self.stats
             .unread
             .fetch_add((patch.len - received) as u64, Ordering::Relaxed);
-        self.store_received((rel, raw), relation, (index, offset), &data, received)
+        let prior = Some(prior).filter(|p| !p.is_empty());
+        self.store_received(
+            (rel, raw),
+            relation,
+            (index, offset),
+            &data,
+            (received, prior),
+        )
     }
 
     /// Stores a chunk of which `received` bytes came from the server (the progress
-    /// counts those: the server's size estimate is of what it sends).
+    /// counts those: the server's size estimate is of what it sends); `prior` is the
+    /// parent's chunk at the same place if it was read already.
     fn store_received(
         &self,
         (rel, raw): (&str, Option<&[u8]>),
         relation: Option<&Relation>,
         (index, offset): (usize, u64),
         data: &[u8],
-        received: usize,
+        (received, prior): (usize, Option<Vec<u8>>),
     ) -> Result<(ChunkId, Vec<u32>)> {
         let bad = match (relation, self.checksums_from) {
             (Some(r), Some(start)) => suspect_pages(data, offset, r.segment, start)
@@ -245,7 +253,10 @@ impl FileReader<'_> {
             .parent
             .and_then(|p| p.file_at(rel, raw))
             .and_then(|entry| entry.chunks.get(index).copied());
-        let (id, new) = self.chunks.store(data, base)?;
+        let (id, new) = match (base, prior) {
+            (Some(base), Some(plain)) => self.chunks.store_over_read(data, base, plain)?,
+            (base, _) => self.chunks.store(data, base)?,
+        };
         self.stats
             .read
             .fetch_add(received as u64, Ordering::Relaxed);
