@@ -71,12 +71,7 @@ fn refused_incremental(env: &Env, main: &common::Server) {
     for entry in std::fs::read_dir(&summaries).unwrap() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
     }
-    let out = env.pgkeep(&["-v", "backup"]);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = env.pgkeep_logged(&["-v", "backup"]);
     assert!(
         stderr.contains("WAL summaries are required") && stderr.contains("every file instead"),
         "{stderr}"
@@ -114,9 +109,7 @@ fn remote_backup(pg: Pg) {
     let mut receiver = Receiver::start(&env);
     receiver.wait_for("started streaming", "streaming timeline 1");
     // check knows the WAL comes from receive-wal, not from archive_command.
-    let checked = env.pgkeep(&["check"]);
-    let stderr = String::from_utf8_lossy(&checked.stderr);
-    assert!(checked.status.success(), "{stderr}");
+    let (_, stderr) = env.pgkeep_logged(&["check"]);
     assert!(stderr.contains("only through receive-wal"), "{stderr}");
     killed_mid_stream(&env);
     let load = main.pgbench_load(2);

@@ -68,12 +68,7 @@ fn scenario(pg: Pg, cluster: &str, changes: bool) {
     env.pgkeep_ok(&["backup"]);
     if changes {
         main.sql("UPDATE far SET pad = 'changed' WHERE id % 1000 = 0");
-        let out = env.pgkeep(&["-vv", "backup"]);
-        let (printed, log) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        assert!(out.status.success(), "{log}");
+        let (printed, log) = env.pgkeep_logged(&["-vv", "backup"]);
         assert!(
             printed.contains("taken unread from the parent"),
             "{printed}"

@@ -263,15 +263,22 @@ impl Env {
 
     /// pgkeep that must succeed; returns stdout.
     pub fn pgkeep_ok(&self, args: &[&str]) -> String {
+        self.pgkeep_logged(args).0
+    }
+
+    /// pgkeep that must succeed; returns stdout and stderr (its log).
+    pub fn pgkeep_logged(&self, args: &[&str]) -> (String, String) {
         let out = self.pgkeep(args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
         assert!(
             out.status.success(),
-            "pgkeep {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "pgkeep {args:?} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+            out.status
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        (stdout, stderr)
     }
 
     /// pgkeep that must fail; returns stderr.

@@ -78,8 +78,6 @@ pub struct FileReader<'a> {
 pub struct Patch {
     /// The chunk's length in the reconstructed file.
     pub len: usize,
-    /// Its first block, relative to the segment.
-    pub first_block: u32,
     /// Blocks from here on are not taken from the parent (see `format::incremental`).
     pub truncation_block_length: u32,
     /// The changed blocks in the chunk, by number relative to the segment.
@@ -182,7 +180,8 @@ impl FileReader<'_> {
         let parent = self
             .parent
             .zip(self.parent.and_then(|p| p.file_at(rel, raw)));
-        let end_block = patch.first_block + (patch.len / PAGE_SIZE) as u32;
+        let first_block = (offset / PAGE_SIZE as u64) as u32;
+        let end_block = first_block + (patch.len / PAGE_SIZE) as u32;
         let unchanged = patch.blocks.is_empty() && end_block <= patch.truncation_block_length;
         let unread = parent
             .filter(|_| unchanged)
@@ -197,7 +196,7 @@ impl FileReader<'_> {
                 .fetch_add(patch.len as u64, Ordering::Relaxed);
             return Ok((id, bad));
         }
-        let needs_prior = patch.truncation_block_length > patch.first_block;
+        let needs_prior = patch.truncation_block_length > first_block;
         let prior = match parent.map(|(_, entry)| entry.chunks.get(index)) {
             _ if !needs_prior => Vec::new(),
             None => bail!(
@@ -212,7 +211,7 @@ impl FileReader<'_> {
             .map(|(block, data)| (*block, &data[..]))
             .collect();
         let data = incremental::reconstruct(
-            patch.first_block,
+            first_block,
             patch.len,
             patch.truncation_block_length,
             &prior,

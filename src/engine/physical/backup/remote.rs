@@ -389,40 +389,24 @@ impl Stream {
         send: &mut dyn FnMut(Piece) -> Result<()>,
     ) -> Result<()> {
         let shown = String::from_utf8_lossy(&listed).into_owned();
-        if tar_header.size < 12 {
-            bail!(
-                "the server sent {shown} with {} bytes, too few for an incremental file",
-                tar_header.size
-            );
-        }
         let mut crc = 0u32;
         let mut read = |len: usize| -> Result<Vec<u8>> {
             let data = read_member(archive, len, &shown)?;
             crc = crc32c::crc32c_append(crc, &data);
             Ok(data)
         };
-        let damaged = |e: incremental::HeaderError| anyhow!("the server sent {shown} damaged: {e}");
-        let fixed = incremental::parse_fixed(read(12)?[..].try_into().unwrap()).map_err(damaged)?;
-        let count = fixed.0;
-        if incremental::file_len(count) != tar_header.size {
-            bail!(
-                "the server sent {shown} as {} bytes, but its header describes {}",
-                tar_header.size,
-                incremental::file_len(count)
-            );
-        }
-        let header =
-            incremental::parse_blocks(fixed, &read(count as usize * 4)?).map_err(damaged)?;
-        read((incremental::header_len(count) - 12 - 4 * count as u64) as usize)?;
+        let header = incremental_header(&mut read, &shown, tar_header.size)?;
         let size = header.reconstructed_len();
-        tracing::debug!("{shown}: {count} changed blocks of a {size}-byte file");
+        tracing::debug!(
+            "{shown}: {} changed blocks of a {size}-byte file",
+            header.blocks.len()
+        );
         let file = self.files.len();
         let mut changed = header.blocks.iter().peekable();
         for index in 0..size.div_ceil(CHUNK_SIZE as u64) as usize {
             let offset = (index * CHUNK_SIZE) as u64;
             let len = (CHUNK_SIZE as u64).min(size - offset) as usize;
-            let first_block = (offset / PAGE_SIZE as u64) as u32;
-            let end = first_block + (len / PAGE_SIZE) as u32;
+            let end = ((offset + len as u64) / PAGE_SIZE as u64) as u32;
             let mut blocks = Vec::new();
             while let Some(&block) = changed.next_if(|&&b| b < end) {
                 blocks.push((block, read(PAGE_SIZE)?));
@@ -434,7 +418,6 @@ impl Stream {
                 offset,
                 data: PieceData::Changed(Patch {
                     len,
-                    first_block,
                     truncation_block_length: header.truncation_block_length,
                     blocks,
                 }),
@@ -543,6 +526,30 @@ impl Stream {
             None => Ok(()),
         }
     }
+}
+
+/// The header of an incremental file of `size` bytes, through `read` (the member's
+/// next bytes), checked against that size before its block numbers are read.
+fn incremental_header(
+    read: &mut impl FnMut(usize) -> Result<Vec<u8>>,
+    shown: &str,
+    size: u64,
+) -> Result<incremental::Header> {
+    if size < 12 {
+        bail!("the server sent {shown} with {size} bytes, too few for an incremental file");
+    }
+    let damaged = |e: incremental::HeaderError| anyhow!("the server sent {shown} damaged: {e}");
+    let fixed = incremental::parse_fixed(read(12)?[..].try_into().unwrap()).map_err(damaged)?;
+    let count = fixed.0;
+    if incremental::file_len(count) != size {
+        bail!(
+            "the server sent {shown} as {size} bytes, but its header describes {}",
+            incremental::file_len(count)
+        );
+    }
+    let header = incremental::parse_blocks(fixed, &read(count as usize * 4)?).map_err(damaged)?;
+    read((incremental::header_len(count) - 12 - 4 * count as u64) as usize)?;
+    Ok(header)
 }
 
 /// The next `len` bytes of member `rel`.
