@@ -312,6 +312,23 @@ pub struct ClusterConfig {
     /// Where `backup` reads the cluster's files; see [`ClusterConfig::backup_source`].
     #[serde(default, rename = "backup_source")]
     backup_source_setting: Option<BackupSource>,
+    /// Queries `prove` runs on the recovered copy, each of which must return true.
+    #[serde(default)]
+    pub probes: Vec<Probe>,
+}
+
+/// A check of a recovered copy's contents: one query returning one boolean.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// The database it runs in.
+    #[serde(default = "default_probe_database")]
+    pub database: String,
+    pub sql: String,
+}
+
+fn default_probe_database() -> String {
+    "postgres".into()
 }
 
 impl ClusterConfig {

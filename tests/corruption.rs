@@ -3,24 +3,11 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
-use std::path::Path;
-
+use common::damage::{damage_table, flip};
 use common::{ACCOUNTS_FINGERPRINT, Env, Pg};
 use pgkeep::repo::index::{ChunkIndex, IndexReads};
-use pgkeep::repo::pack::{ChunkHasher, ChunkId};
+use pgkeep::repo::pack::ChunkHasher;
 use pgkeep::repo::storage::LocalStorage;
-
-fn flip(path: &Path, offset: u64) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, offset).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x10], offset).unwrap();
-}
 
 fn corruption(pg: Pg) {
     let env = Env::new(&format!("corruption{}", pg.major), pg);
@@ -179,32 +166,6 @@ fn lost_pack(pg: Pg) {
 }
 
 on_each_version!(lost_pack);
-
-/// The manifest of backup `label`.
-fn manifest(env: &Env, label: &str) -> pgkeep::repo::manifest::Manifest {
-    let bytes = std::fs::read(env.repo.join(format!("main/backups/{label}.manifest"))).unwrap();
-    serde_json::from_slice(&pgkeep::repo::object::decode(&bytes).unwrap()).unwrap()
-}
-
-/// Flips a byte in the middle of the stored copy of the middle chunk of `table`'s file
-/// in backup `label`; returns the chunk.
-fn damage_table(env: &Env, main: &common::Server, label: &str, table: &str) -> ChunkId {
-    let file = main.sql(&format!("SELECT pg_relation_filepath('{table}')"));
-    let m = manifest(env, label);
-    let entry = m.files.iter().find(|f| f.path == file).unwrap();
-    let id = entry.chunks[entry.chunks.len() / 2];
-    let index = ChunkIndex::load(
-        &LocalStorage::new(&env.repo),
-        "main/packs",
-        ChunkHasher::default(),
-        IndexReads::Fresh,
-    )
-    .unwrap();
-    let loc = index.chunks[&id];
-    let pack = env.repo.join(index.pack_key("main/packs", loc.pack));
-    flip(&pack, loc.offset + loc.stored_len as u64 / 2);
-    id
-}
 
 /// Rows in the middle chunk of `table`'s file (the one `damage_table` damages).
 fn middle_chunk_rows(main: &common::Server, table: &str) -> String {

@@ -1,6 +1,7 @@
 //! Command-line parsing, output and exit codes. Everything else lives in the library.
 
 mod logical;
+mod operations;
 mod progress;
 mod table;
 
@@ -128,6 +129,10 @@ enum Command {
     /// Restore one table as of a point in time, into the live database under a new
     /// name or into a file (restores its database into a scratch server).
     RestoreTable(Box<table::RestoreTableArgs>),
+    /// Test-restore a backup: restore it into a scratch directory, recover a scratch
+    /// server to the target, check it (pg_amcheck, the cluster's probes), record the
+    /// proof and its measured recovery time in the repository.
+    Prove(Box<operations::ProveArgs>),
     /// Keep a backup whatever the retention policy says.
     Pin { label: String },
     /// Let the retention policy remove a backup again.
@@ -179,9 +184,10 @@ impl NewKey {
     }
 }
 
+/// A recovery target that is a point in the WAL.
 #[derive(Args)]
-#[group(id = "recovery_target", multiple = false)]
-pub(super) struct TargetArgs {
+#[group(id = "target_point", multiple = false)]
+pub(super) struct PointArgs {
     /// Recover to this time (with a time zone, e.g. '2026-11-21 09:30:00+00').
     #[arg(long)]
     target_time: Option<String>,
@@ -194,8 +200,14 @@ pub(super) struct TargetArgs {
     /// Recover to this WAL position.
     #[arg(long)]
     target_lsn: Option<String>,
+}
+
+#[derive(Args)]
+pub(super) struct TargetArgs {
+    #[command(flatten)]
+    point: PointArgs,
     /// 'immediate': stop as soon as the backup is consistent.
-    #[arg(long, value_parser = ["immediate"])]
+    #[arg(long, value_parser = ["immediate"], conflicts_with = "target_point")]
     target: Option<String>,
 }
 
@@ -228,7 +240,16 @@ struct RestoreArgs {
 }
 
 pub(super) fn parse_target(t: &TargetArgs) -> Result<Target> {
-    Ok(if let Some(time) = &t.target_time {
+    Ok(match parse_point(&t.point)? {
+        Some(point) => point,
+        None if t.target.is_some() => Target::Immediate,
+        None => Target::End,
+    })
+}
+
+/// The point a `--target-*` option names, if one does.
+pub(super) fn parse_point(t: &PointArgs) -> Result<Option<Target>> {
+    Ok(Some(if let Some(time) = &t.target_time {
         Target::Time(target::parse_time(time)?)
     } else if let Some(xid) = t.target_xid {
         Target::Xid(xid)
@@ -236,11 +257,9 @@ pub(super) fn parse_target(t: &TargetArgs) -> Result<Target> {
         Target::Name(name.clone())
     } else if let Some(lsn) = &t.target_lsn {
         Target::Lsn(lsn.parse().map_err(anyhow::Error::msg)?)
-    } else if t.target.is_some() {
-        Target::Immediate
     } else {
-        Target::End
-    })
+        return Ok(None);
+    }))
 }
 
 fn restore_options(args: &RestoreArgs) -> Result<RestoreOptions> {
@@ -678,6 +697,7 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::DumpExport(args) => logical::run_dump_export(cli, &config, args),
         Command::DumpImport(args) => logical::run_dump_import(cli, &config, args),
         Command::RestoreTable(args) => table::run_restore_table(cli, &config, args),
+        Command::Prove(args) => operations::run_prove(cli, &config, args),
         Command::Info { json: true } => {
             let report = first_repository(cli, &config, |ctx| {
                 let manifests = ctx.repo.readable_manifests(None)?;

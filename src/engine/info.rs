@@ -17,6 +17,7 @@ use crate::format::wal::{SegmentSize, WalFile};
 use crate::repo::ReceiverStatus;
 use crate::repo::logical::DumpManifest;
 use crate::repo::manifest::Manifest;
+use crate::repo::proof::Proof;
 
 #[derive(Serialize)]
 pub struct InfoReport {
@@ -72,6 +73,32 @@ pub struct BackupInfo {
     pub bad_blocks: usize,
     /// Whether the cluster had page checksums, so the backup validated its pages.
     pub data_checksums: bool,
+    /// The newest restore proof of this backup (`pgkeep prove`), if it has one.
+    pub proof: Option<ProofInfo>,
+}
+
+/// A restore proof in short.
+#[derive(Serialize)]
+pub struct ProofInfo {
+    pub finished: DateTime<Utc>,
+    pub target: String,
+    pub passed: bool,
+    /// Restore and recovery until the copy was open, if it opened.
+    pub rto_seconds: Option<f64>,
+    /// The first failed check and why.
+    pub failure: Option<String>,
+}
+
+impl ProofInfo {
+    fn of(p: &Proof) -> ProofInfo {
+        ProofInfo {
+            finished: p.finished,
+            target: p.target.clone(),
+            passed: p.passed,
+            rto_seconds: p.rto_seconds(),
+            failure: p.failure(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -215,7 +242,13 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
             status,
         })
         .collect();
+    // Oldest first, so each backup ends up with its newest.
+    let mut proofs: BTreeMap<String, ProofInfo> = BTreeMap::new();
+    for p in ctx.repo.proofs()? {
+        proofs.insert(p.backup.clone(), ProofInfo::of(&p));
+    }
     let mut attention = attention(ctx, manifests, seg, &archive, recoverable.is_some())?;
+    attention.extend(proof_attention(manifests, &proofs));
     attention.extend(receiver_attention(ctx, &receivers, Utc::now()));
     Ok(InfoReport {
         cluster: ctx.cluster_name.to_string(),
@@ -241,6 +274,7 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
                 files: m.files.len(),
                 bad_blocks: m.bad_block_count(),
                 data_checksums: m.data_checksums,
+                proof: proofs.remove(&m.label),
             })
             .collect(),
         dumps: readable_dumps(ctx)?.iter().map(DumpInfo::of).collect(),
@@ -248,6 +282,25 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
         recoverable,
         receivers,
     })
+}
+
+/// Backups whose newest proof failed.
+fn proof_attention(manifests: &[Manifest], proofs: &BTreeMap<String, ProofInfo>) -> Vec<String> {
+    manifests
+        .iter()
+        .filter_map(|m| {
+            let p = proofs.get(&m.label).filter(|p| !p.passed)?;
+            Some(format!(
+                "backup {} FAILED its restore proof at {} ({}); restore another backup until the cause is found (`pgkeep verify`), then prove it again",
+                m.label,
+                p.finished.format("%Y-%m-%d %H:%M:%S UTC"),
+                p.failure
+                    .as_deref()
+                    .and_then(|f| f.lines().next())
+                    .unwrap_or("no reason recorded")
+            ))
+        })
+        .collect()
 }
 
 /// What needs attention about the receivers: one not streaming, one silent, a slot
@@ -388,6 +441,17 @@ pub fn render(r: &InfoReport) -> String {
                 String::new()
             }
         ));
+        if let Some(p) = &b.proof {
+            out.push_str(&format!(
+                "      {} {} (target {}){}\n",
+                if p.passed { "proved" } else { "PROOF FAILED" },
+                p.finished.format("%Y-%m-%d %H:%M:%S"),
+                p.target,
+                p.rto_seconds
+                    .map(|s| format!(", RTO {s:.1} s"))
+                    .unwrap_or_default()
+            ));
+        }
     }
     out.push_str("\nlogical backups (times UTC):\n");
     if r.dumps.is_empty() {

@@ -3,6 +3,7 @@
 
 pub mod info;
 pub mod logical;
+pub mod operations;
 pub mod physical;
 pub mod repositories;
 pub mod retention;

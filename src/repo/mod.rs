@@ -14,6 +14,7 @@
 //! CLUSTER/streamed/NAME                receive-wal's newest copy of a segment still being streamed
 //! CLUSTER/receivers/SLOT               what the receive-wal on that slot last reported
 //! CLUSTER/pins/LABEL                   pinned backups
+//! CLUSTER/proofs/LABEL/STAMP.proof     restore proofs of a backup (`prove`)
 //! CLUSTER/wal-window                   time before which backups keep only their own WAL
 //! CLUSTER/wal-floor                    (older repositories) segment below which likewise
 //! CLUSTER/locks/                       advisory lock files
@@ -30,6 +31,7 @@ pub mod manifest;
 pub mod object;
 mod open;
 pub mod pack;
+pub mod proof;
 pub mod storage;
 
 use std::sync::Arc;
@@ -323,9 +325,10 @@ impl ClusterRepo {
     }
 
     /// Removes a backup's manifest: the backup no longer exists, its data stays until
-    /// garbage collection finds it unreferenced.
+    /// garbage collection finds it unreferenced. Its proofs go with it.
     pub fn delete_manifest(&self, label: &str) -> Result<()> {
-        self.storage.delete(&self.manifest_key(label))
+        self.storage.delete(&self.manifest_key(label))?;
+        self.delete_proofs(label)
     }
 
     fn pin_key(&self, label: &str) -> String {

@@ -6,9 +6,11 @@
 
 #![allow(dead_code)]
 
+pub mod damage;
 pub mod faults;
 pub mod objects;
 pub mod receiver;
+pub mod scratch;
 pub mod targets;
 
 use std::path::{Path, PathBuf};

@@ -12,7 +12,6 @@
 //! program, the user; the restore itself checks the target and the free space.
 
 mod definition;
-mod server;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,10 +19,10 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use indicatif::ProgressBar;
 
-use self::server::ScratchServer;
 use crate::engine::Context;
 use crate::engine::physical::restore::{self, RestoreOptions};
 use crate::engine::physical::target::{Target, TimelineChoice};
+use crate::engine::scratch::server::{self, Purpose, ScratchServer};
 use crate::engine::scratch::{self, Scratch};
 use crate::pg::session::Session;
 use crate::pg::tools::{self, Tool};
@@ -141,14 +140,9 @@ pub fn restore_table(
             "restore-table needs a point in time: give --target-time, --target-name, --target-xid or --target-lsn"
         );
     }
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        bail!(
-            "restore-table starts a PostgreSQL server, which never runs as root; run pgkeep as the cluster's OS user (`sudo -u postgres pgkeep ...`)"
-        );
-    }
+    server::refuse_root("restore-table")?;
     let major = ctx.repo.require_info()?.pg_version / 10000;
-    let postgres = server_program(ctx, major)?;
+    let postgres = server::server_program(ctx, major, "restore-table")?;
     check_destination(ctx, opts, major)?;
     let scratch = Scratch::new_in(&opts.scratch_parent, "table")?;
     server::check_socket_path(scratch.path())?;
@@ -168,15 +162,13 @@ pub fn restore_table(
         },
         restore_bar,
     )?;
-    let user = ctx.conn_params()?.user;
-    let restore_command = restore::restore_command(ctx, "--no-get-ahead ")?;
-    let live_settings = live_standby_settings(ctx)?;
+    let live_settings = server::live_standby_settings(ctx)?;
     let mut server = ScratchServer::start(
+        ctx,
         &postgres,
         &pgdata,
         scratch.path(),
-        &user,
-        &restore_command,
+        Purpose::Table,
         &live_settings,
     )?;
     let mut at_target = server.wait_paused(&opts.database, progress)?;
@@ -222,34 +214,6 @@ pub fn restore_table(
         },
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// The live server's values of the settings a hot standby needs as high.
-fn live_standby_settings(ctx: &Context) -> Result<Vec<u64>> {
-    let mut session = ctx.connect()?;
-    server::STANDBY_SETTINGS
-        .iter()
-        .map(|(_, setting)| {
-            let value = session.setting(setting)?;
-            value
-                .parse()
-                .with_context(|| format!("{setting} is '{value}', not a number"))
-        })
-        .collect()
-}
-
-/// The server program of the cluster's major version.
-fn server_program(ctx: &Context, major: u32) -> Result<Tool> {
-    let why = format!("to recover a scratch copy of this PostgreSQL {major} cluster");
-    let postgres = tools::find("postgres", major, ctx.cluster.pg_bin.as_deref(), &why)?;
-    if postgres.major != major {
-        bail!(
-            "restore-table needs PostgreSQL {major}'s server program (postgres) {why}, but found version {} at {}; install PostgreSQL {major} or set pg_bin",
-            postgres.major,
-            postgres.path.display()
-        );
-    }
-    Ok(postgres)
 }
 
 /// The copy's name: `--as NAME` (in the table's schema) or `--as SCHEMA.NAME`, else

@@ -363,23 +363,13 @@ fn write_control_file(plan: &Plan, entry: &FileEntry, progress: &ProgressBar) ->
     sync_dir(&plan.pgdata.join("global"))
 }
 
-/// Every check that can be made before the target directory is touched: the options,
-/// the directory, the backup for the target and that the target is reachable from it,
-/// the tablespace locations, and that the backup and its WAL are in the repository.
-fn plan<'m>(ctx: &Context, opts: &RestoreOptions, manifests: &'m [Manifest]) -> Result<Plan<'m>> {
+/// The backup a restore with `opts` would restore, checked to reach the target.
+pub fn choose_backup<'m>(
+    ctx: &Context,
+    opts: &RestoreOptions,
+    manifests: &'m [Manifest],
+) -> Result<&'m Manifest> {
     let info = ctx.repo.require_info()?;
-    if let Some(action) = &opts.action
-        && !["promote", "pause", "shutdown"].contains(&action.as_str())
-    {
-        bail!("--target-action must be promote, pause or shutdown, not '{action}'");
-    }
-    let pgdata = std::path::absolute(&opts.pgdata)?;
-    if pgdata.is_file() || !is_empty_dir(&pgdata)? {
-        bail!(
-            "restore directory {} is not empty; pgkeep restores only into an empty or new directory, so choose another --pgdata or empty it",
-            pgdata.display()
-        );
-    }
     let paths = timelines::timeline_paths(&ctx.repo)?;
     let restore_points = match &opts.target {
         Target::Name(name) => {
@@ -412,6 +402,26 @@ fn plan<'m>(ctx: &Context, opts: &RestoreOptions, manifests: &'m [Manifest]) -> 
     if let Target::Time(t) = &opts.target {
         check_time_reachable(ctx, manifest, &paths, opts.timeline, t)?;
     }
+    Ok(manifest)
+}
+
+/// Every check that can be made before the target directory is touched: the options,
+/// the directory, the backup for the target and that the target is reachable from it,
+/// the tablespace locations, and that the backup and its WAL are in the repository.
+fn plan<'m>(ctx: &Context, opts: &RestoreOptions, manifests: &'m [Manifest]) -> Result<Plan<'m>> {
+    if let Some(action) = &opts.action
+        && !["promote", "pause", "shutdown"].contains(&action.as_str())
+    {
+        bail!("--target-action must be promote, pause or shutdown, not '{action}'");
+    }
+    let pgdata = std::path::absolute(&opts.pgdata)?;
+    if pgdata.is_file() || !is_empty_dir(&pgdata)? {
+        bail!(
+            "restore directory {} is not empty; pgkeep restores only into an empty or new directory, so choose another --pgdata or empty it",
+            pgdata.display()
+        );
+    }
+    let manifest = choose_backup(ctx, opts, manifests)?;
     let locations = tablespace_locations(
         manifest,
         &opts.tablespace_map,

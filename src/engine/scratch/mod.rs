@@ -14,6 +14,8 @@
 //!   still writing finds nothing to write into), and, if pgkeep was killed outright, by
 //!   the next pgkeep that makes one in the same place.
 
+pub mod server;
+
 use std::ffi::{CString, c_char};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

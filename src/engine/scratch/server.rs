@@ -1,20 +1,22 @@
 //! The scratch server: PostgreSQL started on a restored directory, reachable only
-//! through a socket in the scratch directory, that recovers to the target and pauses
-//! there.
+//! through a socket in the scratch directory, that recovers to the target. Used by
+//! `restore-table` (which pauses it there and copies a table out) and `prove` (which
+//! lets it end recovery there and checks the result).
 //!
 //! Invariants: it never archives (`archive_mode = off` on its command line, which the
-//! restored configuration cannot override) and is never promoted (it pauses at the
-//! target), so it adds no timeline and nothing to the repository; it runs none of the
-//! restored configuration's commands or files outside its directory; it listens on no
-//! TCP port; it is a child of pgkeep (see [`crate::engine::scratch`]), shut down
-//! immediately when pgkeep stops or dies.
+//! restored configuration cannot override), so whatever it does (a `prove` promotes it)
+//! adds no timeline and nothing to the repository; it runs none of the restored
+//! configuration's commands or files outside its directory; it listens on no TCP port;
+//! it is a child of pgkeep (see [`crate::engine::scratch`]), shut down immediately when
+//! pgkeep stops or dies.
 //!
-//! Other databases' relation files are empty (see `restore::databases`): a record that
-//! changes a page of one without a full-page image (setting a page all-visible, when
-//! neither checksums nor `wal_log_hints` are on) finds an empty page, which recovery
-//! counts as an invalid page and, at consistency, a reason to stop. Those pages are
-//! never read, so `ignore_invalid_pages` lets it go on, as pgBackRest's users of
-//! `--db-include` do.
+//! For `restore-table`, other databases' relation files are empty (see
+//! `restore::databases`): a record that changes a page of one without a full-page image
+//! (setting a page all-visible, when neither checksums nor `wal_log_hints` are on) finds
+//! an empty page, which recovery counts as an invalid page and, at consistency, a reason
+//! to stop. Those pages are never read, so `ignore_invalid_pages` lets it go on, as
+//! pgBackRest's users of `--db-include` do. A proof restores everything and lets nothing
+//! go.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,16 +26,37 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use indicatif::ProgressBar;
 
+use crate::engine::Context;
+use crate::engine::physical::restore;
 use crate::engine::scratch::{self, Running, Stop};
 use crate::pg::conninfo::ConnParams;
 use crate::pg::session::Session;
-use crate::pg::tools::Tool;
+use crate::pg::tools::{self, Tool};
 
 /// Its port only names the socket file, in a directory of its own.
 const PORT: u16 = 5432;
 const POLL: Duration = Duration::from_millis(50);
 /// The longest Unix socket path (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
+
+/// What the scratch server is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `restore-table`: one database restored, the others empty, so invalid pages in
+    /// those are let go.
+    Table,
+    /// `prove`: everything restored, and recovery as strict as PostgreSQL's default.
+    Proof,
+}
+
+impl Purpose {
+    fn name(self) -> &'static str {
+        match self {
+            Purpose::Table => "pgkeep-restore-table",
+            Purpose::Proof => "pgkeep-prove",
+        }
+    }
+}
 
 /// Refuses a scratch directory whose socket path would be too long, before anything is
 /// restored into it.
@@ -48,25 +71,73 @@ pub fn check_socket_path(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses to go on as root, before anything is restored: PostgreSQL never runs so.
+pub fn refuse_root(command: &str) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        bail!(
+            "{command} starts a PostgreSQL server, which never runs as root; run pgkeep as the cluster's OS user (`sudo -u postgres pgkeep ...`)"
+        );
+    }
+    Ok(())
+}
+
+/// The server program of the cluster's major version.
+pub fn server_program(ctx: &Context, major: u32, command: &str) -> Result<Tool> {
+    let why = format!("to recover a scratch copy of this PostgreSQL {major} cluster");
+    let postgres = tools::find("postgres", major, ctx.cluster.pg_bin.as_deref(), &why)?;
+    if postgres.major != major {
+        bail!(
+            "{command} needs PostgreSQL {major}'s server program (postgres) {why}, but found version {} at {}; install PostgreSQL {major} or set pg_bin",
+            postgres.major,
+            postgres.path.display()
+        );
+    }
+    Ok(postgres)
+}
+
+/// The live server's values of the settings a hot standby needs as high.
+pub fn live_standby_settings(ctx: &Context) -> Result<Vec<u64>> {
+    let mut session = ctx.connect()?;
+    STANDBY_SETTINGS
+        .iter()
+        .map(|(_, setting)| {
+            let value = session.setting(setting)?;
+            value
+                .parse()
+                .with_context(|| format!("{setting} is '{value}', not a number"))
+        })
+        .collect()
+}
+
 pub struct ScratchServer {
     running: Running,
     socket_dir: PathBuf,
     log: PathBuf,
     user: String,
+    purpose: Purpose,
+}
+
+/// Where recovery ended: the last WAL record replayed.
+pub struct Recovered {
+    pub lsn: String,
 }
 
 impl ScratchServer {
-    /// Starts `postgres` on `pgdata` (restored with a pausing target), with its socket
-    /// and log in `dir`, fetching WAL with `restore_command`; `live` holds the live
-    /// server's values of the settings [`STANDBY_SETTINGS`] names.
+    /// Starts `postgres` on `pgdata` (restored with `recovery_target_action = pause`),
+    /// with its socket and log in `dir`, fetching WAL one segment at a time with the
+    /// cluster's `restore_command`; `live` holds the live server's values of the
+    /// settings [`STANDBY_SETTINGS`] names (empty if it cannot be asked).
     pub fn start(
+        ctx: &Context,
         postgres: &Tool,
         pgdata: &Path,
         dir: &Path,
-        user: &str,
-        restore_command: &str,
+        purpose: Purpose,
         live: &[u64],
     ) -> Result<ScratchServer> {
+        let user = ctx.conn_params()?.user;
+        let restore_command = restore::restore_command(ctx, "--no-get-ahead ")?;
         let hba = dir.join("pg_hba.conf");
         // Only this OS user can reach the socket (its directory is private).
         fs::write(&hba, "local all all trust\n")?;
@@ -90,6 +161,11 @@ impl ScratchServer {
             // A standby's trigger file must not promote it (the setting is gone in 16).
             cmd.arg("-c").arg("promote_trigger_file=");
         }
+        let ignore_invalid_pages = if purpose == Purpose::Table {
+            "on"
+        } else {
+            "off"
+        };
         let settings = [
             ("data_directory", pgdata.to_string_lossy().into_owned()),
             ("listen_addresses", String::new()),
@@ -101,8 +177,8 @@ impl ScratchServer {
             ("archive_mode", "off".into()),
             ("hot_standby", "on".into()),
             ("recovery_target_action", "pause".into()),
-            ("restore_command", restore_command.into()),
-            ("ignore_invalid_pages", "on".into()),
+            ("restore_command", restore_command),
+            ("ignore_invalid_pages", ignore_invalid_pages.into()),
             ("archive_cleanup_command", String::new()),
             ("recovery_end_command", String::new()),
             ("external_pid_file", String::new()),
@@ -120,7 +196,7 @@ impl ScratchServer {
             ("huge_pages", "off".into()),
             ("logging_collector", "off".into()),
             ("log_destination", "stderr".into()),
-            ("cluster_name", "pgkeep-restore-table".into()),
+            ("cluster_name", purpose.name().into()),
         ];
         for (key, value) in settings {
             cmd.arg("-c").arg(format!("{key}={value}"));
@@ -133,7 +209,8 @@ impl ScratchServer {
             running: scratch::spawn_as(&mut cmd, Stop::Quit)?,
             socket_dir: dir.to_path_buf(),
             log,
-            user: user.to_string(),
+            user,
+            purpose,
         })
     }
 
@@ -146,7 +223,7 @@ impl ScratchServer {
             dbname: dbname.to_string(),
             password: None,
             connect_timeout: Some(Duration::from_secs(10)),
-            application_name: "pgkeep restore-table".into(),
+            application_name: self.purpose.name().into(),
             options: None,
             sslmode: "disable".into(),
             sslrootcert: None,
@@ -155,20 +232,24 @@ impl ScratchServer {
         }
     }
 
+    /// A session to template1 (always restored) once the server accepts connections.
+    fn connect_when_ready(&mut self) -> Result<Session> {
+        loop {
+            self.check_alive()?;
+            match Session::connect(&self.params("template1")) {
+                Ok(session) => return Ok(session),
+                Err(e) if still_starting(&format!("{e:#}")) => std::thread::sleep(POLL),
+                Err(e) => return Err(e.context("cannot connect to the scratch server")),
+            }
+        }
+    }
+
     /// Waits until the server is paused at the target and returns a session to
     /// `dbname`. Fails, with the server's last words, if it stops first (a target it
     /// cannot reach, a setting it refuses).
     pub fn wait_paused(&mut self, dbname: &str, progress: &ProgressBar) -> Result<Session> {
         progress.set_message("recovering to the target");
-        // template1 is always restored; the database may be created on the way.
-        let mut session = loop {
-            self.check_alive()?;
-            match Session::connect(&self.params("template1")) {
-                Ok(session) => break session,
-                Err(e) if still_starting(&format!("{e:#}")) => std::thread::sleep(POLL),
-                Err(e) => return Err(e.context("cannot connect to the scratch server")),
-            }
-        };
+        let mut session = self.connect_when_ready()?;
         loop {
             self.check_alive()?;
             let state = session.rows(
@@ -196,10 +277,40 @@ impl ScratchServer {
         Session::connect(&self.params(dbname))
     }
 
+    /// Waits until recovery has ended, at the target (where the server pauses, checks
+    /// it is the target, and is told to go on) or at the end of the WAL, and the server
+    /// is open for writes on its own new timeline (which it never archives).
+    pub fn wait_recovered(&mut self, progress: &ProgressBar) -> Result<Recovered> {
+        progress.set_message("recovering to the target");
+        let mut session = self.connect_when_ready()?;
+        loop {
+            self.check_alive()?;
+            // Recovery may end between the two calls, which the second takes for an error.
+            let state = match session.rows(
+                "SELECT pg_is_in_recovery()::text, \
+                        CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END, \
+                        coalesce(pg_last_wal_replay_lsn()::text, '')",
+            ) {
+                Err(e) if format!("{e:#}").contains("recovery is not in progress") => continue,
+                state => state?,
+            };
+            let (in_recovery, pause, lsn) = (&state[0][0], &state[0][1], &state[0][2]);
+            if in_recovery == "false" {
+                return Ok(Recovered { lsn: lsn.clone() });
+            }
+            if pause == "paused" {
+                self.check_at_target()?;
+                session.execute("SELECT pg_wal_replay_resume()")?;
+            }
+            progress.set_message(format!("recovering to the target: replayed up to {lsn}"));
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// A pause is the target only if recovery says it stopped there: it also pauses when
     /// the WAL raises a setting above the server's (PostgreSQL 14+).
     fn check_at_target(&self) -> Result<()> {
-        let log = String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned();
+        let log = self.log_text();
         if log.contains("recovery stopping") {
             return Ok(());
         }
@@ -209,12 +320,16 @@ impl ScratchServer {
         )
     }
 
+    /// What the server has logged so far.
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
     fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.running.child().try_wait()? {
-            let log = fs::read(&self.log).unwrap_or_default();
             bail!(
                 "the scratch server stopped ({status}) before it reached the target:\n{}",
-                scratch::messages(&log)
+                scratch::messages(self.log_text().as_bytes())
             );
         }
         Ok(())

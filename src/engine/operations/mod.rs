@@ -1,0 +1,4 @@
+//! Operations: what tells a DBA that backups work, rather than making them.
+//! `prove` test-restores a backup and records what it found.
+
+pub mod prove;
