@@ -23,6 +23,8 @@ pub struct Config {
     #[serde(default)]
     pub receive: ReceiveConfig,
     #[serde(default)]
+    pub status: StatusConfig,
+    #[serde(default)]
     pub cluster: BTreeMap<String, ClusterConfig>,
     /// Absolute path of the file this came from, for `archive_command` and
     /// `restore_command` lines.
@@ -288,6 +290,59 @@ impl Default for ReceiveConfig {
             warn_slot_wal_mb: default_warn_slot_wal_mb(),
         }
     }
+}
+
+/// `[status]`: where `status` turns WARNING and CRITICAL.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Age of the newest backup (defaults suit a daily backup).
+    #[serde(default = "default_backup_age_warning")]
+    pub backup_age_warning_hours: f64,
+    #[serde(default = "default_backup_age_critical")]
+    pub backup_age_critical_hours: f64,
+    /// Seconds of WAL not yet durable in the repository.
+    #[serde(default = "default_rpo_warning")]
+    pub rpo_warning_seconds: f64,
+    #[serde(default = "default_rpo_critical")]
+    pub rpo_critical_seconds: f64,
+    /// Age of the newest restore proof (defaults suit a weekly `prove`).
+    #[serde(default = "default_proof_age_warning")]
+    pub proof_age_warning_days: f64,
+    #[serde(default = "default_proof_age_critical")]
+    pub proof_age_critical_days: f64,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            backup_age_warning_hours: default_backup_age_warning(),
+            backup_age_critical_hours: default_backup_age_critical(),
+            rpo_warning_seconds: default_rpo_warning(),
+            rpo_critical_seconds: default_rpo_critical(),
+            proof_age_warning_days: default_proof_age_warning(),
+            proof_age_critical_days: default_proof_age_critical(),
+        }
+    }
+}
+
+fn default_backup_age_warning() -> f64 {
+    26.0
+}
+fn default_backup_age_critical() -> f64 {
+    50.0
+}
+fn default_rpo_warning() -> f64 {
+    300.0
+}
+fn default_rpo_critical() -> f64 {
+    900.0
+}
+fn default_proof_age_warning() -> f64 {
+    8.0
+}
+fn default_proof_age_critical() -> f64 {
+    32.0
 }
 
 /// 16 GiB: a thousand segments, hours of a busy server's WAL.

@@ -199,6 +199,15 @@ fn prove(pg: Pg) {
         rendered.contains(&format!("backup {second} FAILED its restore proof")),
         "{rendered}"
     );
+    let status: serde_json::Value =
+        serde_json::from_str(&env.pgkeep_ok(&["status", "--json"])).unwrap();
+    assert_eq!(status[0]["level"], "CRITICAL", "{status}");
+    assert!(
+        status[0]["findings"]
+            .to_string()
+            .contains(&format!("backup {second} FAILED its restore proof")),
+        "{status}"
+    );
     assert!(entries(&scratch).is_empty(), "{:?}", entries(&scratch));
     none_left_in(&scratch_arg);
 

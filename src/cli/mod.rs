@@ -103,6 +103,16 @@ enum Command {
     },
     /// Re-read and check every chunk and WAL file, and WAL continuity.
     Verify,
+    /// RPO, RTO, the recoverable window, the newest backup and proof, each judged OK,
+    /// WARNING or CRITICAL against [status] (exit 0, or with --nagios Nagios' codes).
+    Status {
+        /// Machine-readable output.
+        #[arg(long, conflicts_with = "nagios")]
+        json: bool,
+        /// One line with performance data, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+        #[arg(long)]
+        nagios: bool,
+    },
     /// Apply the retention policy: remove expired backups, WAL and unreferenced data.
     Expire {
         /// Show what would be removed, remove nothing.
@@ -713,6 +723,7 @@ fn run(cli: &Cli) -> Result<i32> {
             Ok(0)
         }),
         Command::Verify => each_repository(cli, &config, existing, run_verify),
+        Command::Status { json, nagios } => operations::run_status(cli, &config, *json, *nagios),
     }
 }
 

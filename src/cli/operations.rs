@@ -1,13 +1,14 @@
-//! `prove`: test restores and what they found.
+//! `prove` (test restores and what they found) and `status`.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
-use super::{Cli, PointArgs, parse_point, progress};
+use super::{Cli, PointArgs, parse_point, progress, repo_numbers};
 use crate::config::Config;
 use crate::engine::operations::prove::{self, ProveOptions, ProveTarget};
+use crate::engine::operations::status::{self, Level, StatusReport, duration};
 use crate::engine::physical::target::{Target, TimelineChoice};
 use crate::engine::{Context, human_bytes};
 use crate::repo::OpenMode;
@@ -96,4 +97,120 @@ fn print_proof(p: &Proof) {
             );
         }
     }
+}
+
+/// Status of the cluster in each repository; with `--nagios` one line for all.
+pub fn run_status(cli: &Cli, config: &Config, json: bool, nagios: bool) -> Result<i32> {
+    let now = chrono::Utc::now();
+    let mut reports = Vec::new();
+    for n in repo_numbers(cli, config) {
+        let ctx = Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
+            .map_err(|e| e.context(format!("repository {n}")))?;
+        reports.push(status::status(&ctx, now)?);
+    }
+    let worst = reports
+        .iter()
+        .map(|r| r.level)
+        .max()
+        .unwrap_or(Level::Unknown);
+    if nagios {
+        println!("{}", nagios_line(&reports, worst));
+        return Ok(worst.nagios_code());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(0);
+    }
+    for r in &reports {
+        print!("{}", render_status(r));
+    }
+    Ok(0)
+}
+
+fn render_status(r: &StatusReport) -> String {
+    let mut out = format!(
+        "cluster {}, repository {}: {}\n",
+        r.cluster,
+        r.repository,
+        r.level.name()
+    );
+    for f in &r.findings {
+        out.push_str(&format!(
+            "  {:<9} {:<12} {}\n",
+            f.level.name(),
+            f.check,
+            f.message
+        ));
+    }
+    if let Some(a) = &r.archiver {
+        out.push_str(&format!(
+            "  archiver: {} archived (last {} at {}), {} failed (last {} at {})\n",
+            a.archived_count,
+            a.last_archived_wal.as_deref().unwrap_or("none"),
+            a.last_archived_time.map_or("-".into(), |t| t
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string()),
+            a.failed_count,
+            a.last_failed_wal.as_deref().unwrap_or("none"),
+            a.last_failed_time.map_or("-".into(), |t| t
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string()),
+        ));
+    }
+    if let Some(d) = &r.newest_dump {
+        out.push_str(&format!(
+            "  newest logical backup: {} ({} ago)\n",
+            d.label,
+            duration(d.age_seconds)
+        ));
+    }
+    match r.estimated_rto_seconds {
+        Some(s) => out.push_str(&format!(
+            "  estimated RTO now: {} (restore of the newest backup and replay of the WAL since, at the rates the newest passed proof measured)\n",
+            duration(s)
+        )),
+        None => out.push_str("  estimated RTO now: unknown until a proof passes (`pgkeep prove`)\n"),
+    }
+    out
+}
+
+/// Nagios' plugin output: status, the matters not OK, and performance data.
+fn nagios_line(reports: &[StatusReport], worst: Level) -> String {
+    let mut problems = Vec::new();
+    let mut perf = Vec::new();
+    for r in reports {
+        problems.extend(
+            r.findings
+                .iter()
+                .filter(|f| f.level != Level::Ok)
+                .map(|f| format!("{}: {}", r.cluster, f.message)),
+        );
+        let tag = if reports.len() > 1 {
+            format!(
+                "{}_",
+                r.repository
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            )
+        } else {
+            String::new()
+        };
+        if let Some(b) = &r.newest_backup {
+            perf.push(format!("{tag}backup_age={:.0}s", b.age_seconds));
+        }
+        if let Some(rpo) = &r.rpo {
+            perf.push(format!("{tag}rpo_bytes={}B", rpo.bytes));
+            if let Some(s) = rpo.seconds {
+                perf.push(format!("{tag}rpo={s:.0}s"));
+            }
+        }
+        if let Some(p) = &r.last_proof {
+            perf.push(format!("{tag}proof_age={:.0}s", p.age_seconds));
+        }
+    }
+    let summary = if problems.is_empty() {
+        "backups, WAL and proofs are within their thresholds".to_string()
+    } else {
+        problems.join("; ")
+    };
+    format!("PGKEEP {} - {summary} | {}", worst.name(), perf.join(" "))
 }

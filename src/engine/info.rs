@@ -33,6 +33,9 @@ pub struct InfoReport {
     pub recoverable: Option<Window>,
     /// What each receive-wal last reported.
     pub receivers: Vec<ReceiverInfo>,
+    /// The sentences of `status.attention` about missing WAL that limits recovery.
+    #[serde(skip)]
+    pub wal_limits: Vec<String>,
 }
 
 /// A receive-wal's last report, with how far it is behind the server.
@@ -247,7 +250,9 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
     for p in ctx.repo.proofs()? {
         proofs.insert(p.backup.clone(), ProofInfo::of(&p));
     }
-    let mut attention = attention(ctx, manifests, seg, &archive, recoverable.is_some())?;
+    let wal_limits = wal_limits(ctx, manifests, seg, &archive)?;
+    let mut attention = attention(manifests, recoverable.is_some());
+    attention.extend(wal_limits.iter().cloned());
     attention.extend(proof_attention(manifests, &proofs));
     attention.extend(receiver_attention(ctx, &receivers, Utc::now()));
     Ok(InfoReport {
@@ -281,6 +286,7 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
         wal,
         recoverable,
         receivers,
+        wal_limits,
     })
 }
 
@@ -354,17 +360,11 @@ fn readable_dumps(ctx: &Context) -> Result<Vec<DumpManifest>> {
 }
 
 /// What needs the DBA's attention, one sentence each.
-fn attention(
-    ctx: &Context,
-    manifests: &[Manifest],
-    seg: SegmentSize,
-    archive: &BTreeMap<u32, walscan::Segments>,
-    recoverable: bool,
-) -> Result<Vec<String>> {
+fn attention(manifests: &[Manifest], recoverable: bool) -> Vec<String> {
     let mut out = Vec::new();
     let Some(newest) = manifests.iter().max_by_key(|m| m.stop_time) else {
         out.push("no backup yet: run `pgkeep backup`".into());
-        return Ok(out);
+        return out;
     };
     if !recoverable {
         out.push(
@@ -385,16 +385,28 @@ fn attention(
             m.bad_block_count()
         ));
     }
+    out
+}
+
+/// Missing WAL that limits what backups can recover to, one sentence each.
+fn wal_limits(
+    ctx: &Context,
+    manifests: &[Manifest],
+    seg: SegmentSize,
+    archive: &BTreeMap<u32, walscan::Segments>,
+) -> Result<Vec<String>> {
     let (paths, _) = timelines::readable_timeline_paths(&ctx.repo)?;
     let needs = walneed::Window::read(&ctx.repo).0.needs(manifests, seg);
-    for limit in walneed::limits(&needs, &paths, seg, archive) {
-        out.push(format!(
-            "{} (limits backups {}); run `pgkeep verify`",
-            limit.describe(seg),
-            limit.backups.join(", ")
-        ));
-    }
-    Ok(out)
+    Ok(walneed::limits(&needs, &paths, seg, archive)
+        .iter()
+        .map(|limit| {
+            format!(
+                "{} (limits backups {}); run `pgkeep verify`",
+                limit.describe(seg),
+                limit.backups.join(", ")
+            )
+        })
+        .collect())
 }
 
 /// The report as text for a terminal.

@@ -1,4 +1,6 @@
 //! Operations: what tells a DBA that backups work, rather than making them.
-//! `prove` test-restores a backup and records what it found.
+//! `prove` test-restores a backup and records what it found; `status` judges RPO,
+//! RTO, the recoverable window and the age of backups and proofs.
 
 pub mod prove;
+pub mod status;
