@@ -68,7 +68,7 @@ fn status(pg: Pg) {
     let scratch = env.path("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     chown_postgres(&scratch);
-    env.pgkeep_ok(&["prove", "--scratch-dir", scratch.to_str().unwrap()]);
+    env.pgkeep_ok(&["prove", "--scratch-dir", &scratch_arg(&scratch)]);
     main.sql("SELECT pg_switch_wal()");
     main.wait_archived();
     let line = wait_for_code(&env, 0);
@@ -87,6 +87,8 @@ fn status(pg: Pg) {
         text.contains(": OK\n") && text.contains("estimated RTO now"),
         "{text}"
     );
+
+    history(&env, &scratch_arg(&scratch));
 
     // Archiving breaks: RPO grows with the WAL written, then status goes CRITICAL.
     main.sql("ALTER SYSTEM SET archive_command = 'false'");
@@ -149,6 +151,60 @@ fn status(pg: Pg) {
     main.sql("ALTER SYSTEM RESET synchronous_standby_names");
     main.sql("SELECT pg_reload_conf()");
     receiver.stop();
+}
+
+fn scratch_arg(scratch: &std::path::Path) -> String {
+    scratch.to_str().unwrap().to_string()
+}
+
+/// Every kind of run is in the history with what it made, a failed one with why.
+fn history(env: &Env, scratch: &str) {
+    env.pgkeep_ok(&["dump", "-d", "postgres"]);
+    env.pgkeep_ok(&["verify"]);
+    env.pgkeep_ok(&["expire"]);
+    env.pgkeep_err(&["prove", "--backup", "nope", "--scratch-dir", scratch]);
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_str(&env.pgkeep_ok(&["history", "--json"])).unwrap();
+    let kinds: Vec<&str> = runs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["backup", "prove", "dump", "verify", "expire", "prove"],
+        "{runs:?}"
+    );
+    let backup = &runs[0];
+    assert_eq!(backup["passed"], true);
+    for field in [
+        "label",
+        "size",
+        "stored",
+        "start_lsn",
+        "stop_lsn",
+        "started",
+        "finished",
+    ] {
+        assert!(!backup[field].is_null(), "{field}: {backup}");
+    }
+    assert!(
+        runs[1]["summary"].as_str().unwrap().contains("RTO"),
+        "{}",
+        runs[1]
+    );
+    assert_eq!(runs[2]["summary"], "database postgres");
+    assert_eq!(runs[3]["passed"], true);
+    let failed = &runs[5];
+    assert_eq!(failed["passed"], false);
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("backup 'nope' does not exist")
+    );
+    let text = env.pgkeep_ok(&["history"]);
+    assert!(
+        text.contains("  prove   FAILED  ") && text.contains("does not exist"),
+        "{text}"
+    );
+    assert!(text.contains("  backup  ok      "), "{text}");
 }
 
 on_each_version!(status);

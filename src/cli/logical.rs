@@ -3,13 +3,13 @@
 use anyhow::{Result, bail};
 use clap::Args;
 
-use super::{Cli, print_expire, repo_numbers};
+use super::{Cli, expire_recorded, print_expire, repo_numbers};
 use crate::config::Config;
 use crate::engine::logical::dump::{self, DumpOptions, DumpReport, Scope};
 use crate::engine::logical::export::{self, ExportOptions};
 use crate::engine::logical::import::{self, ImportOptions};
 use crate::engine::logical::restore::{self, DumpRestoreOptions};
-use crate::engine::retention::expire;
+use crate::engine::operations::history;
 use crate::engine::{Context, human_bytes};
 use crate::repo::OpenMode;
 use crate::repo::logical::{ArchiveFormat, Selection};
@@ -145,11 +145,17 @@ pub fn run_dump(cli: &Cli, config: &Config, args: &DumpArgs) -> Result<i32> {
         let started = std::time::Instant::now();
         let done = Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
             .and_then(|ctx| {
-                for report in dump::dump(&ctx, &opts)? {
-                    print_stored(&report, started);
+                let reports = history::recorded(
+                    &ctx,
+                    "dump",
+                    || dump::dump(&ctx, &opts),
+                    |r, run| history::dump_facts(r, run),
+                )?;
+                for report in &reports {
+                    print_stored(report, started);
                 }
                 if policy.dumps.has_rules() && policy.expire_after_backup {
-                    let report = expire::expire(&ctx, chrono::Utc::now(), false).map_err(|e| {
+                    let report = expire_recorded(&ctx, chrono::Utc::now(), false).map_err(|e| {
                         e.context("the dump succeeded, but expiring old backups after it failed")
                     })?;
                     print_expire(&report, false);

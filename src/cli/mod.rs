@@ -11,6 +11,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigSource, Encryption};
+use crate::engine::operations::history;
 use crate::engine::physical::backup;
 use crate::engine::physical::restore::{self, RestoreOptions};
 use crate::engine::physical::target::{self, Target, TimelineChoice};
@@ -103,6 +104,13 @@ enum Command {
     },
     /// Re-read and check every chunk and WAL file, and WAL continuity.
     Verify,
+    /// Every backup, dump, expire, verify and proof run, with its times, sizes, LSNs and
+    /// result, oldest first.
+    History {
+        /// Machine-readable output (an array of runs).
+        #[arg(long)]
+        json: bool,
+    },
     /// RPO, RTO, the recoverable window, the newest backup and proof, each judged OK,
     /// WARNING or CRITICAL against [status] (exit 0, or with --nagios Nagios' codes).
     Status {
@@ -630,7 +638,7 @@ fn run(cli: &Cli) -> Result<i32> {
                 None => chrono::Utc::now(),
             };
             each_repository(cli, &config, existing, |ctx| {
-                print_expire(&expire::expire(ctx, now, *dry_run)?, *dry_run);
+                print_expire(&expire_recorded(ctx, now, *dry_run)?, *dry_run);
                 Ok(0)
             })
         }
@@ -723,6 +731,19 @@ fn run(cli: &Cli) -> Result<i32> {
             Ok(0)
         }),
         Command::Verify => each_repository(cli, &config, existing, run_verify),
+        Command::History { json: true } => {
+            let runs = first_repository(cli, &config, |ctx| Ok(Some(ctx.repo.runs()?)))?
+                .unwrap_or_default();
+            println!("{}", serde_json::to_string_pretty(&runs)?);
+            Ok(0)
+        }
+        Command::History { json: false } => each_repository(cli, &config, existing, |ctx| {
+            print!(
+                "{}",
+                operations::render_history(ctx.cluster_name, &ctx.repo.runs()?)
+            );
+            Ok(0)
+        }),
         Command::Status { json, nagios } => operations::run_status(cli, &config, *json, *nagios),
     }
 }
@@ -767,12 +788,26 @@ fn run_backup(cli: &Cli, config: &Config, full: bool) -> Result<i32> {
     };
     let bar = progress::bar("backup");
     let started = std::time::Instant::now();
-    let outcome = backup::backup(&ctx, full, &bar)?;
+    let outcome = history::recorded(
+        &ctx,
+        "backup",
+        || backup::backup(&ctx, full, &bar),
+        |o, run| history::backup_facts(&o.manifest, run),
+    )?;
     print_backup_summary(&outcome, started.elapsed().as_secs_f64());
     let mut written = vec![&ctx];
     for other in &others {
         let started = std::time::Instant::now();
-        match backup::replicate(&ctx, &outcome.manifest, other) {
+        let copied = history::recorded(
+            other,
+            "backup",
+            || backup::replicate(&ctx, &outcome.manifest, other),
+            |r, run| {
+                history::backup_facts(&r.manifest, run);
+                run.summary = format!("copied from repository {}", ctx.repo_number);
+            },
+        );
+        match copied {
             Ok(r) => {
                 println!(
                     "backup {} copied to repository {} ({}): read {} from repository {}, stored {} new{}, {:.1} s",
@@ -799,7 +834,7 @@ fn run_backup(cli: &Cli, config: &Config, full: bool) -> Result<i32> {
     let policy = &config.retention;
     if policy.has_rules() && policy.expire_after_backup {
         for ctx in written {
-            let report = expire::expire(ctx, chrono::Utc::now(), false).map_err(|e| {
+            let report = expire_recorded(ctx, chrono::Utc::now(), false).map_err(|e| {
                 e.context(format!(
                     "the backup succeeded, but expiring old backups in repository {} after it failed",
                     ctx.repo_number
@@ -907,8 +942,25 @@ fn run_restore(cli: &Cli, config: &Config, args: &RestoreArgs) -> Result<i32> {
     unreachable!("the config has at least one repository")
 }
 
+/// `expire`, recorded in the history unless it is a dry run (which changes nothing).
+pub(super) fn expire_recorded(
+    ctx: &Context,
+    now: chrono::DateTime<chrono::Utc>,
+    dry_run: bool,
+) -> Result<expire::ExpireReport> {
+    if dry_run {
+        return expire::expire(ctx, now, true);
+    }
+    history::recorded(
+        ctx,
+        "expire",
+        || expire::expire(ctx, now, false),
+        history::expire_facts,
+    )
+}
+
 fn run_verify(ctx: &Context) -> Result<i32> {
-    let r = verify::verify(ctx)?;
+    let r = history::recorded(ctx, "verify", || verify::verify(ctx), history::verify_facts)?;
     for p in &r.problems {
         let breaks = if p.breaks.is_empty() {
             "no backup".to_string()

@@ -1,4 +1,4 @@
-//! `prove` (test restores and what they found) and `status`.
+//! `prove` (test restores and what they found), `status` and `history`.
 
 use std::path::PathBuf;
 
@@ -7,11 +7,13 @@ use clap::Args;
 
 use super::{Cli, PointArgs, parse_point, progress, repo_numbers};
 use crate::config::Config;
+use crate::engine::operations::history;
 use crate::engine::operations::prove::{self, ProveOptions, ProveTarget};
 use crate::engine::operations::status::{self, Level, StatusReport, duration};
 use crate::engine::physical::target::{Target, TimelineChoice};
 use crate::engine::{Context, human_bytes};
 use crate::repo::OpenMode;
+use crate::repo::history::Run;
 use crate::repo::proof::Proof;
 
 #[derive(Args)]
@@ -57,7 +59,12 @@ pub fn run_prove(cli: &Cli, config: &Config, args: &ProveArgs) -> Result<i32> {
     )?;
     let restore_bar = progress::bar("restore");
     let spinner = progress::spinner();
-    let proof = prove::prove(&ctx, &opts, &restore_bar, &spinner)?;
+    let proof = history::recorded(
+        &ctx,
+        "prove",
+        || prove::prove(&ctx, &opts, &restore_bar, &spinner),
+        history::proof_facts,
+    )?;
     spinner.finish_and_clear();
     print_proof(&proof);
     Ok(if proof.passed { 0 } else { 1 })
@@ -213,4 +220,42 @@ fn nagios_line(reports: &[StatusReport], worst: Level) -> String {
         problems.join("; ")
     };
     format!("PGKEEP {} - {summary} | {}", worst.name(), perf.join(" "))
+}
+
+/// The run history as a table, oldest first; a failed run's error on the next line.
+pub fn render_history(cluster: &str, runs: &[Run]) -> String {
+    let mut out = format!("runs of cluster {cluster} (times UTC):\n");
+    if runs.is_empty() {
+        out.push_str("  none yet\n");
+    }
+    for r in runs {
+        let lsns = match (r.start_lsn, r.stop_lsn) {
+            (Some(a), Some(b)) => format!("  lsn {a} .. {b}"),
+            (None, Some(b)) => format!("  lsn {b}"),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "  {}  {:<6}  {:<6}  {:>9}  {}{}{}{}{}  {}\n",
+            r.started.format("%Y-%m-%d %H:%M:%S"),
+            r.kind,
+            if r.passed { "ok" } else { "FAILED" },
+            duration(r.seconds()),
+            r.label.as_deref().unwrap_or("-"),
+            r.size
+                .map(|b| format!("  size {}", human_bytes(b)))
+                .unwrap_or_default(),
+            r.stored
+                .map(|b| format!("  stored {}", human_bytes(b)))
+                .unwrap_or_default(),
+            r.freed
+                .map(|b| format!("  freed {}", human_bytes(b)))
+                .unwrap_or_default(),
+            lsns,
+            r.summary
+        ));
+        if let Some(e) = &r.error {
+            out.push_str(&format!("      {}\n", e.replace('\n', "\n      ")));
+        }
+    }
+    out
 }

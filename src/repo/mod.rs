@@ -15,6 +15,7 @@
 //! CLUSTER/receivers/SLOT               what the receive-wal on that slot last reported
 //! CLUSTER/pins/LABEL                   pinned backups
 //! CLUSTER/proofs/LABEL/STAMP.proof     restore proofs of a backup (`prove`)
+//! CLUSTER/history/YYYY-MM/STAMP-KIND.run  one record per backup, dump, expire, verify, proof run
 //! CLUSTER/wal-window                   time before which backups keep only their own WAL
 //! CLUSTER/wal-floor                    (older repositories) segment below which likewise
 //! CLUSTER/locks/                       advisory lock files
@@ -23,6 +24,7 @@
 pub mod chunk_store;
 pub mod codec;
 pub mod encryption;
+pub mod history;
 pub mod index;
 pub mod lease;
 pub mod lock;
