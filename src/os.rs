@@ -68,6 +68,19 @@ pub fn host_name() -> String {
 /// free to this user there. A path that does not exist yet is judged by its nearest
 /// existing ancestor.
 pub fn free_space(path: &Path) -> Result<(u64, u64)> {
+    let space = space(path)?;
+    Ok((space.device, space.free))
+}
+
+/// A file system's device, bytes free to this user, and size.
+pub struct Space {
+    pub device: u64,
+    pub free: u64,
+    pub total: u64,
+}
+
+/// The space of the file system `path` is on (or its nearest existing ancestor).
+pub fn space(path: &Path) -> Result<Space> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
     let existing = path
@@ -82,5 +95,9 @@ pub fn free_space(path: &Path) -> Result<(u64, u64)> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("cannot read the free space of {}", existing.display()));
     }
-    Ok((device, stat.f_bavail as u64 * stat.f_frsize as u64))
+    Ok(Space {
+        device,
+        free: stat.f_bavail as u64 * stat.f_frsize as u64,
+        total: stat.f_blocks as u64 * stat.f_frsize as u64,
+    })
 }

@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
 use common::{Env, Pg};
 
 fn check_and_init(pg: Pg) {
@@ -170,4 +173,69 @@ fn check_and_init(pg: Pg) {
     assert!(err.contains("cluster 'third' is not in"), "{err}");
 }
 
+/// The problems a WAL switch does not show: a slot holding WAL, an archiver that has
+/// been failing (and is fine again once a switch shows it works), a repository
+/// PostgreSQL's user cannot write.
+fn hazards(pg: Pg) {
+    let env = Env::new(&format!("hazards{}", pg.major), pg);
+    let main = env.primary();
+    env.write_config(&main, "\n[receive]\nwarn_slot_wal_mb = 1\n");
+    env.pgkeep_ok(&["init"]);
+
+    main.sql("SELECT pg_create_physical_replication_slot('stale', true)");
+    main.sql("CREATE TABLE t AS SELECT generate_series(1, 100000) g");
+    let (out, err) = env.pgkeep_logged(&["check"]);
+    assert!(out.starts_with("ok:"), "{out}");
+    assert!(
+        err.contains("replication slot stale holds")
+            && err.contains("SELECT pg_drop_replication_slot('stale')"),
+        "{err}"
+    );
+    main.sql("SELECT pg_drop_replication_slot('stale')");
+
+    main.sql("ALTER SYSTEM SET archive_command = '/bin/false'");
+    main.sql("SELECT pg_reload_conf()");
+    main.sql("CREATE TABLE after_failure ()");
+    main.sql("SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while main.sql("SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(Instant::now() < deadline, "the archiver never failed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    main.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        env.archive_command()
+            .replace("--config ", "--config /nonexistent")
+    ));
+    main.sql("SELECT pg_reload_conf()");
+    let err = env.pgkeep_err(&["check"]);
+    assert!(
+        err.contains("archive_command is failing: its last attempt, for 0000000")
+            && err.contains("WAL files wait in pg_wal to be archived"),
+        "{err}"
+    );
+    main.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        env.archive_command()
+    ));
+    main.sql("SELECT pg_reload_conf()");
+    assert!(env.pgkeep_ok(&["check"]).starts_with("ok:"));
+
+    if common::is_root() {
+        let wal = env.repo.join("main/wal");
+        std::os::unix::fs::chown(&wal, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = env.pgkeep_err(&["check"]);
+        assert!(
+            err.contains(
+                "belongs to root with mode 755, so PostgreSQL's user postgres cannot write there"
+            ),
+            "{err}"
+        );
+        common::chown_postgres(&wal);
+        assert!(env.pgkeep_ok(&["check"]).starts_with("ok:"));
+    }
+}
+
 on_each_version!(check_and_init);
+on_each_version!(hazards);
