@@ -109,12 +109,21 @@ fn print_proof(p: &Proof) {
 /// Status of the cluster in each repository; with `--nagios` one line for all.
 pub fn run_status(cli: &Cli, config: &Config, json: bool, nagios: bool) -> Result<i32> {
     let now = chrono::Utc::now();
-    let mut reports = Vec::new();
-    for n in repo_numbers(cli, config) {
-        let ctx = Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
-            .map_err(|e| e.context(format!("repository {n}")))?;
-        reports.push(status::status(&ctx, now)?);
-    }
+    let gathered: Result<Vec<StatusReport>> = repo_numbers(cli, config)
+        .into_iter()
+        .map(|n| {
+            Context::on_repository(config, cli.cluster.as_deref(), n, OpenMode::Existing)
+                .and_then(|ctx| status::status(&ctx, now))
+                .map_err(|e| e.context(format!("repository {n}")))
+        })
+        .collect();
+    let reports = match gathered {
+        Err(e) if nagios => {
+            println!("PGKEEP UNKNOWN - {}", nagios_text(&format!("{e:#}")));
+            return Ok(Level::Unknown.nagios_code());
+        }
+        other => other?,
+    };
     let worst = reports
         .iter()
         .map(|r| r.level)
@@ -181,6 +190,11 @@ fn render_status(r: &StatusReport) -> String {
     out
 }
 
+/// Text for Nagios' first line: one line, and no `|`, which starts performance data.
+fn nagios_text(text: &str) -> String {
+    text.replace('|', "/").replace('\n', " ")
+}
+
 /// Nagios' plugin output: status, the matters not OK, and performance data.
 fn nagios_line(reports: &[StatusReport], worst: Level) -> String {
     let mut problems = Vec::new();
@@ -190,7 +204,7 @@ fn nagios_line(reports: &[StatusReport], worst: Level) -> String {
             r.findings
                 .iter()
                 .filter(|f| f.level != Level::Ok)
-                .map(|f| format!("{}: {}", r.cluster, f.message)),
+                .map(|f| format!("{}: {}", r.cluster, nagios_text(&f.message))),
         );
         let tag = if reports.len() > 1 {
             format!(

@@ -60,6 +60,23 @@ impl ClusterRepo {
             .put(&key, &object::encode(&serde_json::to_vec(run)?, 0)?)
     }
 
+    /// The run and proof records that do not read, with why (`verify` names them; the
+    /// readers skip them).
+    pub fn damaged_records(&self) -> Result<Vec<(String, anyhow::Error)>> {
+        let mut out = Vec::new();
+        for o in self.storage.list(&self.key("history"))? {
+            if let Err(e) = self.get_json::<Run>(&o.key) {
+                out.push((o.key, e));
+            }
+        }
+        for o in self.storage.list(&self.key("proofs"))? {
+            if let Err(e) = self.get_json::<super::proof::Proof>(&o.key) {
+                out.push((o.key, e));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every recorded run, oldest first; a record that does not read is skipped with a
     /// warning.
     pub fn runs(&self) -> Result<Vec<Run>> {

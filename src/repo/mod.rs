@@ -327,10 +327,11 @@ impl ClusterRepo {
     }
 
     /// Removes a backup's manifest: the backup no longer exists, its data stays until
-    /// garbage collection finds it unreferenced. Its proofs go with it.
+    /// garbage collection finds it unreferenced. Its proofs go first, so none outlives
+    /// it.
     pub fn delete_manifest(&self, label: &str) -> Result<()> {
-        self.storage.delete(&self.manifest_key(label))?;
-        self.delete_proofs(label)
+        self.delete_proofs(label)?;
+        self.storage.delete(&self.manifest_key(label))
     }
 
     fn pin_key(&self, label: &str) -> String {

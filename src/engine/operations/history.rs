@@ -8,6 +8,7 @@ use chrono::Utc;
 use crate::engine::Context;
 use crate::engine::logical::dump::DumpReport;
 use crate::engine::retention::expire::ExpireReport;
+use crate::engine::retention::policy::{BackupFacts, Plan};
 use crate::engine::verify::VerifyReport;
 use crate::repo::history::Run;
 use crate::repo::manifest::Manifest;
@@ -76,14 +77,17 @@ pub fn dump_facts(dumps: &[DumpReport], run: &mut Run) {
 
 /// What an expire removed.
 pub fn expire_facts(r: &ExpireReport, run: &mut Run) {
-    let removed = r
-        .backups
-        .iter()
-        .filter(|b| !r.plan.keep.contains_key(&b.label))
-        .count();
+    let removed = |facts: &[BackupFacts], plan: &Plan| {
+        facts
+            .iter()
+            .filter(|b| !plan.keep.contains_key(&b.label))
+            .count()
+    };
+    let dumps: usize = r.dumps.iter().map(|d| removed(&d.dumps, &d.plan)).sum();
     run.freed = r.gc.as_ref().map(|gc| gc.bytes_freed);
     run.summary = format!(
-        "removed {removed} backups and {} WAL files{}",
+        "removed {} backups, {dumps} logical backups and {} WAL files{}",
+        removed(&r.backups, &r.plan),
         r.wal_removed.len(),
         if r.gc_deferred {
             "; collection deferred (a backup, restore or verify was running)"

@@ -6,9 +6,11 @@
 //! repository beside the backup (`repo::proof`).
 //!
 //! Invariants: the scratch server never archives and is never reachable over TCP, so a
-//! proof adds nothing to the repository but its record; input that names no backup or
-//! an unreachable target is an error before anything is restored and records nothing;
-//! from the restore on, every failure is a failed check in the record.
+//! proof adds nothing to the repository but its record; input that names no backup, or
+//! a target that no backup reaches (as `restore` checks it), is an error before
+//! anything is restored and records no proof; from the restore on, every failure
+//! (damage, missing WAL, a target the WAL does not reach, no room in the scratch
+//! directory) is a failed check in the record: the backup did not restore here.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -21,7 +23,7 @@ use indicatif::ProgressBar;
 use crate::engine::Context;
 use crate::engine::physical::restore::{self, RestoreOptions};
 use crate::engine::physical::target::{self, Target, TimelineChoice};
-use crate::engine::scratch::server::{self, Purpose, Recovered, ScratchServer};
+use crate::engine::scratch::server::{self, Purpose, ScratchServer};
 use crate::engine::scratch::{self, Scratch};
 use crate::engine::wal::scan as walscan;
 use crate::engine::wal::timelines;
@@ -71,7 +73,7 @@ pub fn prove(
         "to check the recovered copy",
     )?;
     let manifests = ctx.repo.readable_manifests(opts.backup.as_deref())?;
-    let (target, timeline, backup) = resolve_target(opts, &manifests)?;
+    let (target, timeline, backup) = resolve_target(ctx, opts, &manifests)?;
     let scratch = Scratch::new_in(&opts.scratch_parent, "prove")?;
     server::check_socket_path(scratch.path())?;
     let mut restore_opts = RestoreOptions {
@@ -116,19 +118,19 @@ pub fn prove(
         Ok((server, recovered))
     });
     let opened_at = run.clock.elapsed().as_secs_f64();
-    let (server, recovered) = match recovered {
+    let (mut server, recovered) = match recovered {
         Ok(ok) => ok,
         Err(e) => return run.fail("recovery", &e).record(ctx),
     };
     run.proof.recovery_seconds = Some(opened_at - run.proof.restore_seconds);
-    match reached(ctx, manifest, &restore_opts, &recovered) {
-        Ok(lsn) => {
-            run.proof.lsn_reached = Some(lsn);
-            run.proof.wal_replayed_bytes = Some(lsn.0.saturating_sub(manifest.start_lsn.0));
-            run.pass("recovery");
-        }
+    let lsn: Option<Lsn> = recovered.lsn.parse().ok();
+    run.proof.lsn_reached = lsn;
+    run.proof.wal_replayed_bytes = lsn.map(|l| l.0.saturating_sub(manifest.start_lsn.0));
+    match reached(ctx, manifest, &restore_opts, lsn) {
+        Ok(()) => run.pass("recovery"),
         Err(e) => return run.fail("recovery", &e).record(ctx),
     }
+    server.use_bootstrap_superuser()?;
 
     let checks_started = Instant::now();
     progress.set_message("checking every database with pg_amcheck");
@@ -146,6 +148,7 @@ pub fn prove(
 
 /// The target and timeline to restore with, and the backup if one is named or drawn.
 fn resolve_target(
+    ctx: &Context,
     opts: &ProveOptions,
     manifests: &[Manifest],
 ) -> Result<(Target, TimelineChoice, Option<String>)> {
@@ -158,20 +161,37 @@ fn resolve_target(
                 None => manifests.iter().collect(),
             };
             if candidates.is_empty() {
-                bail!(
-                    "the repository has no backups of this cluster yet; run `pgkeep backup` first"
-                );
+                bail!(match &opts.backup {
+                    Some(label) =>
+                        format!("backup '{label}' does not exist; `pgkeep info` lists the backups"),
+                    None =>
+                        "the repository has no backups of this cluster yet; run `pgkeep backup` first"
+                            .into(),
+                });
             }
             let m = candidates[random_below(candidates.len() as u64) as usize];
-            // The next backup on the same timeline: its start checkpoint is a record
-            // that is archived (it needed it), so any position up to it is reached.
+            // Up to the next backup's start checkpoint on the same timeline (a record that
+            // was archived, as that backup needed it), within the WAL archived without a
+            // gap from this backup (the WAL window may have removed what lies between).
             let next = manifests
                 .iter()
                 .filter(|n| n.timeline == m.timeline && n.start_lsn > m.stop_lsn)
                 .min_by_key(|n| n.start_lsn);
-            Ok(match next {
-                Some(n) => {
-                    let span = n.checkpoint_lsn.0 - m.stop_lsn.0;
+            let seg = SegmentSize(m.wal_segment_size);
+            let archive = walscan::archived_segments(ctx, seg)?;
+            let archived_to = walscan::path_end(
+                &archive,
+                seg,
+                &TimelinePath::single(m.timeline),
+                seg.segno(m.start_lsn),
+            )
+            .map(|end| seg.start_lsn(end));
+            let upper = match (next, archived_to) {
+                (Some(n), Some(a)) => Some(n.checkpoint_lsn.min(a)),
+                _ => None,
+            };
+            Ok(match upper.and_then(|u| u.0.checked_sub(m.stop_lsn.0)) {
+                Some(span) => {
                     let at = Lsn(m.stop_lsn.0 + random_below(span + 1));
                     (
                         Target::Lsn(at),
@@ -179,6 +199,11 @@ fn resolve_target(
                         Some(m.label.clone()),
                     )
                 }
+                None if next.is_some() => (
+                    Target::Immediate,
+                    TimelineChoice::Current,
+                    Some(m.label.clone()),
+                ),
                 None => (Target::End, opts.timeline, Some(m.label.clone())),
             })
         }
@@ -210,19 +235,17 @@ fn describe(asked: &ProveTarget, target: &Target) -> String {
     }
 }
 
-/// Where recovery ended, checked against where it had to get: past the backup's
-/// consistency point always, to the position asked for, and for the end of the WAL into
+/// Whether recovery ended where it had to get: past the backup's consistency point always, to the position asked for, and for the end of the WAL into
 /// the newest archived segment of the path it followed.
 fn reached(
     ctx: &Context,
     manifest: &Manifest,
     opts: &RestoreOptions,
-    recovered: &Recovered,
-) -> Result<Lsn> {
-    let lsn: Lsn = recovered
-        .lsn
-        .parse()
-        .map_err(|e| anyhow::anyhow!("the scratch server reported no replay position: {e}"))?;
+    lsn: Option<Lsn>,
+) -> Result<()> {
+    let Some(lsn) = lsn else {
+        bail!("the scratch server reported no replay position");
+    };
     if lsn < manifest.stop_lsn {
         bail!(
             "recovery ended at {lsn}, before backup {} became consistent at {}",
@@ -249,9 +272,9 @@ fn reached(
                     seg.name(path.timeline_of_segment(seg, end), end)
                 );
             }
-            Ok(lsn)
+            Ok(())
         }
-        _ => Ok(lsn),
+        _ => Ok(()),
     }
 }
 

@@ -102,7 +102,8 @@ pub struct Rpo {
     /// The end of the WAL durable on pgkeep's side.
     pub durable_lsn: Option<Lsn>,
     pub bytes: u64,
-    /// How long the WAL not yet durable has been waiting, at most.
+    /// Since the repository's WAL last grew (the last segment archived), or the
+    /// receiver's flush lag: how long the WAL not yet durable has been accumulating.
     pub seconds: Option<f64>,
     /// `archive`, `receive-wal`, or `synchronous receive-wal`.
     pub via: String,
@@ -322,7 +323,8 @@ fn server_wal(ctx: &Context) -> Result<ServerWal> {
         .first()
         .and_then(|r| {
             let flushed: Lsn = r[0].parse().ok()?;
-            let synchronous = r[1] == "sync" || r[1] == "quorum";
+            // Under quorum commit a commit may be acknowledged without this receiver.
+            let synchronous = r[1] == "sync";
             Some((flushed, synchronous, r[2].parse().ok()))
         });
     Ok(ServerWal {

@@ -307,6 +307,14 @@ impl ScratchServer {
         }
     }
 
+    /// Connects as the cluster's bootstrap superuser from now on (`pg_amcheck` installs
+    /// `amcheck`, and probes read every table); the configured user may be less.
+    pub fn use_bootstrap_superuser(&mut self) -> Result<()> {
+        let mut session = Session::connect(&self.params("template1"))?;
+        self.user = session.text("SELECT rolname::text FROM pg_roles WHERE oid = 10")?;
+        Ok(())
+    }
+
     /// A pause is the target only if recovery says it stopped there: it also pauses when
     /// the WAL raises a setting above the server's (PostgreSQL 14+).
     fn check_at_target(&self) -> Result<()> {
@@ -321,7 +329,7 @@ impl ScratchServer {
     }
 
     /// What the server has logged so far.
-    pub fn log_text(&self) -> String {
+    fn log_text(&self) -> String {
         String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
@@ -355,7 +363,7 @@ fn still_starting(error: &str) -> bool {
 /// the higher of the restored `pg_control`'s values and the live server's now: a
 /// restored configuration from elsewhere (or none), or one raised since the backup,
 /// cannot stop it.
-pub const STANDBY_SETTINGS: [(&str, &str); 5] = [
+const STANDBY_SETTINGS: [(&str, &str); 5] = [
     ("max_connections setting:", "max_connections"),
     ("max_worker_processes setting:", "max_worker_processes"),
     ("max_wal_senders setting:", "max_wal_senders"),

@@ -65,47 +65,71 @@ fn space_finding(free: u64, total: u64, segment: u64) -> Option<(bool, String)> 
 }
 
 /// The repository directories PostgreSQL's OS user (the owner of `pgdata`) must write
-/// for archive-push, and the marker it must read, where that user cannot.
+/// for archive-push (`wal/` and its timelines, and search the ones above), and the
+/// marker it must read, where that user cannot.
 fn unwritable(root: &Path, cluster: &str, pgdata: &Path) -> Result<Option<String>> {
     let Ok(data) = std::fs::metadata(pgdata) else {
         return Ok(None); // check_data_directory names it
     };
-    let (uid, gid) = (data.uid(), data.gid());
+    let uid = data.uid();
     let wal = root.join(cluster).join("wal");
-    let mut dirs = vec![root.to_path_buf(), root.join(cluster), wal.clone()];
+    let mut needs = vec![
+        (root.to_path_buf(), 0o1),
+        (root.join(cluster), 0o1),
+        (wal.clone(), 0o3),
+    ];
     if let Ok(entries) = std::fs::read_dir(&wal) {
-        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        needs.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .map(|p| (p, 0o3)),
+        );
     }
+    needs.push((root.join("pgkeep.repo"), 0o4));
     let user = crate::os::user_name(uid);
-    for dir in dirs.iter().filter(|d| d.exists()) {
-        let meta = std::fs::metadata(dir)?;
-        if !permits(&meta, uid, gid, 0o3) {
+    for (path, bits) in needs.iter().filter(|(p, _)| p.exists()) {
+        if !permits(path, uid, data.gid(), *bits)? {
+            let meta = std::fs::metadata(path)?;
+            let want = match bits {
+                0o4 => "read it, so archive-push cannot open the repository",
+                0o1 => "enter it, so archive-push cannot reach the WAL archive",
+                _ => "write there, so archive-push fails",
+            };
             return Ok(Some(format!(
-                "{} belongs to {} with mode {:o}, so PostgreSQL's user {user} cannot write there and archive-push fails; \
-                 chown -R {user} {}",
-                dir.display(),
+                "{} belongs to {} with mode {:o}, so PostgreSQL's user {user} cannot {want}; chown -R {user} {}",
+                path.display(),
                 crate::os::user_name(meta.uid()),
                 meta.mode() & 0o7777,
                 root.display()
             )));
         }
     }
-    let marker = root.join("pgkeep.repo");
-    if let Ok(meta) = std::fs::metadata(&marker)
-        && !permits(&meta, uid, gid, 0o4)
-    {
-        return Ok(Some(format!(
-            "{} is not readable by PostgreSQL's user {user}, so archive-push cannot open the repository; chown -R {user} {}",
-            marker.display(),
-            root.display()
-        )));
-    }
     Ok(None)
 }
 
-/// Whether `meta`'s mode grants the user `uid` (primary group `gid`) every one of the
-/// `rwx` bits in `bits` (4 read, 2 write, 1 search).
-fn permits(meta: &std::fs::Metadata, uid: u32, gid: u32, bits: u32) -> bool {
+/// Whether the user `uid` (primary group `gid`) has every one of the `rwx` bits in
+/// `bits` (4 read, 2 write, 1 search) on `path`. As that user (pgkeep runs as the
+/// cluster's user), the kernel answers, with supplementary groups and ACLs; otherwise
+/// the mode bits do.
+fn permits(path: &Path, uid: u32, gid: u32, bits: u32) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == uid {
+        let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: a NUL-terminated path; faccessat only reads it.
+        let ok = unsafe {
+            libc::faccessat(
+                libc::AT_FDCWD,
+                name.as_ptr(),
+                bits as libc::c_int,
+                libc::AT_EACCESS,
+            )
+        };
+        return Ok(ok == 0);
+    }
+    let meta = std::fs::metadata(path)?;
     let mode = meta.mode();
     let granted = if uid == 0 {
         0o7
@@ -116,7 +140,7 @@ fn permits(meta: &std::fs::Metadata, uid: u32, gid: u32, bits: u32) -> bool {
     } else {
         mode
     };
-    granted & bits == bits
+    Ok(granted & bits == bits)
 }
 
 /// Replication slots holding more WAL on the server than `[receive] warn_slot_wal_mb`,

@@ -81,6 +81,12 @@ pub fn verify(ctx: &Context) -> Result<VerifyReport> {
             breaks: Vec::new(),
         });
     }
+    for (key, e) in ctx.repo.damaged_records()? {
+        problems.push(Problem {
+            what: format!("the record {key} is damaged ({e:#}); `history`, `info` and `status` leave it out: remove it"),
+            breaks: Vec::new(),
+        });
+    }
     let (chunks, full_backup_heals) = match ChunkStore::open_fresh(&ctx.repo) {
         Ok(store) => {
             for (name, why) in &store.index.unreadable {
