@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use clap::Args;
 
-use super::{Cli, expire_recorded, print_expire, repo_numbers};
+use super::{Cli, expire_recorded, print_expire, reading_context, repo_numbers};
 use crate::config::Config;
 use crate::engine::logical::dump::{self, DumpOptions, DumpReport, Scope};
 use crate::engine::logical::export::{self, ExportOptions};
@@ -232,16 +232,6 @@ fn print_stored(r: &DumpReport, started: std::time::Instant) {
         human_bytes(r.stored_size),
         started.elapsed().as_secs_f64()
     );
-}
-
-/// The repository a reading command uses: `--repo N`, or the first.
-fn reading_context<'c>(cli: &'c Cli, config: &'c Config) -> Result<Context<'c>> {
-    Context::on_repository(
-        config,
-        cli.cluster.as_deref(),
-        cli.repo.unwrap_or(1),
-        OpenMode::Existing,
-    )
 }
 
 pub fn run_dump_export(cli: &Cli, config: &Config, args: &DumpExportArgs) -> Result<i32> {

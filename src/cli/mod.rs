@@ -617,6 +617,16 @@ fn first_repository<T>(
     all_repositories(cli, config).first(job)
 }
 
+/// The repository a reading command uses: `--repo N`, or the first.
+fn reading_context<'c>(cli: &'c Cli, config: &'c Config) -> Result<Context<'c>> {
+    Context::on_repository(
+        config,
+        cli.cluster.as_deref(),
+        cli.repo.unwrap_or(1),
+        OpenMode::Existing,
+    )
+}
+
 fn run(cli: &Cli) -> Result<i32> {
     let source = if cli.config == std::path::Path::new(DEFAULT_CONFIG) {
         ConfigSource::Default

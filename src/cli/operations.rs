@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::{Cli, PointArgs, parse_point, progress, repo_numbers};
+use super::{Cli, PointArgs, parse_point, progress, reading_context, repo_numbers};
 use crate::config::Config;
 use crate::engine::operations::history;
 use crate::engine::operations::prove::{self, ProveOptions, ProveTarget};
@@ -51,12 +51,7 @@ pub fn run_prove(cli: &Cli, config: &Config, args: &ProveArgs) -> Result<i32> {
             .map_err(anyhow::Error::msg)?,
         scratch_parent: args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
     };
-    let ctx = Context::on_repository(
-        config,
-        cli.cluster.as_deref(),
-        cli.repo.unwrap_or(1),
-        OpenMode::Existing,
-    )?;
+    let ctx = reading_context(cli, config)?;
     let restore_bar = progress::bar("restore");
     let spinner = progress::spinner();
     let proof = history::recorded(

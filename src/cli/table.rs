@@ -5,12 +5,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::{Cli, TargetArgs, parse_target, progress};
+use super::{Cli, TargetArgs, parse_target, progress, reading_context};
 use crate::config::Config;
+use crate::engine::human_bytes;
 use crate::engine::physical::target::TimelineChoice;
 use crate::engine::table::{self, Destination, RestoreTableOptions};
-use crate::engine::{Context, human_bytes};
-use crate::repo::OpenMode;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("destination").required(true).args(["into_database", "to_file"])))]
@@ -67,12 +66,7 @@ pub fn run_restore_table(cli: &Cli, config: &Config, args: &RestoreTableArgs) ->
         destination,
         scratch_parent: args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
     };
-    let ctx = Context::on_repository(
-        config,
-        cli.cluster.as_deref(),
-        cli.repo.unwrap_or(1),
-        OpenMode::Existing,
-    )?;
+    let ctx = reading_context(cli, config)?;
     let restore_bar = progress::bar("restore");
     let spinner = progress::spinner();
     let r = table::restore_table(&ctx, &opts, &restore_bar, &spinner)?;
