@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+pub mod serve;
+pub use serve::{JobTable, NotifyConfig, ServeConfig};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -24,6 +27,10 @@ pub struct Config {
     pub receive: ReceiveConfig,
     #[serde(default)]
     pub status: StatusConfig,
+    #[serde(default)]
+    pub serve: ServeConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
     #[serde(default)]
     pub cluster: BTreeMap<String, ClusterConfig>,
     /// Absolute path of the file this came from, for `archive_command` and
@@ -370,6 +377,16 @@ pub struct ClusterConfig {
     /// Queries `prove` runs on the recovered copy, each of which must return true.
     #[serde(default)]
     pub probes: Vec<Probe>,
+    /// A cron expression per job that `serve` runs (`[cluster.NAME.schedule]`).
+    #[serde(default)]
+    pub schedule: JobTable<String>,
+    /// The IANA time zone of `schedule`, such as `Europe/Berlin`.
+    #[serde(default = "serve::default_time_zone")]
+    pub time_zone: String,
+    /// A healthchecks-style URL per job: `/start` is pinged when it starts, the URL
+    /// itself when it succeeds, `/fail` when it fails (`[cluster.NAME.heartbeat]`).
+    #[serde(default)]
+    pub heartbeat: JobTable<String>,
 }
 
 /// A check of a recovered copy's contents: one query returning one boolean.

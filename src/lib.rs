@@ -1,7 +1,9 @@
 //! pgkeep: PostgreSQL backup and point-in-time recovery.
 //!
 //! Layers, from the bottom: `config`, `os` and `format` (PostgreSQL formats, pure), `pg`
-//! (talking to the server), `repo` (the repository format and storage), `engine` (the commands), `cli`.
+//! (talking to the server), `repo` (the repository format and storage), `engine` (the
+//! commands), `serve` (the long-running scheduler, notifier and HTTP endpoints, which
+//! runs the commands as child processes), `cli`.
 
 pub mod cli;
 pub mod config;
@@ -10,3 +12,4 @@ pub mod format;
 pub mod os;
 pub mod pg;
 pub mod repo;
+pub mod serve;

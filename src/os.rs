@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 
@@ -52,6 +53,45 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot fsync directory {}", dir.display()))
 }
+
+/// Writes `data` to `path` through a temporary name, so a reader sees all or nothing;
+/// fsynced first if `durable`.
+pub fn write_renamed(path: &Path, data: &[u8], durable: bool) -> Result<()> {
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temp)?;
+        std::io::Write::write_all(&mut file, data)?;
+        if durable {
+            file.sync_all()?;
+        }
+        std::fs::rename(&temp, path)
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))?;
+    if durable {
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
+}
+
+/// Sets the returned flag on SIGINT and SIGTERM (without SA_RESTART, so a blocked read
+/// returns and the caller's loop sees the flag).
+pub fn stop_on_signals() -> &'static AtomicBool {
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOPPING.store(true, Ordering::Relaxed);
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+    &STOPPING
+}
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// This machine's host name, for lease holders (`unknown` if it has none).
 pub fn host_name() -> String {

@@ -7,86 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Env, Pg, Server, as_postgres, chown_postgres, run_ok};
-
-/// Runs openssl in `dir`.
-fn openssl(dir: &Path, args: &[&str]) {
-    run_ok(Command::new("openssl").current_dir(dir).args(args));
-}
-
-/// A CA (`NAME.crt`, `NAME.key`).
-fn make_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-}
-
-/// A certificate `NAME.crt` (key `NAME.key`) for common name `cn`, signed by `ca`.
-fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str, san: Option<&str>) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    let ext = dir.join(format!("{name}.ext"));
-    let mut text = "basicConstraints=CA:FALSE\n".to_string();
-    if let Some(san) = san {
-        text.push_str(&format!("subjectAltName={san}\n"));
-    }
-    std::fs::write(&ext, text).unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            &format!("{name}.crt"),
-            "-extfile",
-            ext.to_str().unwrap(),
-        ],
-    );
-}
+use common::certs::{make_ca, make_cert};
+use common::{Env, Pg, Server, as_postgres, chown_postgres};
 
 /// Rewrites the config (the one archive_command names, so `check` accepts it) with
 /// `conninfo` as the connection; returns its path.

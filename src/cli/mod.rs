@@ -151,6 +151,9 @@ enum Command {
     /// server to the target, check it (pg_amcheck, the cluster's probes), record the
     /// proof and its measured recovery time in the repository.
     Prove(Box<operations::ProveArgs>),
+    /// Run the scheduled jobs of every cluster, send notifications, and serve /metrics
+    /// and the web view (in the foreground, until SIGTERM).
+    Serve,
     /// Keep a backup whatever the retention policy says.
     Pin { label: String },
     /// Let the retention policy remove a backup again.
@@ -741,6 +744,7 @@ fn run(cli: &Cli) -> Result<i32> {
             Ok(0)
         }),
         Command::Verify => each_repository(cli, &config, existing, run_verify),
+        Command::Serve => crate::serve::serve(&config, &config.path),
         Command::History { json: true } => {
             let runs = first_repository(cli, &config, |ctx| Ok(Some(ctx.repo.runs()?)))?
                 .unwrap_or_default();
@@ -893,7 +897,7 @@ fn run_receive_wal(cli: &Cli, config: &Config, synchronous: bool, interval: u64)
         warn_slot_wal: receive.warn_slot_wal_mb.saturating_mul(1 << 20),
     };
     let params = crate::pg::conninfo::resolve(&settings.connection)?;
-    let stop = receive::stop_on_signals();
+    let stop = crate::os::stop_on_signals();
     receive::receive(&all_repositories(cli, config), &params, &options, stop)?;
     Ok(0)
 }

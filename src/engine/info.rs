@@ -157,7 +157,7 @@ pub struct TimelineInfo {
 /// From the end of the oldest restorable backup to the last WAL that continues, without a
 /// gap, from a backup. `to_time` is the last commit in that WAL (when the last 16
 /// segments hold none, the time the last segment was archived).
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 pub struct Window {
     pub from_time: DateTime<Utc>,
     pub from_backup: String,

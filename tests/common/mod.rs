@@ -6,9 +6,11 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod damage;
 pub mod faults;
 pub mod objects;
+pub mod observers;
 pub mod receiver;
 pub mod scratch;
 pub mod targets;
@@ -17,6 +19,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
+
+/// Polls `probe` until it gives a value, for up to `seconds`; then fails with what
+/// `failure` says (computed only then).
+pub fn eventually<T>(
+    seconds: u64,
+    mut probe: impl FnMut() -> Option<T>,
+    failure: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{}", failure());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 /// A PostgreSQL installation under test.
 #[derive(Clone, Debug)]

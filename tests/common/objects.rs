@@ -30,7 +30,7 @@ pub struct ObjectServer {
     child: Mutex<Option<Child>>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

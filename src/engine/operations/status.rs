@@ -86,6 +86,9 @@ pub struct StatusReport {
     /// Restore of the newest backup and replay of the WAL since, at the rates the
     /// newest passed proof measured.
     pub estimated_rto_seconds: Option<f64>,
+    /// What the status was judged from (for `serve`'s metrics and web view).
+    #[serde(skip)]
+    pub info: info::InfoReport,
 }
 
 #[derive(Serialize)]
@@ -122,7 +125,7 @@ pub struct Archiver {
 
 impl Archiver {
     /// Whether the last attempt failed.
-    fn failing(&self) -> bool {
+    pub fn failing(&self) -> bool {
         self.last_failed_time
             .is_some_and(|failed| self.last_archived_time.is_none_or(|ok| failed > ok))
     }
@@ -278,9 +281,10 @@ pub fn status(ctx: &Context, now: DateTime<Utc>) -> Result<StatusReport> {
         newest_dump,
         rpo,
         archiver,
-        recoverable: report.recoverable,
+        recoverable: report.recoverable.clone(),
         last_proof,
         estimated_rto_seconds,
+        info: report,
     })
 }
 

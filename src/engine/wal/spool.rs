@@ -161,7 +161,7 @@ impl Spool {
             ),
             Err(e) => (self.status(name, false), format!("{e:#}")),
         };
-        write_renamed(&path, text.as_bytes(), false)
+        crate::os::write_renamed(&path, text.as_bytes(), false)
     }
 
     /// Removes every error status: they are retried by a new pusher.
@@ -180,25 +180,6 @@ impl Spool {
         }
         Ok(())
     }
-}
-
-/// Writes `data` to `path` through a temporary name, so a reader sees all or nothing;
-/// fsynced first if `durable`.
-fn write_renamed(path: &Path, data: &[u8], durable: bool) -> Result<()> {
-    let temp = path.with_extension(format!("tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut file = fs::File::create(&temp)?;
-        std::io::Write::write_all(&mut file, data)?;
-        if durable {
-            file.sync_all()?;
-        }
-        fs::rename(&temp, path)
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))?;
-    if durable {
-        crate::os::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-    }
-    Ok(())
 }
 
 /// Whether PostgreSQL marked the WAL file at `path` ready: only such files are pushed
@@ -360,7 +341,7 @@ pub fn take_prefetched(spool: &Spool, helper: &Helper, name: &str, dest: &Path) 
     let path = spool.prefetched(name);
     let taken = match fs::read(&path) {
         Ok(data) if is_sound_segment(&data, log, seg) => {
-            write_renamed(dest, &data, false)?;
+            crate::os::write_renamed(dest, &data, false)?;
             true
         }
         Ok(_) => {
@@ -418,7 +399,7 @@ pub fn run_fetcher(spool: &Spool, repos: &Repositories, after: &str, ahead: usiz
         let Some(data) = repos.first(|ctx| ctx.repo.get_wal(&name))? else {
             return Ok(());
         };
-        write_renamed(&spool.prefetched(&name), &data, true)
+        crate::os::write_renamed(&spool.prefetched(&name), &data, true)
     })?;
     Ok(())
 }

@@ -560,26 +560,6 @@ fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Sets `STOPPING` on SIGINT and SIGTERM (without SA_RESTART, so a blocked read returns
-/// and the stream loop sees it).
-pub fn stop_on_signals() -> &'static AtomicBool {
-    extern "C" fn on_signal(_: libc::c_int) {
-        STOPPING.store(true, Ordering::Relaxed);
-    }
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
-    &STOPPING
-}
-
-static STOPPING: AtomicBool = AtomicBool::new(false);
-
 /// The slot receive-wal uses for cluster `cluster`: the configured one, or the default.
 pub fn slot_of(receive: &ReceiveConfig, cluster: &str) -> String {
     (receive.slot.clone()).unwrap_or_else(|| default_slot(cluster))

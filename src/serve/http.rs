@@ -1,0 +1,132 @@
+//! The HTTP side of `serve`: `/metrics` and the read-only web view, from the last
+//! snapshot. Bound to loopback unless configured; anywhere else a token is required
+//! (`Authorization: Bearer TOKEN`, or `?token=TOKEN` for a browser).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::Utc;
+
+use super::Shared;
+use super::metrics;
+use crate::config::ServeConfig;
+
+/// The address to listen on and the token, checked: off loopback a token is required.
+pub fn endpoint(config: &ServeConfig) -> Result<(SocketAddr, Option<String>)> {
+    let addr: SocketAddr = config.listen.parse().with_context(|| {
+        format!(
+            "serve.listen '{}' is not an address; give IP:PORT, such as 127.0.0.1:9860",
+            config.listen
+        )
+    })?;
+    let token = match (&config.token, &config.token_file) {
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read serve.token_file {}", file.display()))?
+                .trim_end_matches('\n')
+                .to_string(),
+        ),
+        (None, None) => None,
+        (Some(_), Some(_)) => bail!("serve sets both token and token_file; keep one"),
+    };
+    if token.as_deref().is_some_and(str::is_empty) {
+        bail!("serve's token is empty; set a long random one");
+    }
+    if !addr.ip().is_loopback() && token.is_none() {
+        bail!(
+            "serve.listen {addr} is not a loopback address, so the metrics and web view need a token; set serve.token or serve.token_file (or listen on 127.0.0.1)"
+        );
+    }
+    Ok((addr, token))
+}
+
+#[derive(Clone)]
+pub(super) struct App {
+    shared: Arc<Mutex<Shared>>,
+    token: Option<Arc<String>>,
+}
+
+/// Serves until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    token: Option<String>,
+    shared: Arc<Mutex<Shared>>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = App {
+        shared,
+        token: token.map(Arc::new),
+    };
+    let router = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/", get(super::web::overview))
+        .layer(middleware::from_fn_with_state(app.clone(), authorize))
+        .with_state(app);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn authorize(
+    State(app): State<App>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &app.token {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let given = bearer.or(query.token.as_deref()).unwrap_or_default();
+        if !same(given.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "a token is required: send Authorization: Bearer TOKEN, or add ?token=TOKEN\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares in time independent of where the bytes differ, so that the token cannot be
+/// guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn metrics_page(State(app): State<App>) -> Response {
+    let text = {
+        let shared = app.shared();
+        metrics::render(&shared.snapshot, &shared.jobs, Utc::now())
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+impl App {
+    pub(super) fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

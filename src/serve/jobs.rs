@@ -1,0 +1,203 @@
+//! Jobs: each a child `pgkeep` process with the same config, its output kept as the
+//! run's log (`STATE/logs/CLUSTER/STAMP-JOB.log`). A child of its own cannot take
+//! `serve` down with it, and its memory is returned when it ends.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Job {
+    Backup,
+    Full,
+    Dump,
+    Expire,
+    Verify,
+    Prove,
+}
+
+impl Job {
+    pub const ALL: [Job; 6] = [
+        Job::Backup,
+        Job::Full,
+        Job::Dump,
+        Job::Expire,
+        Job::Verify,
+        Job::Prove,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::Backup => "backup",
+            Job::Full => "full",
+            Job::Dump => "dump",
+            Job::Expire => "expire",
+            Job::Verify => "verify",
+            Job::Prove => "prove",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Job> {
+        Job::ALL.into_iter().find(|j| j.name() == name)
+    }
+
+    /// The pgkeep command line that does it.
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Job::Backup => &["backup"],
+            Job::Full => &["backup", "--full"],
+            Job::Dump => &["dump", "--all"],
+            Job::Expire => &["expire"],
+            Job::Verify => &["verify"],
+            Job::Prove => &["prove", "--target", "random"],
+        }
+    }
+}
+
+/// A job that is running.
+pub struct Running {
+    pub cluster: String,
+    pub job: Job,
+    pub started: DateTime<Utc>,
+    pub log: PathBuf,
+    child: Child,
+    /// When SIGTERM was sent, for the SIGKILL after the grace period.
+    terminated: Option<Instant>,
+}
+
+/// How a job ended.
+pub struct Finished {
+    pub cluster: String,
+    pub job: Job,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub passed: bool,
+    /// The error pgkeep printed, or how the process ended.
+    pub error: Option<String>,
+    pub log: PathBuf,
+}
+
+impl Finished {
+    pub fn seconds(&self) -> f64 {
+        (self.finished - self.started).num_milliseconds() as f64 / 1000.0
+    }
+}
+
+/// Starts `job` of `cluster`, its output to a new log under `state`.
+pub fn start(config: &Path, state: &Path, cluster: &str, job: Job) -> Result<Running> {
+    let started = Utc::now();
+    let dir = state.join("logs").join(cluster);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log = dir.join(format!(
+        "{}-{}.log",
+        started.format("%Y%m%dT%H%M%SZ"),
+        job.name()
+    ));
+    let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let err = out.try_clone()?;
+    let program = std::env::current_exe().context("cannot find the pgkeep program")?;
+    let child = Command::new(program)
+        .arg("--config")
+        .arg(config)
+        .arg("--cluster")
+        .arg(cluster)
+        .args(job.args())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("cannot start {} of cluster {cluster}", job.name()))?;
+    Ok(Running {
+        cluster: cluster.to_string(),
+        job,
+        started,
+        log,
+        child,
+        terminated: None,
+    })
+}
+
+impl Running {
+    /// How it ended, if it has; after SIGTERM and `grace`, it is killed.
+    pub fn poll(&mut self, grace: Duration) -> Option<Finished> {
+        if self.terminated.is_some_and(|t| t.elapsed() > grace) {
+            let _ = self.child.kill();
+        }
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) => return None,
+            Err(e) => {
+                return Some(self.finished(Some(format!("cannot wait for the job: {e}"))));
+            }
+        };
+        let error = match (status.success(), status.code()) {
+            (true, _) => None,
+            (false, Some(code)) => {
+                Some(error_line(&self.log).unwrap_or_else(|| format!("exited with code {code}")))
+            }
+            (false, None) => Some("stopped by a signal".to_string()),
+        };
+        Some(self.finished(error))
+    }
+
+    fn finished(&self, error: Option<String>) -> Finished {
+        Finished {
+            cluster: self.cluster.clone(),
+            job: self.job,
+            started: self.started,
+            finished: Utc::now(),
+            passed: error.is_none(),
+            error,
+            log: self.log.clone(),
+        }
+    }
+
+    /// Asks the job to stop: pgkeep's commands stop cleanly on SIGTERM (a backup
+    /// publishes nothing half-made, a proof removes its scratch server and directory).
+    pub fn terminate(&mut self) {
+        if self.terminated.is_none() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            self.terminated = Some(Instant::now());
+        }
+    }
+}
+
+/// The last `pgkeep: error:` line of a log (what the command said went wrong), or the
+/// last line.
+fn error_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let last_error = lines
+        .clone()
+        .filter_map(|l| l.strip_prefix("pgkeep: error: "))
+        .next_back();
+    last_error
+        .or_else(|| lines.next_back())
+        .map(|l| l.chars().take(2000).collect())
+}
+
+/// Removes the job logs older than `days`.
+pub fn prune_logs(state: &Path, days: u64) {
+    let Ok(clusters) = std::fs::read_dir(state.join("logs")) else {
+        return;
+    };
+    let horizon = Duration::from_secs(days * 86_400);
+    for log in clusters
+        .flatten()
+        .flat_map(|c| std::fs::read_dir(c.path()).into_iter().flatten())
+    {
+        let Ok(log) = log else { continue };
+        let old = log
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > horizon));
+        if old {
+            let _ = std::fs::remove_file(log.path());
+        }
+    }
+}

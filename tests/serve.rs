@@ -1,0 +1,351 @@
+//! `serve`: scheduled backups and proofs on a cluster under load, their runs in history
+//! and their heartbeats; metrics scraped by a real Prometheus that agree with `info`;
+//! archiving broken and fixed, told by webhook (JSON and Slack form), mail (STARTTLS
+//! and login) and a command hook; a missed run caught up once at start; SIGTERM.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::objects::free_port;
+use common::observers::{HttpSink, Prometheus, SMTP_PASSWORD, SMTP_USER, SmtpSink};
+use common::{Env, Pg, Server, as_postgres, run_ok};
+
+const TOKEN: &str = "serve-test-token";
+
+/// A running `pgkeep serve`, its output in a file.
+struct Serve {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(env: &Env, log_name: &str) -> Serve {
+        let log = env.path(log_name);
+        let out = std::fs::File::create(&log).unwrap();
+        let child = as_postgres(&env.pgkeep)
+            .arg("--config")
+            .arg(&env.config)
+            .arg("serve")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let serve = Serve { child, log };
+        serve.wait_log(30, "metrics and web view on");
+        serve
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, seconds: u64, text: &str) -> String {
+        common::eventually(
+            seconds,
+            || Some(self.log()).filter(|log| log.contains(text)),
+            || format!("serve never said '{text}':\n{}", self.log()),
+        )
+    }
+
+    /// SIGTERM; it must stop within a minute, with success.
+    fn stop(mut self) -> String {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "serve exited with {status}:\n{}",
+                    self.log()
+                );
+                return self.log();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn configure(env: &Env, server: &Server, schedule: &str, port: u16, sinks: &(HttpSink, SmtpSink)) {
+    let (http, smtp) = sinks;
+    env.write_config(
+        server,
+        &format!(
+            r#"pg_bin = "{bin}"
+{schedule}
+heartbeat.backup = "{ping}"
+
+[status]
+rpo_warning_seconds = 5
+rpo_critical_seconds = 10
+
+[serve]
+listen = "127.0.0.1:{port}"
+token = "{TOKEN}"
+state_path = "{state}"
+refresh_seconds = 2
+
+[notify]
+on_success = true
+command = "cat > {hooks}/$PGKEEP_EVENT-$(date +%s%N).json"
+
+[[notify.webhook]]
+url = "{json_hook}"
+
+[[notify.webhook]]
+url = "{slack_hook}"
+format = "slack"
+
+[notify.email]
+server = "localhost"
+port = {smtp_port}
+security = "starttls"
+ca_file = "{ca}"
+user = "{SMTP_USER}"
+password = "{SMTP_PASSWORD}"
+from = "pgkeep <pgkeep@localhost>"
+to = ["dba@localhost"]
+"#,
+            bin = env.pg.bin.display(),
+            ping = http.url("/ping/backup"),
+            state = env.path("state").display(),
+            hooks = env.path("hooks").display(),
+            json_hook = http.url("/hook/json"),
+            slack_hook = http.url("/hook/slack"),
+            smtp_port = smtp.port,
+            ca = smtp.ca.display(),
+        ),
+    );
+}
+
+fn curl(url: &str, token: Option<&str>) -> (String, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        c.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    let out = run_ok(c.arg(url));
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap();
+    (body.to_string(), code.to_string())
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Hook files of `event` the command hook wrote.
+fn hooks(dir: &Path, event: &str) -> Vec<serde_json::Value> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{event}-"))
+        })
+        .map(|e| json(&std::fs::read_to_string(e.path()).unwrap()))
+        .collect();
+    found.sort_by_key(|v| v["time"].as_str().unwrap_or_default().to_string());
+    found
+}
+
+fn serve(pg: Pg) {
+    let env = Env::new(&format!("serve{}", pg.major), pg);
+    let main = env.primary();
+    main.pgbench_init(1);
+    env.pgkeep_ok(&["init"]);
+    env.backup();
+    for dir in ["state", "hooks"] {
+        std::fs::create_dir_all(env.path(dir)).unwrap();
+        common::chown_postgres(&env.path(dir));
+    }
+    let sinks = (HttpSink::start(), SmtpSink::start(&env.dir));
+    let port = free_port();
+    // Both due every minute: the proof waits for the backup, never overlapping it.
+    configure(
+        &env,
+        &main,
+        "schedule.backup = \"* * * * *\"\nschedule.prove = \"* * * * *\"",
+        port,
+        &sinks,
+    );
+    let prometheus = Prometheus::start(&env.dir, port, TOKEN);
+    let load = main.pgbench_load(1);
+    let serve = Serve::start(&env, "serve.log");
+    let (http, smtp) = &sinks;
+
+    // Scheduled runs: each in the history, pinged, told.
+    http.wait_for(100, |r| r.path == "/ping/backup/start");
+    http.wait_for(100, |r| {
+        r.path == "/ping/backup" && r.body.contains("succeeded")
+    });
+    let proved = http.wait_for(200, |r| {
+        r.path == "/hook/json" && r.body.contains("\"job\":\"prove\"")
+    });
+    assert!(
+        proved.body.contains("\"event\":\"job_succeeded\""),
+        "{proved:?}"
+    );
+    let runs = json(&env.pgkeep_ok(&["history", "--json"]));
+    let runs = runs.as_array().unwrap();
+    let (backups, proofs): (Vec<_>, Vec<_>) = runs
+        .iter()
+        .skip(1)
+        .filter(|r| r["kind"] == "backup" || r["kind"] == "prove")
+        .partition(|r| r["kind"] == "backup");
+    assert!(!backups.is_empty() && !proofs.is_empty(), "{runs:?}");
+    assert!(runs.iter().all(|r| r["passed"] == true), "{runs:?}");
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1]["started"].as_str() >= pair[0]["finished"].as_str(),
+            "runs overlap: {pair:?}"
+        );
+    }
+    load.stop(&main);
+
+    // The endpoints: a token is required, the metrics pass promtool, the page shows OK.
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    assert_eq!(curl(&metrics_url, None).1, "401");
+    assert_eq!(curl(&metrics_url, Some("wrong")).1, "401");
+    let (text, code) = curl(&metrics_url, Some(TOKEN));
+    assert_eq!(code, "200");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let (page, code) = curl(&format!("http://127.0.0.1:{port}/"), Some(TOKEN));
+    assert_eq!(code, "200");
+    assert!(page.contains("<td>main</td>"), "{page}");
+
+    // Prometheus scraped them, and they agree with info.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = json(&env.pgkeep_ok(&["info", "--json"]));
+        let count = info["backups"].as_array().unwrap().len() as f64;
+        let scraped = prometheus.value("pgkeep_backups{cluster=\"main\"}");
+        if scraped == Some(count) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics say {scraped:?} backups, info {count}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(
+        prometheus.wait_value(30, "pgkeep_proof_newest_passed{cluster=\"main\"}"),
+        1.0
+    );
+    assert!(prometheus.wait_value(30, "pgkeep_proof_rto_seconds") > 0.0);
+    assert!(prometheus.wait_value(30, "pgkeep_job_runs{task=\"backup\",result=\"passed\"}") >= 1.0);
+    assert!(prometheus.wait_value(30, "pgkeep_recoverable_window_seconds") > 0.0);
+
+    // Archiving breaks: CRITICAL, told everywhere; a backup fails and its heartbeat says so.
+    main.sql("ALTER SYSTEM SET archive_command = 'false'");
+    main.sql("SELECT pg_reload_conf()");
+    main.sql("CREATE TABLE more AS SELECT generate_series(1, 100000) g");
+    main.sql("SELECT pg_switch_wal()");
+    let alert = http.wait_for(90, |r| {
+        r.path == "/hook/json" && r.body.contains("\"check\":\"archiver\"")
+    });
+    let alert = json(&alert.body);
+    assert_eq!(alert["event"], "alert");
+    assert_eq!(alert["level"], "CRITICAL");
+    let slack = http.wait_for(10, |r| {
+        r.path == "/hook/slack" && r.body.contains("archiver CRITICAL")
+    });
+    assert!(
+        json(&slack.body)["text"]
+            .as_str()
+            .unwrap()
+            .contains("archive_command is failing")
+    );
+    let mail = smtp.wait_for(30, "archiver CRITICAL");
+    assert!(
+        mail.contains("To: dba@localhost") && mail.contains("archive_command is failing"),
+        "{mail}"
+    );
+    assert!(
+        hooks(&env.path("hooks"), "alert")
+            .iter()
+            .any(|h| h["check"] == "archiver")
+    );
+    assert_eq!(
+        prometheus.wait_value(30, "pgkeep_archiver_failing == 1"),
+        1.0
+    );
+    assert_eq!(prometheus.wait_value(30, "pgkeep_status == 2"), 2.0);
+    http.wait_for(150, |r| r.path == "/ping/backup/fail");
+
+    // Fixed: the clear notice comes and status returns to OK.
+    main.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        env.archive_command()
+    ));
+    main.sql("SELECT pg_reload_conf()");
+    let cleared = http.wait_for(120, |r| {
+        r.path == "/hook/json"
+            && r.body.contains("\"event\":\"cleared\"")
+            && r.body.contains("\"check\":\"archiver\"")
+    });
+    assert_eq!(json(&cleared.body)["level"], "OK");
+    smtp.wait_for(30, "archiver back to OK");
+    let log = serve.stop();
+    assert!(log.contains("pgkeep serve: stopping"), "{log}");
+
+    missed_run_caught_up(&env, &main, port, &sinks);
+}
+
+/// A backup due while serve was down runs once at start, not once per missed time.
+fn missed_run_caught_up(env: &Env, main: &Server, port: u16, sinks: &(HttpSink, SmtpSink)) {
+    configure(env, main, "schedule.backup = \"0 * * * *\"", port, sinks);
+    let state = env.path("state/schedule.json");
+    let hours_ago = chrono::Utc::now() - chrono::TimeDelta::hours(3);
+    std::fs::write(
+        &state,
+        format!(
+            "{{\"main/backup\": \"{}\", \"main/prove\": \"{}\"}}",
+            hours_ago.to_rfc3339(),
+            hours_ago.to_rfc3339()
+        ),
+    )
+    .unwrap();
+    let before = env.labels().len();
+    let serve = Serve::start(env, "serve-again.log");
+    serve.wait_log(60, "main: backup succeeded");
+    std::thread::sleep(Duration::from_secs(5));
+    let log = serve.stop();
+    assert_eq!(log.matches("main: backup started").count(), 1, "{log}");
+    assert!(
+        !log.contains("prove started"),
+        "prove is no longer scheduled:\n{log}"
+    );
+    assert_eq!(env.labels().len(), before + 1);
+}
+
+on_each_version!(serve);
