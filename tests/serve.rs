@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::objects::free_port;
-use common::observers::{HttpSink, Prometheus, SMTP_PASSWORD, SMTP_USER, SmtpSink};
+use common::observers::{
+    HttpSink, Prometheus, SMTP_PASSWORD, SMTP_USER, SmtpSink, rendered_dom, screenshot,
+};
 use common::{Env, Pg, Server, as_postgres, run_ok};
 
 const TOKEN: &str = "serve-test-token";
@@ -169,12 +171,23 @@ fn serve(pg: Pg) {
     main.pgbench_init(1);
     env.pgkeep_ok(&["init"]);
     env.backup();
+    // Three segments after the first backup, the middle one to be lost later.
+    let mut lost = String::new();
+    for i in 0..3 {
+        main.sql("INSERT INTO pgbench_history SELECT 1, 1, 1, 1, now()");
+        if i == 1 {
+            lost = main.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        }
+        main.sql("SELECT pg_switch_wal()");
+    }
+    main.wait_archived();
     for dir in ["state", "hooks"] {
         std::fs::create_dir_all(env.path(dir)).unwrap();
         common::chown_postgres(&env.path(dir));
     }
     let sinks = (HttpSink::start(), SmtpSink::start(&env.dir));
     let port = free_port();
+    refuses_bad_settings(&env, &main, port, &sinks);
     // Both due every minute: the proof waits for the backup, never overlapping it.
     configure(
         &env,
@@ -240,7 +253,7 @@ fn serve(pg: Pg) {
     );
     let (page, code) = curl(&format!("http://127.0.0.1:{port}/"), Some(TOKEN));
     assert_eq!(code, "200");
-    assert!(page.contains("<td>main</td>"), "{page}");
+    assert!(page.contains(">main</a></td>"), "{page}");
 
     // Prometheus scraped them, and they agree with info.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -300,6 +313,8 @@ fn serve(pg: Pg) {
         1.0
     );
     assert_eq!(prometheus.wait_value(30, "pgkeep_status == 2"), 2.0);
+    let (overview, _) = curl(&format!("http://127.0.0.1:{port}/?token={TOKEN}"), None);
+    assert!(overview.contains("<tr class=\"CRITICAL\">"), "{overview}");
     http.wait_for(150, |r| r.path == "/ping/backup/fail");
 
     // Fixed: the clear notice comes and status returns to OK.
@@ -315,10 +330,91 @@ fn serve(pg: Pg) {
     });
     assert_eq!(json(&cleared.body)["level"], "OK");
     smtp.wait_for(30, "archiver back to OK");
+    web_view(&env, port, &lost);
     let log = serve.stop();
     assert!(log.contains("pgkeep serve: stopping"), "{log}");
 
     missed_run_caught_up(&env, &main, port, &sinks);
+}
+
+/// Settings serve cannot work with are refused at start, each with its fix.
+fn refuses_bad_settings(env: &Env, main: &Server, port: u16, sinks: &(HttpSink, SmtpSink)) {
+    let schedule = "schedule.backup = \"* * * * *\"";
+    for (setting, error) in [
+        (
+            "schedule.backup = \"61 * * * *\"",
+            "cluster.main.schedule.backup '61 * * * *' is not a cron expression",
+        ),
+        (
+            "time_zone = \"Mars/Olympus\"",
+            "cluster.main.time_zone 'Mars/Olympus' is not a time zone",
+        ),
+    ] {
+        configure(env, main, setting, port, sinks);
+        let stderr = env.pgkeep_err(&["serve"]);
+        assert!(stderr.contains(error), "{stderr}");
+    }
+    configure(env, main, schedule, port, sinks);
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    let open = config
+        .replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:")
+        .replace(&format!("token = \"{TOKEN}\"\n"), "");
+    std::fs::write(&env.config, open).unwrap();
+    let stderr = env.pgkeep_err(&["serve"]);
+    assert!(
+        stderr.contains(
+            "is not a loopback address, so the metrics and web view need a token; set serve.token"
+        ),
+        "{stderr}"
+    );
+}
+
+/// The cluster's page as Chromium renders it: a mark per backup (as many as `info`
+/// lists), a passed proof, the recoverable window, and the segment `lost` from the
+/// repository as a red gap; a screenshot of it.
+fn web_view(env: &Env, port: u16, lost: &str) {
+    std::fs::remove_file(env.repo.join("main/wal/00000001").join(lost)).unwrap();
+    let url = format!("http://127.0.0.1:{port}/cluster/main?token={TOKEN}");
+    let dom = common::eventually(
+        60,
+        || {
+            let dom = rendered_dom(&url);
+            let info = json(&env.pgkeep_ok(&["info", "--json"]));
+            let backups = info["backups"].as_array().unwrap().len();
+            let marks = dom.matches("<g class=\"backup\">").count();
+            let rows = dom.matches("<tr class=\"backup\">").count();
+            Some(dom).filter(|d| marks == backups && rows == backups && d.contains("class=\"gap\""))
+        },
+        || {
+            format!(
+                "the page never showed every backup and the gap:\n{}",
+                rendered_dom(&url)
+            )
+        },
+    );
+    assert!(dom.contains("<circle class=\"proof passed\""), "{dom}");
+    assert!(dom.contains("<rect class=\"window\""), "{dom}");
+    assert!(dom.contains(&format!("missing {lost}")), "{dom}");
+    assert!(
+        dom.contains("<tr class=\"job OK\">") && dom.contains(">log</a>"),
+        "{dom}"
+    );
+    let overview = rendered_dom(&format!("http://127.0.0.1:{port}/?token={TOKEN}"));
+    assert!(
+        overview.contains("<tr class=\"WARNING\">") && overview.contains(lost),
+        "{overview}"
+    );
+    let png = env.path("web-view.png");
+    screenshot(&url, &png, 1100, 1300);
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,
+        "{} bytes",
+        bytes.len()
+    );
+    if let Ok(keep) = std::env::var("PGKEEP_SCREENSHOT") {
+        std::fs::copy(&png, keep).unwrap();
+    }
 }
 
 /// A backup due while serve was down runs once at start, not once per missed time.

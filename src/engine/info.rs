@@ -36,6 +36,9 @@ pub struct InfoReport {
     /// The sentences of `status.attention` about missing WAL that limits recovery.
     #[serde(skip)]
     pub wal_limits: Vec<String>,
+    /// The cluster's WAL segment size, to place segments by LSN.
+    #[serde(skip)]
+    pub segment_size: SegmentSize,
 }
 
 /// A receive-wal's last report, with how far it is behind the server.
@@ -287,6 +290,7 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
         recoverable,
         receivers,
         wal_limits,
+        segment_size: seg,
     })
 }
 

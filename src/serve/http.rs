@@ -68,6 +68,8 @@ pub async fn serve(
     let router = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/", get(super::web::overview))
+        .route("/cluster/{name}", get(super::web::cluster))
+        .route("/cluster/{name}/log/{file}", get(super::web::log))
         .layer(middleware::from_fn_with_state(app.clone(), authorize))
         .with_state(app);
     axum::serve(listener, router)
@@ -76,8 +78,8 @@ pub async fn serve(
 }
 
 #[derive(serde::Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
+pub(super) struct TokenQuery {
+    pub token: Option<String>,
 }
 
 async fn authorize(

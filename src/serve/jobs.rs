@@ -70,6 +70,7 @@ pub struct Running {
 }
 
 /// How a job ended.
+#[derive(Clone)]
 pub struct Finished {
     pub cluster: String,
     pub job: Job,

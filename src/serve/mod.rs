@@ -16,6 +16,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod notify;
+pub mod picture;
 pub mod schedule;
 pub mod watch;
 pub mod web;
@@ -40,11 +41,18 @@ use watch::{Alerts, Snapshot, View};
 /// How often the loop looks at jobs, due times and signals.
 const TICK: Duration = Duration::from_millis(250);
 
+/// How many finished jobs the web view lists.
+const RECENT_JOBS: usize = 200;
+
 /// What the HTTP side reads.
 #[derive(Default)]
 pub struct Shared {
     pub snapshot: Snapshot,
     pub jobs: JobStats,
+    /// The jobs that ended, newest last.
+    pub recent: VecDeque<Finished>,
+    /// Where the job logs are (`STATE/logs`).
+    pub logs: std::path::PathBuf,
 }
 
 /// Runs until SIGTERM or SIGINT; `config_path` is handed to the jobs.
@@ -68,7 +76,10 @@ pub fn serve(config: &Config, config_path: &Path) -> Result<i32> {
         .with_context(|| {
             format!("cannot listen on {addr}; is another pgkeep serve running? set serve.listen")
         })?;
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let shared = Arc::new(Mutex::new(Shared {
+        logs: state.join("logs"),
+        ..Shared::default()
+    }));
     let (notifier, sender) = notify::Notifier::start(&config.notify, runtime.handle())?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = runtime.spawn(http::serve(listener, token, shared.clone(), async {
@@ -339,6 +350,10 @@ impl<'c> Service<'c> {
                 stat.last_success = Some(done.finished);
             } else {
                 stat.failed += 1;
+            }
+            shared.recent.push_back(done.clone());
+            if shared.recent.len() > RECENT_JOBS {
+                shared.recent.pop_front();
             }
         }
         let (event, level, beat, message) = match &done.error {

@@ -258,3 +258,41 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// Headless Chromium (Debian's) on `url`, with `args` (`--dump-dom`, `--screenshot=`).
+fn chromium(url: &str, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot start chromium ({e}); run scripts/test, which installs it")
+        });
+    assert!(out.status.success(), "chromium failed on {url}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The DOM Chromium builds from the page at `url`.
+pub fn rendered_dom(url: &str) -> String {
+    chromium(url, &["--dump-dom"])
+}
+
+/// A screenshot of the page at `url`, `width` by `height`, written to `png`.
+pub fn screenshot(url: &str, png: &Path, width: u32, height: u32) {
+    chromium(
+        url,
+        &[
+            &format!("--screenshot={}", png.display()),
+            &format!("--window-size={width},{height}"),
+        ],
+    );
+}
