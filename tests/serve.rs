@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::damage::damage_table;
 use common::objects::free_port;
 use common::observers::{
     HttpSink, Prometheus, SMTP_PASSWORD, SMTP_USER, SmtpSink, rendered_dom, screenshot,
@@ -331,6 +332,7 @@ fn serve(pg: Pg) {
     assert_eq!(json(&cleared.body)["level"], "OK");
     smtp.wait_for(30, "archiver back to OK");
     web_view(&env, port, &lost);
+    damaged_backup_flagged(&env, &main, port, &prometheus);
     let log = serve.stop();
     assert!(log.contains("pgkeep serve: stopping"), "{log}");
 
@@ -415,6 +417,23 @@ fn web_view(env: &Env, port: u16, lost: &str) {
     if let Ok(keep) = std::env::var("PGKEEP_SCREENSHOT") {
         std::fs::copy(&png, keep).unwrap();
     }
+}
+
+/// A proof of a backup with a damaged chunk fails: metrics say CRITICAL, and the web
+/// view marks the proof failed, naming the chunk.
+fn damaged_backup_flagged(env: &Env, main: &Server, port: u16, prometheus: &Prometheus) {
+    let label = env.labels().pop().unwrap();
+    let chunk = damage_table(env, main, &label, "pgbench_accounts");
+    let out = env.pgkeep(&["prove", "--backup", &label]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(prometheus.wait_value(30, "pgkeep_status == 2"), 2.0);
+    let url = format!("http://127.0.0.1:{port}/cluster/main?token={TOKEN}");
+    let dom = common::eventually(
+        30,
+        || Some(rendered_dom(&url)).filter(|d| d.contains("<circle class=\"proof failed\"")),
+        || format!("no failed proof shown:\n{}", rendered_dom(&url)),
+    );
+    assert!(dom.contains(&format!("chunk {chunk}")), "{dom}");
 }
 
 /// A backup due while serve was down runs once at start, not once per missed time.
