@@ -223,9 +223,11 @@ fn serve(pg: Pg) {
         .partition(|r| r["kind"] == "backup");
     assert!(!backups.is_empty() && !proofs.is_empty(), "{runs:?}");
     assert!(runs.iter().all(|r| r["passed"] == true), "{runs:?}");
+    let time =
+        |v: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
     for pair in runs.windows(2) {
         assert!(
-            pair[1]["started"].as_str() >= pair[0]["finished"].as_str(),
+            time(&pair[1]["started"]) >= time(&pair[0]["finished"]),
             "runs overlap: {pair:?}"
         );
     }
@@ -339,6 +341,21 @@ fn serve(pg: Pg) {
     missed_run_caught_up(&env, &main, port, &sinks);
 }
 
+/// `pgkeep serve`, which must refuse to start (and is stopped if it does not); its
+/// standard error.
+fn serve_refused(env: &Env) -> String {
+    let out = as_postgres("timeout")
+        .args(["20"])
+        .arg(&env.pgkeep)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "serve did not refuse: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Settings serve cannot work with are refused at start, each with its fix.
 fn refuses_bad_settings(env: &Env, main: &Server, port: u16, sinks: &(HttpSink, SmtpSink)) {
     let schedule = "schedule.backup = \"* * * * *\"";
@@ -348,12 +365,16 @@ fn refuses_bad_settings(env: &Env, main: &Server, port: u16, sinks: &(HttpSink, 
             "cluster.main.schedule.backup '61 * * * *' is not a cron expression",
         ),
         (
+            "schedule.backup = \"0 0 30 2 *\"",
+            "cluster.main.schedule.backup '0 0 30 2 *' never falls due",
+        ),
+        (
             "time_zone = \"Mars/Olympus\"",
             "cluster.main.time_zone 'Mars/Olympus' is not a time zone",
         ),
     ] {
         configure(env, main, setting, port, sinks);
-        let stderr = env.pgkeep_err(&["serve"]);
+        let stderr = serve_refused(env);
         assert!(stderr.contains(error), "{stderr}");
     }
     configure(env, main, schedule, port, sinks);
@@ -362,7 +383,7 @@ fn refuses_bad_settings(env: &Env, main: &Server, port: u16, sinks: &(HttpSink, 
         .replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:")
         .replace(&format!("token = \"{TOKEN}\"\n"), "");
     std::fs::write(&env.config, open).unwrap();
-    let stderr = env.pgkeep_err(&["serve"]);
+    let stderr = serve_refused(env);
     assert!(
         stderr.contains(
             "is not a loopback address, so the metrics and web view need a token; set serve.token"
@@ -451,11 +472,21 @@ fn missed_run_caught_up(env: &Env, main: &Server, port: u16, sinks: &(HttpSink, 
     )
     .unwrap();
     let before = env.labels().len();
+    let started = chrono::Utc::now();
     let serve = Serve::start(env, "serve-again.log");
     serve.wait_log(60, "main: backup succeeded");
     std::thread::sleep(Duration::from_secs(5));
     let log = serve.stop();
+    // Once: not once per missed hour (nor tried again and skipped as still running).
     assert_eq!(log.matches("main: backup started").count(), 1, "{log}");
+    assert!(!log.contains("skipped"), "{log}");
+    let recorded = json(&std::fs::read_to_string(&state).unwrap());
+    let due =
+        chrono::DateTime::parse_from_rfc3339(recorded["main/backup"].as_str().unwrap()).unwrap();
+    assert!(
+        due >= started,
+        "the run was not recorded as done: {recorded}"
+    );
     assert!(
         !log.contains("prove started"),
         "prove is no longer scheduled:\n{log}"

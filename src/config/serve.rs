@@ -31,6 +31,48 @@ pub struct ServeConfig {
     pub stop_seconds: u64,
 }
 
+impl ServeConfig {
+    /// What serve's settings must satisfy.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (key, value, range) in [
+            ("refresh_seconds", self.refresh_seconds, 1..=86_400),
+            ("log_days", self.log_days, 1..=36_500),
+            ("stop_seconds", self.stop_seconds, 0..=86_400),
+        ] {
+            if !range.contains(&value) {
+                anyhow::bail!(
+                    "serve.{key} = {value} is out of range; give {} to {}",
+                    range.start(),
+                    range.end()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The token the endpoints require, if any.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        match (&self.token, &self.token_file) {
+            (Some(t), None) => Ok(Some(t.clone())),
+            (None, Some(file)) => read_secret(file, "serve.token_file").map(Some),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => anyhow::bail!("serve sets both token and token_file; keep one"),
+        }
+    }
+}
+
+/// The contents of a secret's file without its line ending; `key` names the setting.
+pub fn read_secret(file: &std::path::Path, key: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "cannot read {key} {}; make it readable by the user pgkeep runs as, or fix the path",
+            file.display()
+        )
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
@@ -139,6 +181,14 @@ pub struct JobTable<T> {
 }
 
 impl<T> JobTable<T> {
+    /// The setting of the job named `name`.
+    pub fn get(&self, name: &str) -> Option<&T> {
+        self.entries()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v)
+    }
+
     /// Each job's name and setting, in the order above.
     pub fn entries(&self) -> [(&'static str, Option<&T>); 6] {
         [

@@ -26,17 +26,7 @@ pub fn endpoint(config: &ServeConfig) -> Result<(SocketAddr, Option<String>)> {
             config.listen
         )
     })?;
-    let token = match (&config.token, &config.token_file) {
-        (Some(t), None) => Some(t.clone()),
-        (None, Some(file)) => Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read serve.token_file {}", file.display()))?
-                .trim_end_matches('\n')
-                .to_string(),
-        ),
-        (None, None) => None,
-        (Some(_), Some(_)) => bail!("serve sets both token and token_file; keep one"),
-    };
+    let token = config.token()?;
     if token.as_deref().is_some_and(str::is_empty) {
         bail!("serve's token is empty; set a long random one");
     }
@@ -89,6 +79,15 @@ async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
+    if app.token.is_none() && !loopback_host(&headers) {
+        // Without a token only loopback may ask, and a browser's page on another site
+        // that renamed itself to 127.0.0.1 (DNS rebinding) still sends its own name.
+        return (
+            StatusCode::FORBIDDEN,
+            "this address serves loopback only; open it as 127.0.0.1 or localhost, or set serve.token\n",
+        )
+            .into_response();
+    }
     if let Some(token) = &app.token {
         let bearer = headers
             .get(header::AUTHORIZATION)
@@ -104,6 +103,21 @@ async fn authorize(
         }
     }
     next.run(request).await
+}
+
+/// Whether the request's `Host` is a loopback address or `localhost`.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Compares in time independent of where the bytes differ, so that the token cannot be
@@ -129,6 +143,6 @@ async fn metrics_page(State(app): State<App>) -> Response {
 
 impl App {
     pub(super) fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.shared)
     }
 }

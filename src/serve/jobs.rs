@@ -3,6 +3,7 @@
 //! `serve` down with it, and its memory is returned when it ends.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,9 +78,12 @@ pub struct Finished {
     pub started: DateTime<Utc>,
     pub finished: DateTime<Utc>,
     pub passed: bool,
+    /// Whether serve stopped it (on its own SIGTERM).
+    pub stopped: bool,
     /// The error pgkeep printed, or how the process ended.
     pub error: Option<String>,
-    pub log: PathBuf,
+    /// Its log, if it started.
+    pub log: Option<PathBuf>,
 }
 
 impl Finished {
@@ -101,7 +105,10 @@ pub fn start(config: &Path, state: &Path, cluster: &str, job: Job) -> Result<Run
     let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
     let program = std::env::current_exe().context("cannot find the pgkeep program")?;
+    // A process group of its own: a SIGKILL after the grace period reaches whatever
+    // the job started, too (its pg_dump, its scratch server).
     let child = Command::new(program)
+        .process_group(0)
         .arg("--config")
         .arg(config)
         .arg("--cluster")
@@ -126,7 +133,8 @@ impl Running {
     /// How it ended, if it has; after SIGTERM and `grace`, it is killed.
     pub fn poll(&mut self, grace: Duration) -> Option<Finished> {
         if self.terminated.is_some_and(|t| t.elapsed() > grace) {
-            let _ = self.child.kill();
+            // SAFETY: killpg(2) on the process group our child leads.
+            unsafe { libc::killpg(self.child.id() as libc::pid_t, libc::SIGKILL) };
         }
         let status = match self.child.try_wait() {
             Ok(Some(status)) => status,
@@ -152,8 +160,9 @@ impl Running {
             started: self.started,
             finished: Utc::now(),
             passed: error.is_none(),
+            stopped: self.terminated.is_some(),
             error,
-            log: self.log.clone(),
+            log: Some(self.log.clone()),
         }
     }
 
@@ -168,10 +177,17 @@ impl Running {
     }
 }
 
-/// The last `pgkeep: error:` line of a log (what the command said went wrong), or the
-/// last line.
+/// The last `pgkeep: error:` line of a log's end (what the command said went wrong),
+/// or its last line.
 fn error_line(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let mut file = File::open(log).ok()?;
+    let size = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(size.saturating_sub(TAIL))).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let last_error = lines
         .clone()

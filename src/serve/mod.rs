@@ -7,10 +7,12 @@
 //! - Jobs of one cluster never overlap: a job falling due while another of its
 //!   cluster runs waits for it; one falling due while the same job still runs or
 //!   waits is skipped, and the skip is told.
-//! - A due time is recorded before its job starts (see `schedule`): no job runs twice
-//!   for one due time, and one missed while `serve` was down runs once at start.
+//! - A due time is recorded as its job starts (or is skipped), never while it only
+//!   waits: no job runs twice for one due time, and one missed while `serve` was down
+//!   (or still waiting when it stopped) runs once at start.
 //! - On SIGTERM or SIGINT no job starts; running jobs get SIGTERM (pgkeep's commands
-//!   stop cleanly on it) and `stop_seconds`, then SIGKILL; queued notices still go out.
+//!   stop cleanly on it) and `stop_seconds`, then SIGKILL to their process group;
+//!   queued notices still go out, for at most `NOTICE_FLUSH`.
 
 pub mod http;
 pub mod jobs;
@@ -25,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -41,6 +43,9 @@ use watch::{Alerts, Snapshot, View};
 /// How often the loop looks at jobs, due times and signals.
 const TICK: Duration = Duration::from_millis(250);
 
+/// How long queued notices may take to go out once serve stops.
+const NOTICE_FLUSH: Duration = Duration::from_secs(20);
+
 /// How many finished jobs the web view lists.
 const RECENT_JOBS: usize = 200;
 
@@ -55,9 +60,16 @@ pub struct Shared {
     pub logs: std::path::PathBuf,
 }
 
+/// The shared state, also after a panic elsewhere left its lock poisoned (every
+/// writer leaves it consistent at each step).
+pub fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs until SIGTERM or SIGINT; `config_path` is handed to the jobs.
 pub fn serve(config: &Config, config_path: &Path) -> Result<i32> {
-    let schedules = schedule::schedules(config)?;
+    config.serve.check()?;
+    let schedules = schedule::schedules(config, Utc::now())?;
     let (addr, token) = http::endpoint(&config.serve)?;
     let state = &config.serve.state_path;
     std::fs::create_dir_all(state).with_context(|| {
@@ -87,13 +99,12 @@ pub fn serve(config: &Config, config_path: &Path) -> Result<i32> {
     }));
     println!("pgkeep serve: metrics and web view on http://{addr}/");
     let now = Utc::now();
-    for s in &schedules {
-        let next = schedule::first_due(s, due_times.last(s), now);
-        println!(
-            "  {}: next at {}",
-            s.key(),
-            next.map_or("never".into(), |t| t.to_rfc3339())
-        );
+    let next: Vec<Option<DateTime<Utc>>> = (schedules.iter())
+        .map(|s| schedule::first_due(s, due_times.last(&s.key()), now))
+        .collect();
+    for (s, next) in schedules.iter().zip(&next) {
+        let next = next.map_or("never".into(), |t| t.to_rfc3339());
+        println!("  {}: next at {next}", s.key());
     }
 
     let mut service = Service {
@@ -107,16 +118,17 @@ pub fn serve(config: &Config, config_path: &Path) -> Result<i32> {
         waiting: BTreeMap::new(),
         alerts: Alerts::default(),
     };
-    let result = std::thread::scope(|scope| service.run(scope, &schedules));
+    std::thread::scope(|scope| service.run(scope, &schedules, next));
 
     drop(service);
     runtime.block_on(async {
-        // Queued notices still go out, within reason.
-        let _ = tokio::time::timeout(Duration::from_secs(60), sender).await;
+        let _ = tokio::time::timeout(NOTICE_FLUSH, sender).await;
         let _ = stop_http.send(());
-        let _ = server.await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     });
-    result.map(|()| 0)
+    // A notice command still running is not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(0)
 }
 
 struct Service<'c> {
@@ -128,8 +140,8 @@ struct Service<'c> {
     due_times: DueTimes,
     /// The job running for each cluster.
     running: BTreeMap<String, Running>,
-    /// The jobs that fell due while their cluster was busy, in order.
-    waiting: BTreeMap<String, VecDeque<Job>>,
+    /// The jobs that fell due while their cluster was busy, in order, with when.
+    waiting: BTreeMap<String, VecDeque<(Job, DateTime<Utc>)>>,
     alerts: Alerts,
 }
 
@@ -138,43 +150,40 @@ impl<'c> Service<'c> {
         &mut self,
         scope: &'s std::thread::Scope<'s, '_>,
         schedules: &[Schedule],
-    ) -> Result<()>
-    where
+        mut next: Vec<Option<DateTime<Utc>>>,
+    ) where
         'c: 's,
     {
         let stop = crate::os::stop_on_signals();
-        let now = Utc::now();
-        let mut next: Vec<Option<DateTime<Utc>>> = schedules
-            .iter()
-            .map(|s| schedule::first_due(s, self.due_times.last(s), now))
-            .collect();
         let clusters: Vec<String> = self.config.cluster.keys().cloned().collect();
-        let refresh_every = chrono::TimeDelta::seconds(self.config.serve.refresh_seconds as i64);
-        let mut next_refresh = now;
+        // Refreshes follow the monotonic clock, so a clock stepped back does not stop
+        // them; due times follow the wall clock, as cron's do.
+        let refresh_every = Duration::from_secs(self.config.serve.refresh_seconds);
+        let mut next_refresh = Instant::now();
         let mut stale: BTreeSet<String> = BTreeSet::new();
         let (views_out, views_in) = mpsc::channel::<Vec<View>>();
         let mut refreshing = false;
         jobs::prune_logs(&self.config.serve.state_path, self.config.serve.log_days);
 
         while !stop.load(Ordering::Relaxed) {
-            let now = Utc::now();
             for done in self.poll_jobs() {
                 stale.insert(done.cluster.clone());
                 self.finished(done);
             }
+            self.start_waiting();
+            let now = Utc::now();
             for (s, due) in schedules.iter().zip(next.iter_mut()) {
                 if due.is_some_and(|t| t <= now) {
                     *due = s.next_after(now);
                     self.fall_due(s, now);
                 }
             }
-            self.start_waiting();
             if let Ok(views) = views_in.try_recv() {
                 refreshing = false;
                 self.apply(views);
             }
-            if !refreshing && now >= next_refresh {
-                next_refresh = now + refresh_every;
+            if !refreshing && Instant::now() >= next_refresh {
+                next_refresh = Instant::now() + refresh_every;
                 stale.extend(clusters.iter().cloned());
             }
             if !refreshing && !stale.is_empty() {
@@ -188,6 +197,21 @@ impl<'c> Service<'c> {
             std::thread::sleep(TICK);
         }
         println!("pgkeep serve: stopping");
+        for (cluster, queue) in std::mem::take(&mut self.waiting) {
+            for (job, due) in queue {
+                self.notice(
+                    Event::JobStopped,
+                    &cluster,
+                    job.name(),
+                    Level::Warning,
+                    format!(
+                        "{} due at {} did not run: serve stopped first (it runs when serve starts again)",
+                        job.name(),
+                        due.format("%Y-%m-%d %H:%M:%S UTC")
+                    ),
+                );
+            }
+        }
         for job in self.running.values_mut() {
             job.terminate();
         }
@@ -197,7 +221,6 @@ impl<'c> Service<'c> {
             }
             std::thread::sleep(TICK);
         }
-        Ok(())
     }
 
     /// The jobs that ended since the last look.
@@ -215,7 +238,7 @@ impl<'c> Service<'c> {
     }
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.shared)
     }
 
     fn heartbeats(&self, cluster: &str) -> Option<&crate::config::JobTable<String>> {
@@ -236,26 +259,16 @@ impl<'c> Service<'c> {
         });
     }
 
-    /// `schedule` is due: record that, then start its job, queue it behind the job
-    /// its cluster runs, or skip it if that same job already runs or waits.
+    /// `schedule` is due: start its job, queue it behind the job its cluster runs, or
+    /// skip it if that same job already runs or waits.
     fn fall_due(&mut self, schedule: &Schedule, now: DateTime<Utc>) {
         let (cluster, job) = (schedule.cluster.as_str(), schedule.job);
-        if let Err(e) = self.due_times.record(schedule, now) {
-            // Running without the record could run it twice after a crash.
-            self.notice(
-                Event::JobFailed,
-                cluster,
-                job.name(),
-                Level::Critical,
-                format!("not started, the due time could not be recorded: {e:#}"),
-            );
-            return;
-        }
         let running = self.running.get(cluster);
         let waiting = self.waiting.entry(cluster.to_string()).or_default();
-        match admit(running.map(|r| r.job), waiting, job) {
-            Admit::Start => self.start(cluster, job),
-            Admit::Wait => waiting.push_back(job),
+        let queued: Vec<Job> = waiting.iter().map(|w| w.0).collect();
+        match admit(running.map(|r| r.job), &queued, job) {
+            Admit::Start => self.start(cluster, job, now),
+            Admit::Wait => waiting.push_back((job, now)),
             Admit::Skip => {
                 let message = match running.filter(|r| r.job == job) {
                     Some(r) => format!(
@@ -271,6 +284,7 @@ impl<'c> Service<'c> {
                     ),
                 };
                 println!("{cluster}: {message}");
+                self.record_due(cluster, job, now);
                 self.shared()
                     .jobs
                     .entry((cluster.to_string(), job))
@@ -287,18 +301,44 @@ impl<'c> Service<'c> {
         }
     }
 
-    /// Starts the next waiting job of each cluster that has none running.
-    fn start_waiting(&mut self) {
-        let ready: Vec<(String, Job)> = (self.waiting.iter_mut())
-            .filter(|(cluster, _)| !self.running.contains_key(*cluster))
-            .filter_map(|(cluster, queue)| Some((cluster.clone(), queue.pop_front()?)))
-            .collect();
-        for (cluster, job) in ready {
-            self.start(&cluster, job);
+    /// Records that `job` of `cluster` was handled for its due time `due`; false (and
+    /// told) if that cannot be stored, in which case the job must not run: after a
+    /// crash it would run again for the same due time.
+    fn record_due(&mut self, cluster: &str, job: Job, due: DateTime<Utc>) -> bool {
+        let key = schedule::key(cluster, job);
+        match self.due_times.record(&key, due) {
+            Ok(()) => true,
+            Err(e) => {
+                self.notice(
+                    Event::JobFailed,
+                    cluster,
+                    job.name(),
+                    Level::Critical,
+                    format!(
+                        "not started: {e:#}; make serve.state_path writable by the user serve runs as"
+                    ),
+                );
+                false
+            }
         }
     }
 
-    fn start(&mut self, cluster: &str, job: Job) {
+    /// Starts the next waiting job of each cluster that has none running.
+    fn start_waiting(&mut self) {
+        let ready: Vec<(String, (Job, DateTime<Utc>))> = (self.waiting.iter_mut())
+            .filter(|(cluster, _)| !self.running.contains_key(*cluster))
+            .filter_map(|(cluster, queue)| Some((cluster.clone(), queue.pop_front()?)))
+            .collect();
+        for (cluster, (job, due)) in ready {
+            self.start(&cluster, job, due);
+        }
+    }
+
+    /// Starts `job` of `cluster`, due at `due`, once that is recorded.
+    fn start(&mut self, cluster: &str, job: Job, due: DateTime<Utc>) {
+        if !self.record_due(cluster, job, due) {
+            return;
+        }
         let state = &self.config.serve.state_path;
         match jobs::start(self.config_path, state, cluster, job) {
             Ok(run) => {
@@ -308,8 +348,7 @@ impl<'c> Service<'c> {
                     run.log.display()
                 );
                 if let Some(beats) = self.heartbeats(cluster) {
-                    self.notifier
-                        .beat(beats, job.name(), Beat::Start, String::new());
+                    self.notifier.beat(beats, job, Beat::Start, String::new());
                 }
                 self.shared()
                     .jobs
@@ -326,8 +365,9 @@ impl<'c> Service<'c> {
                     started: now,
                     finished: now,
                     passed: false,
+                    stopped: false,
                     error: Some(format!("{e:#}")),
-                    log: state.to_path_buf(),
+                    log: None,
                 });
             }
         }
@@ -356,27 +396,35 @@ impl<'c> Service<'c> {
                 shared.recent.pop_front();
             }
         }
+        let log = done
+            .log
+            .as_ref()
+            .map_or(String::new(), |l| format!(" (log {})", l.display()));
+        let took = done.seconds();
         let (event, level, beat, message) = match &done.error {
             None => (
                 Event::JobSucceeded,
                 Level::Ok,
-                Beat::Success,
-                format!("{name} succeeded in {:.1} s", done.seconds()),
+                Some(Beat::Success),
+                format!("{name} succeeded in {took:.1} s"),
+            ),
+            // Stopped with serve: not the job's failure, so no failure ping.
+            Some(error) if done.stopped => (
+                Event::JobStopped,
+                Level::Warning,
+                None,
+                format!("{name} stopped after {took:.1} s as serve stopped: {error}{log}"),
             ),
             Some(error) => (
                 Event::JobFailed,
                 Level::Critical,
-                Beat::Fail,
-                format!(
-                    "{name} failed after {:.1} s: {error} (log {})",
-                    done.seconds(),
-                    done.log.display()
-                ),
+                Some(Beat::Fail),
+                format!("{name} failed after {took:.1} s: {error}{log}"),
             ),
         };
         println!("{}: {message}", done.cluster);
-        if let Some(beats) = self.heartbeats(&done.cluster) {
-            self.notifier.beat(beats, name, beat, message.clone());
+        if let (Some(beats), Some(beat)) = (self.heartbeats(&done.cluster), beat) {
+            self.notifier.beat(beats, done.job, beat, message.clone());
         }
         self.notice(event, &done.cluster, name, level, message);
         jobs::prune_logs(&self.config.serve.state_path, self.config.serve.log_days);
@@ -401,10 +449,11 @@ enum Admit {
     Skip,
 }
 
-fn admit(running: Option<Job>, waiting: &VecDeque<Job>, due: Job) -> Admit {
+fn admit(running: Option<Job>, waiting: &[Job], due: Job) -> Admit {
     match running {
+        _ if waiting.contains(&due) => Admit::Skip,
         None => Admit::Start,
-        Some(job) if job == due || waiting.contains(&due) => Admit::Skip,
+        Some(job) if job == due => Admit::Skip,
         Some(_) => Admit::Wait,
     }
 }
@@ -415,11 +464,10 @@ mod tests {
 
     #[test]
     fn jobs_of_a_cluster_never_overlap_and_a_still_running_job_is_not_run_again() {
-        let none = VecDeque::new();
-        assert_eq!(admit(None, &none, Job::Backup), Admit::Start);
-        assert_eq!(admit(Some(Job::Backup), &none, Job::Backup), Admit::Skip);
-        assert_eq!(admit(Some(Job::Backup), &none, Job::Prove), Admit::Wait);
-        let prove_waits = VecDeque::from([Job::Prove]);
+        assert_eq!(admit(None, &[], Job::Backup), Admit::Start);
+        assert_eq!(admit(Some(Job::Backup), &[], Job::Backup), Admit::Skip);
+        assert_eq!(admit(Some(Job::Backup), &[], Job::Prove), Admit::Wait);
+        let prove_waits = [Job::Prove];
         assert_eq!(
             admit(Some(Job::Backup), &prove_waits, Job::Prove),
             Admit::Skip
@@ -428,5 +476,7 @@ mod tests {
             admit(Some(Job::Backup), &prove_waits, Job::Expire),
             Admit::Wait
         );
+        // Between two ticks the cluster may be idle with a job still queued.
+        assert_eq!(admit(None, &prove_waits, Job::Prove), Admit::Skip);
     }
 }

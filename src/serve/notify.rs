@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::serve::{Email, SmtpSecurity, WebhookFormat};
+use super::jobs::Job;
+use crate::config::serve::{Email, SmtpSecurity, WebhookFormat, read_secret};
 use crate::config::{JobTable, NotifyConfig};
 use crate::engine::operations::status::Level;
 
@@ -28,6 +29,8 @@ pub enum Event {
     JobFailed,
     JobSucceeded,
     JobSkipped,
+    /// Stopped because serve stopped, or not run before it did.
+    JobStopped,
     Alert,
     Cleared,
 }
@@ -58,6 +61,7 @@ impl Notice {
             (Event::JobFailed, Some(job), _) => format!("{job} FAILED"),
             (Event::JobSucceeded, Some(job), _) => format!("{job} succeeded"),
             (Event::JobSkipped, Some(job), _) => format!("{job} skipped"),
+            (Event::JobStopped, Some(job), _) => format!("{job} stopped with serve"),
             (Event::Cleared, _, Some(check)) => format!("{check} back to OK"),
             (_, _, Some(check)) => format!("{check} {}", self.level.name()),
             _ => self.level.name().to_string(),
@@ -121,14 +125,13 @@ impl Notifier {
     }
 
     /// Pings the heartbeat URL of `job` in `heartbeats`, if it has one.
-    pub fn beat(&self, heartbeats: &JobTable<String>, job: &str, beat: Beat, body: String) {
-        let url = heartbeats
-            .entries()
-            .into_iter()
-            .find(|(name, _)| *name == job)
-            .and_then(|(_, url)| url.cloned());
-        if let Some(url) = url {
-            let _ = self.queue.send(Message::Beat { url, beat, body });
+    pub fn beat(&self, heartbeats: &JobTable<String>, job: Job, beat: Beat, body: String) {
+        if let Some(url) = heartbeats.get(job.name()) {
+            let _ = self.queue.send(Message::Beat {
+                url: url.clone(),
+                beat,
+                body,
+            });
         }
     }
 }
@@ -162,13 +165,17 @@ impl Channels {
     async fn send(&self, message: Message) {
         match message {
             Message::Beat { url, beat, body } => {
-                let url = match beat {
-                    Beat::Start => format!("{}/start", url.trim_end_matches('/')),
-                    Beat::Success => url,
-                    Beat::Fail => format!("{}/fail", url.trim_end_matches('/')),
+                let suffix = match beat {
+                    Beat::Start => Some("start"),
+                    Beat::Success => None,
+                    Beat::Fail => Some("fail"),
                 };
-                if let Err(e) = self.post(&url, body).await {
-                    tracing::warn!("heartbeat {url} failed: {e:#}");
+                let sent = match with_path_suffix(&url, suffix) {
+                    Ok(url) => self.post(url.as_str(), body).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    tracing::warn!("heartbeat to {} failed: {e:#}", site(&url));
                 }
             }
             Message::Notice(notice) => self.send_notice(notice).await,
@@ -188,7 +195,7 @@ impl Channels {
                 Err(e) => Err(e.into()),
             };
             if let Err(e) = sent {
-                tracing::warn!("webhook {url} failed: {e:#}");
+                tracing::warn!("webhook to {} failed: {e:#}", site(url));
             }
         }
         if let Some(mailer) = &self.email {
@@ -224,8 +231,38 @@ impl Channels {
     }
 }
 
+/// `url` with `/suffix` added to its path (before any query), as healthchecks-style
+/// services take `/start` and `/fail`.
+fn with_path_suffix(url: &str, suffix: Option<&str>) -> Result<reqwest::Url> {
+    let mut parsed = reqwest::Url::parse(url).map_err(|e| {
+        anyhow!(
+            "heartbeat URL '{}' is not a URL ({e}); correct it",
+            site(url)
+        )
+    })?;
+    if let Some(suffix) = suffix {
+        parsed
+            .path_segments_mut()
+            .map_err(|()| anyhow!("heartbeat URL {} cannot take a path; correct it", site(url)))?
+            .pop_if_empty()
+            .push(suffix);
+    }
+    Ok(parsed)
+}
+
+/// Scheme and host of `url`, for logs: the rest of a webhook URL is often its secret.
+fn site(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("")),
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+/// How long the notify command may run before it is killed.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The command hook: the notice as JSON on standard input, the main fields in the
-/// environment.
+/// environment; killed after `HOOK_TIMEOUT`.
 fn run_hook(command: &str, notice: &Notice) -> Result<()> {
     let json = serde_json::to_vec(notice)?;
     let event = serde_json::to_value(notice.event)?;
@@ -243,7 +280,21 @@ fn run_hook(command: &str, notice: &Notice) -> Result<()> {
         // A hook that does not read its input is not a failure.
         let _ = stdin.write_all(&json);
     }
-    let status = child.wait()?;
+    let deadline = std::time::Instant::now() + HOOK_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "`{command}` ran longer than {} s and was killed",
+                HOOK_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     if !status.success() {
         bail!("`{command}` ended with {status}");
     }
@@ -287,14 +338,7 @@ impl Mailer {
             .timeout(Some(SEND_TIMEOUT));
         let password = match (&email.password, &email.password_file) {
             (Some(p), None) => Some(p.clone()),
-            (None, Some(file)) => Some(
-                std::fs::read_to_string(file)
-                    .with_context(|| {
-                        format!("cannot read notify.email.password_file {}", file.display())
-                    })?
-                    .trim_end_matches('\n')
-                    .to_string(),
-            ),
+            (None, Some(file)) => Some(read_secret(file, "notify.email.password_file")?),
             (None, None) => None,
             (Some(_), Some(_)) => {
                 bail!("notify.email sets both password and password_file; keep one")

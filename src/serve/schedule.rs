@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
@@ -28,7 +28,7 @@ pub struct Schedule {
 impl Schedule {
     /// `cluster/job`, the schedule's name in the state file and in messages.
     pub fn key(&self) -> String {
-        format!("{}/{}", self.cluster, self.job.name())
+        key(&self.cluster, self.job)
     }
 
     /// The first due time strictly after `after`.
@@ -39,8 +39,14 @@ impl Schedule {
     }
 }
 
-/// Every schedule in the config, or the first one that does not parse.
-pub fn schedules(config: &Config) -> Result<Vec<Schedule>> {
+/// The name of `job` of `cluster` in the state file and in messages.
+pub fn key(cluster: &str, job: Job) -> String {
+    format!("{cluster}/{}", job.name())
+}
+
+/// Every schedule in the config, or the first one that does not parse or never falls
+/// due after `now`.
+pub fn schedules(config: &Config, now: DateTime<Utc>) -> Result<Vec<Schedule>> {
     let mut out = Vec::new();
     for (cluster, c) in &config.cluster {
         let zone = Tz::from_str(&c.time_zone).map_err(|_| {
@@ -56,12 +62,18 @@ pub fn schedules(config: &Config) -> Result<Vec<Schedule>> {
                     "cluster.{cluster}.schedule.{name} '{pattern}' is not a cron expression ({e}); write five fields: minute hour day-of-month month day-of-week, e.g. \"0 2 * * *\""
                 )
             })?;
-            out.push(Schedule {
+            let schedule = Schedule {
                 cluster: cluster.clone(),
                 job: Job::from_name(name).expect("JobTable names are jobs"),
                 cron,
                 zone,
-            });
+            };
+            if schedule.next_after(now).is_none() {
+                bail!(
+                    "cluster.{cluster}.schedule.{name} '{pattern}' never falls due (a day that no month has?); correct it"
+                );
+            }
+            out.push(schedule);
         }
     }
     Ok(out)
@@ -90,13 +102,14 @@ impl DueTimes {
         Ok(DueTimes { path, last })
     }
 
-    pub fn last(&self, schedule: &Schedule) -> Option<DateTime<Utc>> {
-        self.last.get(&schedule.key()).copied()
+    /// When the schedule named `key` (see [`key`]) last fell due.
+    pub fn last(&self, key: &str) -> Option<DateTime<Utc>> {
+        self.last.get(key).copied()
     }
 
-    /// Records that `schedule` fell due at `due`, durably.
-    pub fn record(&mut self, schedule: &Schedule, due: DateTime<Utc>) -> Result<()> {
-        self.last.insert(schedule.key(), due);
+    /// Records, durably, that the schedule named `key` was dealt with for `due`.
+    pub fn record(&mut self, key: &str, due: DateTime<Utc>) -> Result<()> {
+        self.last.insert(key.to_string(), due);
         crate::os::write_renamed(&self.path, &serde_json::to_vec_pretty(&self.last)?, true)
     }
 }
@@ -143,6 +156,23 @@ mod tests {
             daily.next_after(at("2026-07-03T12:00:00Z")),
             Some(at("2026-07-04T00:00:00Z"))
         );
+    }
+
+    #[test]
+    fn a_time_skipped_or_repeated_by_daylight_saving_runs_once() {
+        let at_half_past_two = schedule("30 2 * * *", "Europe/Berlin");
+        // 2026-03-29 02:30 does not exist in Berlin (clocks go from 02:00 to 03:00).
+        let spring = at_half_past_two
+            .next_after(at("2026-03-28T12:00:00Z"))
+            .unwrap();
+        assert!(spring > at("2026-03-28T12:00:00Z") && spring < at("2026-03-30T12:00:00Z"));
+        // 2026-10-25 02:30 happens twice; the job runs at the first.
+        let autumn = at_half_past_two
+            .next_after(at("2026-10-24T12:00:00Z"))
+            .unwrap();
+        assert_eq!(autumn, at("2026-10-25T00:30:00Z"));
+        let after = at_half_past_two.next_after(autumn).unwrap();
+        assert!(after > at("2026-10-25T12:00:00Z"), "ran twice: {after}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Metrics and the web view read the last snapshot, so a scrape costs nothing however
 //! large the repository; an alert is told when a check turns WARNING, CRITICAL or
-//! UNKNOWN (or changes between them) and once more when it is OK again.
+//! UNKNOWN (or changes between them) and once more when a status that could be had
+//! shows it OK again.
 
 use std::collections::BTreeMap;
 
@@ -44,9 +45,14 @@ pub fn gather(config: &Config, clusters: &[String]) -> Vec<View> {
     let mut views = Vec::new();
     for cluster in clusters {
         for (i, repo) in config.repositories.iter().enumerate() {
-            let report = Context::on_repository(config, Some(cluster), i + 1, OpenMode::Existing)
-                .and_then(|ctx| status::status(&ctx, now))
-                .map_err(|e| format!("{e:#}"));
+            let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Context::on_repository(config, Some(cluster), i + 1, OpenMode::Existing)
+                    .and_then(|ctx| status::status(&ctx, now))
+                    .map_err(|e| format!("{e:#}"))
+            }));
+            let report = judged.unwrap_or_else(|_| {
+                Err("computing the status failed unexpectedly (a bug: see serve's log)".into())
+            });
             views.push(View {
                 cluster: cluster.clone(),
                 repo_number: i + 1,
@@ -113,7 +119,13 @@ impl Alerts {
                 entry.1.push_str(&message);
             }
         }
-        let refreshed = |k: &Key| views.iter().any(|v| v.cluster == k.0);
+        // Only a status that was had can clear an alert: when the repository or the
+        // server cannot be reached, what was wrong before may still be.
+        let judged = |k: &Key| {
+            views
+                .iter()
+                .any(|v| v.cluster == k.0 && v.repository == k.1 && v.report.is_ok())
+        };
         let mut notices = Vec::new();
         let notice = |(cluster, repository, check): &Key, event, level, message: String| Notice {
             event,
@@ -132,7 +144,7 @@ impl Alerts {
             }
         }
         for key in self.active.keys() {
-            if refreshed(key) && !now.contains_key(key) {
+            if judged(key) && !now.contains_key(key) {
                 let message = ok
                     .get(key)
                     .cloned()
@@ -140,8 +152,39 @@ impl Alerts {
                 notices.push(notice(key, Event::Cleared, Level::Ok, message));
             }
         }
-        self.active.retain(|k, _| !refreshed(k));
+        self.active
+            .retain(|k, _| !judged(k) && !now.contains_key(k));
         self.active.extend(now);
         notices
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable(cluster: &str) -> View {
+        View {
+            cluster: cluster.into(),
+            repo_number: 1,
+            repository: "/repo".into(),
+            report: Err("cannot reach the repository".into()),
+        }
+    }
+
+    #[test]
+    fn losing_sight_of_a_cluster_raises_unknown_and_clears_nothing() {
+        let mut alerts = Alerts::default();
+        let key = |check: &str| ("main".to_string(), "/repo".to_string(), check.to_string());
+        alerts
+            .active
+            .insert(key("archiver"), (Level::Critical, "failing".into()));
+        let notices = alerts.update(&[unreachable("main")], "host");
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert_eq!(notices[0].event, Event::Alert);
+        assert_eq!(notices[0].check.as_deref(), Some("status"));
+        assert!(alerts.active.contains_key(&key("archiver")));
+        // Still unreachable: nothing new to tell.
+        assert!(alerts.update(&[unreachable("main")], "host").is_empty());
     }
 }

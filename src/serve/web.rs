@@ -243,22 +243,24 @@ fn jobs(
 ) -> String {
     let mut rows = String::new();
     for j in recent.iter().rev().filter(|j| j.cluster == cluster) {
-        let log = j
-            .log
-            .file_name()
-            .and_then(|f| f.to_str())
-            .unwrap_or_default();
+        let log = (j.log.as_ref())
+            .and_then(|l| l.file_name()?.to_str())
+            .map_or(String::new(), |name| {
+                format!(
+                    "<a href=\"/cluster/{}/log/{}{token}\">log</a>",
+                    escape(cluster),
+                    escape(name)
+                )
+            });
         let _ = write!(
             rows,
-            "<tr class=\"job {}\"><td>{}</td><td>{}</td><td class=\"level\">{}</td><td>{}</td><td class=\"text\">{}</td><td><a href=\"/cluster/{}/log/{}{token}\">log</a></td></tr>",
+            "<tr class=\"job {}\"><td>{}</td><td>{}</td><td class=\"level\">{}</td><td>{}</td><td class=\"text\">{}</td><td>{log}</td></tr>",
             if j.passed { "OK" } else { "CRITICAL" },
             stamp(j.started),
             j.job.name(),
             if j.passed { "ok" } else { "FAILED" },
             duration(j.seconds()),
             escape(j.error.as_deref().unwrap_or("")),
-            escape(cluster),
-            escape(log),
         );
     }
     format!(
@@ -276,9 +278,17 @@ pub(super) async fn log(
         return (StatusCode::NOT_FOUND, "no such log\n").into_response();
     }
     let path = app.shared().logs.join(&cluster).join(&file);
-    match std::fs::read(&path) {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
-        Err(_) => (
+    let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
+    match read {
+        Ok(Ok(text)) => (
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            text,
+        )
+            .into_response(),
+        _ => (
             StatusCode::NOT_FOUND,
             "no such log (logs are kept for serve.log_days)\n",
         )
