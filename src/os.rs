@@ -93,6 +93,28 @@ pub fn stop_on_signals() -> &'static AtomicBool {
 
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
+/// Makes every thread allocate from one glibc arena: a long-running process whose
+/// threads come and go (serve) would otherwise keep an arena per thread, each at its
+/// peak, many times the memory it uses.
+pub fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes a tunable of the allocator; called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Gives memory that the allocator holds free back to the system. glibc keeps what a
+/// finished thread freed in that thread's arena; a long-running process that does
+/// large short-lived work (serve's status refreshes) would otherwise stay at its peak.
+pub fn return_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// This machine's host name, for lease holders (`unknown` if it has none).
 pub fn host_name() -> String {
     let mut buf = [0u8; 256];

@@ -14,6 +14,7 @@ use common::objects::free_port;
 use common::observers::{
     HttpSink, Prometheus, SMTP_PASSWORD, SMTP_USER, SmtpSink, rendered_dom, screenshot,
 };
+use common::scratch::{entries, none_left_in, processes_in};
 use common::{Env, Pg, Server, as_postgres, run_ok};
 
 const TOKEN: &str = "serve-test-token";
@@ -25,10 +26,15 @@ struct Serve {
 }
 
 impl Serve {
+    /// Starts it; its jobs' scratch directories (TMPDIR) go to `scratch` in `env`.
     fn start(env: &Env, log_name: &str) -> Serve {
         let log = env.path(log_name);
         let out = std::fs::File::create(&log).unwrap();
+        let scratch = env.path("scratch");
+        std::fs::create_dir_all(&scratch).unwrap();
+        common::chown_postgres(&scratch);
         let child = as_postgres(&env.pgkeep)
+            .env("TMPDIR", &scratch)
             .arg("--config")
             .arg(&env.config)
             .arg("serve")
@@ -339,6 +345,7 @@ fn serve(pg: Pg) {
     assert!(log.contains("pgkeep serve: stopping"), "{log}");
 
     missed_run_caught_up(&env, &main, port, &sinks);
+    stopped_during_a_proof(&env, &main, port, &sinks);
 }
 
 /// `pgkeep serve`, which must refuse to start (and is stopped if it does not); its
@@ -457,20 +464,72 @@ fn damaged_backup_flagged(env: &Env, main: &Server, port: u16, prometheus: &Prom
     assert!(dom.contains(&format!("chunk {chunk}")), "{dom}");
 }
 
+/// Writes the due times of schedules as if serve last ran three hours ago.
+fn last_ran_hours_ago(env: &Env, keys: &[&str]) {
+    let hours_ago = (chrono::Utc::now() - chrono::TimeDelta::hours(3)).to_rfc3339();
+    let state: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|k| (k.to_string(), hours_ago.clone().into()))
+        .collect();
+    std::fs::write(
+        env.path("state/schedule.json"),
+        serde_json::to_vec(&state).unwrap(),
+    )
+    .unwrap();
+}
+
+/// SIGTERM while a proof runs: serve stops it, tells it as stopped (not failed), and
+/// neither its scratch server nor its directory is left; no proof is recorded.
+fn stopped_during_a_proof(env: &Env, main: &Server, port: u16, sinks: &(HttpSink, SmtpSink)) {
+    configure(
+        env,
+        main,
+        "schedule.prove = \"0 * * * *\"\nprobes = [{ sql = \"SELECT true FROM pg_sleep(60)\" }]",
+        port,
+        sinks,
+    );
+    last_ran_hours_ago(env, &["main/prove"]);
+    let proofs = || {
+        let runs = json(&env.pgkeep_ok(&["history", "--json"]));
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == "prove")
+            .count()
+    };
+    let before = proofs();
+    let serve = Serve::start(env, "serve-stop.log");
+    serve.wait_log(30, "main: prove started");
+    let scratch = env.path("scratch");
+    let scratch_arg = scratch.to_str().unwrap();
+    // The scratch server is up and the probe sleeps in it.
+    common::eventually(
+        60,
+        || {
+            Some(()).filter(|()| {
+                processes_in(scratch_arg)
+                    .iter()
+                    .any(|p| p.contains("postgres"))
+            })
+        },
+        || format!("no scratch server came up:\n{}", serve.log()),
+    );
+    let log = serve.stop();
+    assert!(log.contains("main: prove stopped after"), "{log}");
+    none_left_in(scratch_arg);
+    assert!(entries(&scratch).is_empty(), "{:?}", entries(&scratch));
+    assert_eq!(proofs(), before, "a stopped proof was recorded");
+    let http = &sinks.0;
+    http.wait_for(10, |r| {
+        r.path == "/hook/json" && r.body.contains("\"event\":\"job_stopped\"")
+    });
+}
+
 /// A backup due while serve was down runs once at start, not once per missed time.
 fn missed_run_caught_up(env: &Env, main: &Server, port: u16, sinks: &(HttpSink, SmtpSink)) {
     configure(env, main, "schedule.backup = \"0 * * * *\"", port, sinks);
     let state = env.path("state/schedule.json");
-    let hours_ago = chrono::Utc::now() - chrono::TimeDelta::hours(3);
-    std::fs::write(
-        &state,
-        format!(
-            "{{\"main/backup\": \"{}\", \"main/prove\": \"{}\"}}",
-            hours_ago.to_rfc3339(),
-            hours_ago.to_rfc3339()
-        ),
-    )
-    .unwrap();
+    last_ran_hours_ago(env, &["main/backup", "main/prove"]);
     let before = env.labels().len();
     let started = chrono::Utc::now();
     let serve = Serve::start(env, "serve-again.log");

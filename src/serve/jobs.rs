@@ -96,13 +96,19 @@ impl Finished {
 pub fn start(config: &Path, state: &Path, cluster: &str, job: Job) -> Result<Running> {
     let started = Utc::now();
     let dir = state.join("logs").join(cluster);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let unwritable = |path: &Path| {
+        format!(
+            "cannot create {}; make serve.state_path writable by the user serve runs as",
+            path.display()
+        )
+    };
+    std::fs::create_dir_all(&dir).with_context(|| unwritable(&dir))?;
     let log = dir.join(format!(
         "{}-{}.log",
         started.format("%Y%m%dT%H%M%SZ"),
         job.name()
     ));
-    let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let out = File::create(&log).with_context(|| unwritable(&log))?;
     let err = out.try_clone()?;
     let program = std::env::current_exe().context("cannot find the pgkeep program")?;
     // A process group of its own: a SIGKILL after the grace period reaches whatever
@@ -118,7 +124,12 @@ pub fn start(config: &Path, state: &Path, cluster: &str, job: Job) -> Result<Run
         .stdout(out)
         .stderr(err)
         .spawn()
-        .with_context(|| format!("cannot start {} of cluster {cluster}", job.name()))?;
+        .with_context(|| {
+            format!(
+                "cannot start {} of cluster {cluster}; check that the pgkeep program is still where serve was started from",
+                job.name()
+            )
+        })?;
     Ok(Running {
         cluster: cluster.to_string(),
         job,

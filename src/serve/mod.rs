@@ -68,6 +68,7 @@ pub fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 
 /// Runs until SIGTERM or SIGINT; `config_path` is handed to the jobs.
 pub fn serve(config: &Config, config_path: &Path) -> Result<i32> {
+    crate::os::one_malloc_arena();
     config.serve.check()?;
     let schedules = schedule::schedules(config, Utc::now())?;
     let (addr, token) = http::endpoint(&config.serve)?;
@@ -191,7 +192,9 @@ impl<'c> Service<'c> {
                 let which: Vec<String> = std::mem::take(&mut stale).into_iter().collect();
                 let (config, out) = (self.config, views_out.clone());
                 scope.spawn(move || {
-                    let _ = out.send(watch::gather(config, &which));
+                    let views = watch::gather(config, &which);
+                    crate::os::return_free_memory();
+                    let _ = out.send(views);
                 });
             }
             std::thread::sleep(TICK);
