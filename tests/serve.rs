@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::damage::damage_table;
+use common::damage::{damage_table_undoably, flip};
 use common::objects::free_port;
 use common::observers::{
     HttpSink, Prometheus, SMTP_PASSWORD, SMTP_USER, SmtpSink, rendered_dom, screenshot,
@@ -322,6 +322,18 @@ fn serve(pg: Pg) {
         1.0
     );
     assert_eq!(prometheus.wait_value(30, "pgkeep_status == 2"), 2.0);
+    // RPO grows in the metrics as WAL is written that cannot be archived.
+    let before = prometheus.wait_value(30, "pgkeep_rpo_bytes");
+    main.sql("INSERT INTO more SELECT generate_series(1, 200000)");
+    common::eventually(
+        60,
+        || {
+            prometheus
+                .value("pgkeep_rpo_bytes")
+                .filter(|now| *now > before + 4e6)
+        },
+        || format!("RPO stayed near {before} bytes in Prometheus"),
+    );
     let (overview, _) = curl(&format!("http://127.0.0.1:{port}/?token={TOKEN}"), None);
     assert!(overview.contains("<tr class=\"CRITICAL\">"), "{overview}");
     http.wait_for(150, |r| r.path == "/ping/backup/fail");
@@ -403,7 +415,9 @@ fn refuses_bad_settings(env: &Env, main: &Server, port: u16, sinks: &(HttpSink, 
 /// lists), a passed proof, the recoverable window, and the segment `lost` from the
 /// repository as a red gap; a screenshot of it.
 fn web_view(env: &Env, port: u16, lost: &str) {
-    std::fs::remove_file(env.repo.join("main/wal/00000001").join(lost)).unwrap();
+    let segment = env.repo.join("main/wal/00000001").join(lost);
+    let kept = env.path("lost-segment");
+    std::fs::rename(&segment, &kept).unwrap();
     let url = format!("http://127.0.0.1:{port}/cluster/main?token={TOKEN}");
     let dom = common::eventually(
         60,
@@ -445,13 +459,15 @@ fn web_view(env: &Env, port: u16, lost: &str) {
     if let Ok(keep) = std::env::var("PGKEEP_SCREENSHOT") {
         std::fs::copy(&png, keep).unwrap();
     }
+    // Put back, for the scenarios after this one.
+    std::fs::rename(&kept, &segment).unwrap();
 }
 
 /// A proof of a backup with a damaged chunk fails: metrics say CRITICAL, and the web
 /// view marks the proof failed, naming the chunk.
 fn damaged_backup_flagged(env: &Env, main: &Server, port: u16, prometheus: &Prometheus) {
     let label = env.labels().pop().unwrap();
-    let chunk = damage_table(env, main, &label, "pgbench_accounts");
+    let (chunk, pack, offset) = damage_table_undoably(env, main, &label, "pgbench_accounts");
     let out = env.pgkeep(&["prove", "--backup", &label]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(prometheus.wait_value(30, "pgkeep_status == 2"), 2.0);
@@ -462,6 +478,8 @@ fn damaged_backup_flagged(env: &Env, main: &Server, port: u16, prometheus: &Prom
         || format!("no failed proof shown:\n{}", rendered_dom(&url)),
     );
     assert!(dom.contains(&format!("chunk {chunk}")), "{dom}");
+    // Undone, for the scenarios after this one.
+    flip(&pack, offset);
 }
 
 /// Writes the due times of schedules as if serve last ran three hours ago.

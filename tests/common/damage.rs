@@ -30,6 +30,17 @@ pub fn manifest(env: &Env, label: &str) -> pgkeep::repo::manifest::Manifest {
 /// Flips a byte in the middle of the stored copy of the middle chunk of `table`'s file
 /// in backup `label`; returns the chunk.
 pub fn damage_table(env: &Env, main: &Server, label: &str, table: &str) -> ChunkId {
+    damage_table_undoably(env, main, label, table).0
+}
+
+/// As [`damage_table`], also returning the pack and offset that were flipped
+/// (flipping them again undoes the damage).
+pub fn damage_table_undoably(
+    env: &Env,
+    main: &Server,
+    label: &str,
+    table: &str,
+) -> (ChunkId, std::path::PathBuf, u64) {
     let file = main.sql(&format!("SELECT pg_relation_filepath('{table}')"));
     let m = manifest(env, label);
     let entry = m.files.iter().find(|f| f.path == file).unwrap();
@@ -43,6 +54,7 @@ pub fn damage_table(env: &Env, main: &Server, label: &str, table: &str) -> Chunk
     .unwrap();
     let loc = index.chunks[&id];
     let pack = env.repo.join(index.pack_key("main/packs", loc.pack));
-    flip(&pack, loc.offset + loc.stored_len as u64 / 2);
-    id
+    let offset = loc.offset + loc.stored_len as u64 / 2;
+    flip(&pack, offset);
+    (id, pack, offset)
 }
