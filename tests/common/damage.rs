@@ -4,7 +4,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use pgkeep::repo::index::{ChunkIndex, IndexReads};
-use pgkeep::repo::pack::{ChunkHasher, ChunkId};
+use pgkeep::repo::pack::{ChunkHasher, ChunkId, MAX_DELTA_DEPTH};
 use pgkeep::repo::storage::LocalStorage;
 
 use super::{Env, Server};
@@ -54,7 +54,21 @@ pub fn damage_table_undoably(
     .unwrap();
     let loc = index.chunks[&id];
     let pack = env.repo.join(index.pack_key("main/packs", loc.pack));
-    let offset = loc.offset + loc.stored_len as u64 / 2;
-    flip(&pack, offset);
-    (id, pack, offset)
+    let storage = LocalStorage::new(&env.repo);
+    let still_decodes = || {
+        index
+            .read_copy(&storage, "main/packs", &id, &loc, None, MAX_DELTA_DEPTH + 1)
+            .is_ok()
+    };
+    // A flip can leave the copy decoding to the same bytes (a match offset changed to
+    // another place holding the same bytes, say): such a flip is undone and the next
+    // byte tried, so the damage is always there to find.
+    for offset in loc.offset + loc.stored_len as u64 / 2..loc.offset + loc.stored_len as u64 {
+        flip(&pack, offset);
+        if !still_decodes() {
+            return (id, pack, offset);
+        }
+        flip(&pack, offset);
+    }
+    panic!("no flipped byte in the second half of chunk {id} damages it");
 }
