@@ -427,6 +427,8 @@ fn web_view(env: &Env, port: u16, lost: &str) {
     let segment = env.repo.join("main/wal/00000001").join(lost);
     let kept = env.path("lost-segment");
     std::fs::rename(&segment, &kept).unwrap();
+    // Reports see WAL lost by other means than expire once verify has listed it.
+    assert!(env.pgkeep_err(&["verify"]).contains(lost));
     let url = format!("http://127.0.0.1:{port}/cluster/main?token={TOKEN}");
     let dom = common::eventually(
         60,
@@ -470,6 +472,7 @@ fn web_view(env: &Env, port: u16, lost: &str) {
     }
     // Put back, for the scenarios after this one.
     std::fs::rename(&kept, &segment).unwrap();
+    env.pgkeep_ok(&["verify"]);
 }
 
 /// A proof of a backup with a damaged chunk fails: metrics say CRITICAL, and the web

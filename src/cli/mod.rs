@@ -730,17 +730,13 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::RestoreTable(args) => table::run_restore_table(cli, &config, args),
         Command::Prove(args) => operations::run_prove(cli, &config, args),
         Command::Info { json: true } => {
-            let report = first_repository(cli, &config, |ctx| {
-                let manifests = ctx.repo.readable_manifests(None)?;
-                Ok(Some(info::report(ctx, &manifests)?))
-            })?
-            .expect("first_repository returns a report or an error");
+            let report = first_repository(cli, &config, |ctx| Ok(Some(info::current(ctx)?)))?
+                .expect("first_repository returns a report or an error");
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(0)
         }
         Command::Info { json: false } => each_repository(cli, &config, existing, |ctx| {
-            let manifests = ctx.repo.readable_manifests(None)?;
-            print!("{}", info::render(&info::report(ctx, &manifests)?));
+            print!("{}", info::render(&info::current(ctx)?));
             Ok(0)
         }),
         Command::Verify => each_repository(cli, &config, existing, run_verify),

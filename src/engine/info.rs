@@ -3,20 +3,21 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
 use super::Context;
+use super::catalog::{Catalog, WalListing};
 use super::wal::need as walneed;
-use super::wal::scan::{self as walscan, archived_segments, contiguous_end, gaps};
+use super::wal::scan::{self as walscan, contiguous_end, gaps};
 use super::wal::timelines;
 use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
 use crate::repo::ReceiverStatus;
 use crate::repo::logical::DumpManifest;
-use crate::repo::manifest::Manifest;
+use crate::repo::manifest::BackupSummary;
 use crate::repo::proof::Proof;
 
 #[derive(Serialize)]
@@ -107,7 +108,7 @@ impl ProofInfo {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize, Clone)]
 pub struct DumpInfo {
     pub label: String,
     /// Empty for a dump of the globals.
@@ -127,7 +128,7 @@ pub struct DumpInfo {
 }
 
 impl DumpInfo {
-    fn of(d: &DumpManifest) -> DumpInfo {
+    pub fn of(d: &DumpManifest) -> DumpInfo {
         DumpInfo {
             label: d.label.clone(),
             database: d.database.clone(),
@@ -175,11 +176,17 @@ fn to_time(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or_default()
 }
 
-pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
+/// The report of `ctx`'s repository now, from its catalog.
+pub fn current(ctx: &Context) -> Result<InfoReport> {
+    report(ctx, &Catalog::read(ctx, WalListing::Changes)?)
+}
+
+pub fn report(ctx: &Context, catalog: &Catalog) -> Result<InfoReport> {
     let info = ctx.repo.require_info()?;
     let pinned = ctx.repo.pinned()?;
     let seg = SegmentSize(info.wal_segment_size);
-    let archive = archived_segments(ctx, seg)?;
+    let archive = &catalog.wal;
+    let manifests = &catalog.backups;
     let wal = archive
         .iter()
         .map(|(&timeline, segments)| TimelineInfo {
@@ -196,7 +203,7 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
         .collect();
     // Where each consistent backup's WAL runs to without a gap; the window ends at the
     // furthest such point and starts at the oldest backup whose WAL reaches it.
-    let runs: Vec<(&Manifest, u64, i64)> = manifests
+    let runs: Vec<(&BackupSummary, u64, i64)> = manifests
         .iter()
         .filter_map(|m| {
             let (end, archived) = contiguous_end(archive.get(&m.timeline), seg.segno(m.start_lsn))?;
@@ -250,10 +257,10 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
         .collect();
     // Oldest first, so each backup ends up with its newest.
     let mut proofs: BTreeMap<String, ProofInfo> = BTreeMap::new();
-    for p in ctx.repo.proofs()? {
-        proofs.insert(p.backup.clone(), ProofInfo::of(&p));
+    for p in &catalog.proofs {
+        proofs.insert(p.backup.clone(), ProofInfo::of(p));
     }
-    let wal_limits = wal_limits(ctx, manifests, seg, &archive)?;
+    let wal_limits = wal_limits(ctx, manifests, seg, archive)?;
     let mut attention = attention(manifests, recoverable.is_some());
     attention.extend(wal_limits.iter().cloned());
     attention.extend(proof_attention(manifests, &proofs));
@@ -279,13 +286,13 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
                 timeline: m.timeline,
                 size: m.size,
                 stored_size: m.stored_size,
-                files: m.files.len(),
-                bad_blocks: m.bad_block_count(),
+                files: m.files,
+                bad_blocks: m.bad_blocks,
                 data_checksums: m.data_checksums,
                 proof: proofs.remove(&m.label),
             })
             .collect(),
-        dumps: readable_dumps(ctx)?.iter().map(DumpInfo::of).collect(),
+        dumps: catalog.dumps.clone(),
         wal,
         recoverable,
         receivers,
@@ -295,7 +302,10 @@ pub fn report(ctx: &Context, manifests: &[Manifest]) -> Result<InfoReport> {
 }
 
 /// Backups whose newest proof failed.
-fn proof_attention(manifests: &[Manifest], proofs: &BTreeMap<String, ProofInfo>) -> Vec<String> {
+fn proof_attention(
+    manifests: &[BackupSummary],
+    proofs: &BTreeMap<String, ProofInfo>,
+) -> Vec<String> {
     manifests
         .iter()
         .filter_map(|m| {
@@ -350,21 +360,8 @@ fn receiver_attention(
     out
 }
 
-/// Every logical backup whose manifest reads; the others are reported and left out
-/// (`verify` names them).
-fn readable_dumps(ctx: &Context) -> Result<Vec<DumpManifest>> {
-    let mut out = Vec::new();
-    for label in ctx.repo.dump_labels()? {
-        match ctx.repo.load_dump(&label) {
-            Ok(d) => out.push(d),
-            Err(e) => tracing::warn!("skipping logical backup {label}: {e:#}"),
-        }
-    }
-    Ok(out)
-}
-
 /// What needs the DBA's attention, one sentence each.
-fn attention(manifests: &[Manifest], recoverable: bool) -> Vec<String> {
+fn attention(manifests: &[BackupSummary], recoverable: bool) -> Vec<String> {
     let mut out = Vec::new();
     let Some(newest) = manifests.iter().max_by_key(|m| m.stop_time) else {
         out.push("no backup yet: run `pgkeep backup`".into());
@@ -382,11 +379,10 @@ fn attention(manifests: &[Manifest], recoverable: bool) -> Vec<String> {
                 .into(),
         );
     }
-    for m in manifests.iter().filter(|m| m.bad_block_count() > 0) {
+    for m in manifests.iter().filter(|m| m.bad_blocks > 0) {
         out.push(format!(
             "backup {} holds {} blocks that failed page checksum validation; check the cluster with pg_amcheck",
-            m.label,
-            m.bad_block_count()
+            m.label, m.bad_blocks
         ));
     }
     out
@@ -395,7 +391,7 @@ fn attention(manifests: &[Manifest], recoverable: bool) -> Vec<String> {
 /// Missing WAL that limits what backups can recover to, one sentence each.
 fn wal_limits(
     ctx: &Context,
-    manifests: &[Manifest],
+    manifests: &[BackupSummary],
     seg: SegmentSize,
     archive: &BTreeMap<u32, walscan::Segments>,
 ) -> Result<Vec<String>> {

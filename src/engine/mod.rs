@@ -1,6 +1,7 @@
 //! The commands: each configures the read → checksum → chunk → compress → store pipeline
 //! (or its reverse) for one job.
 
+pub mod catalog;
 pub mod info;
 pub mod logical;
 pub mod operations;

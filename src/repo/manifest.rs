@@ -213,6 +213,43 @@ impl Manifest {
     pub fn bad_block_count(&self) -> usize {
         self.files.iter().map(|f| f.bad_blocks.len()).sum()
     }
+
+    pub fn summary(&self) -> BackupSummary {
+        BackupSummary {
+            label: self.label.clone(),
+            parent: self.parent.clone(),
+            timeline: self.timeline,
+            start_lsn: self.start_lsn,
+            checkpoint_lsn: self.checkpoint_lsn,
+            stop_lsn: self.stop_lsn,
+            start_time: self.start_time,
+            stop_time: self.stop_time,
+            data_checksums: self.data_checksums,
+            size: self.size,
+            stored_size: self.stored_size,
+            files: self.files.len(),
+            bad_blocks: self.bad_block_count(),
+        }
+    }
+}
+
+/// A backup without its file list: what reports (`info`, `status`, `serve`) and the
+/// WAL a backup needs are judged from, small enough to keep in the catalog.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackupSummary {
+    pub label: String,
+    pub parent: Option<String>,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub checkpoint_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    pub data_checksums: bool,
+    pub size: u64,
+    pub stored_size: u64,
+    pub files: usize,
+    pub bad_blocks: usize,
 }
 
 #[cfg(test)]

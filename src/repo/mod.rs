@@ -185,11 +185,14 @@ impl ClusterRepo {
         })
     }
 
+    /// Registers the cluster. Its WAL epoch starts with it, so that a catalog of a
+    /// repository that was at this place before is not taken for this one's.
     pub fn put_info(&self, info: &ClusterInfo) -> Result<()> {
         self.storage.put(
             &self.key("cluster.info"),
             &object::encode(&serde_json::to_vec_pretty(info)?, 0)?,
-        )
+        )?;
+        self.new_wal_epoch()
     }
 
     fn manifest_key(&self, label: &str) -> String {
@@ -203,21 +206,42 @@ impl ClusterRepo {
 
     /// The labels of the objects `dir/LABEL{suffix}`, sorted.
     fn labels_in(&self, dir: &str, suffix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .sized_in(dir, suffix)?
+            .into_iter()
+            .map(|(label, _)| label)
+            .collect())
+    }
+
+    /// The labels of the objects `dir/LABEL{suffix}` with their sizes, sorted by label.
+    fn sized_in(&self, dir: &str, suffix: &str) -> Result<Vec<(String, u64)>> {
         let prefix = self.key(dir);
-        let mut labels: Vec<String> = self
+        let mut labels: Vec<(String, u64)> = self
             .storage
             .list(&prefix)?
             .iter()
             .filter_map(|o| {
-                o.key
+                let label = o
+                    .key
                     .strip_prefix(&format!("{prefix}/"))?
-                    .strip_suffix(suffix)
-                    .map(str::to_string)
+                    .strip_suffix(suffix)?;
+                Some((label.to_string(), o.size))
             })
             .collect();
         // Sort the labels themselves: sorting keys puts `X-1.manifest` before `X.manifest`.
         labels.sort();
         Ok(labels)
+    }
+
+    /// Every published backup's label with the size of its manifest (which never
+    /// changes once written), for the catalog.
+    pub fn backup_sizes(&self) -> Result<Vec<(String, u64)>> {
+        self.sized_in("backups", ".manifest")
+    }
+
+    /// As [`ClusterRepo::backup_sizes`], for logical backups.
+    pub fn dump_sizes(&self) -> Result<Vec<(String, u64)>> {
+        self.sized_in("dumps", ".dump")
     }
 
     pub fn load_manifest(&self, label: &str) -> Result<Manifest> {
@@ -460,22 +484,62 @@ impl ClusterRepo {
     /// Every archived WAL file (segments, partials, backup and timeline history), with
     /// its name and parsed kind.
     pub fn wal_files(&self) -> Result<Vec<(String, WalFile, ObjectMeta)>> {
-        Ok(self
-            .storage
-            .list(&self.key("wal"))?
-            .into_iter()
-            .filter_map(|o| {
-                let name = o.key.rsplit('/').next()?.to_string();
-                let file = WalFile::parse(&name)?;
-                Some((name, file, o))
-            })
-            .collect())
+        Ok(wal_objects(self.storage.list(&self.key("wal"))?))
     }
 
-    pub fn delete_wal(&self, name: &str) -> Result<()> {
-        let file =
-            WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
-        self.storage.delete(&self.wal_key(&file, name))
+    /// Removes archived WAL files. The WAL epoch moves on first, so that a catalog
+    /// that listed them lists the WAL again rather than count them.
+    pub fn delete_wal(&self, names: &[String]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.new_wal_epoch()?;
+        for name in names {
+            let file =
+                WalFile::parse(name).with_context(|| format!("'{name}' is not a WAL file name"))?;
+            self.storage.delete(&self.wal_key(&file, name))?;
+        }
+        Ok(())
+    }
+
+    /// Changes when the cluster is registered and whenever archived WAL is removed on
+    /// purpose ([`ClusterRepo::delete_wal`]); `None` in a repository written before it.
+    pub fn wal_epoch(&self) -> Result<Option<String>> {
+        self.get_json(&self.key("wal-epoch"))
+    }
+
+    fn new_wal_epoch(&self) -> Result<()> {
+        let epoch = format!("{}-{}", Utc::now().to_rfc3339(), std::process::id());
+        self.storage.put(
+            &self.key("wal-epoch"),
+            &object::encode(&serde_json::to_vec(&epoch)?, 0)?,
+        )
+    }
+
+    /// The WAL files of `timeline` (segments, partials, backup history) whose names sort
+    /// after `after` (every one for ""), as [`ClusterRepo::wal_files`] lists them.
+    pub fn timeline_wal_files_after(
+        &self,
+        timeline: u32,
+        after: &str,
+    ) -> Result<Vec<(String, WalFile, ObjectMeta)>> {
+        let prefix = self.key(&format!("wal/{timeline:08X}"));
+        let after = match after {
+            "" => String::new(),
+            name => format!("{prefix}/{name}"),
+        };
+        Ok(wal_objects(self.storage.list_after(&prefix, &after)?))
+    }
+
+    /// The timelines that have a history file archived.
+    pub fn history_timelines(&self) -> Result<Vec<u32>> {
+        Ok(wal_objects(self.storage.list(&self.key("wal/history"))?)
+            .into_iter()
+            .filter_map(|(_, file, _)| match file {
+                WalFile::History { timeline } => Some(timeline),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Whether WAL file `name` is in the archive.
@@ -579,4 +643,16 @@ impl ClusterRepo {
             })?)),
         }
     }
+}
+
+/// The listed objects that are WAL files, with their names and kinds.
+fn wal_objects(listed: Vec<ObjectMeta>) -> Vec<(String, WalFile, ObjectMeta)> {
+    listed
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.rsplit('/').next()?.to_string();
+            let file = WalFile::parse(&name)?;
+            Some((name, file, o))
+        })
+        .collect()
 }

@@ -76,19 +76,15 @@ impl ClusterRepo {
             .put(&key, &object::encode(&serde_json::to_vec(proof)?, 0)?)
     }
 
-    /// Every proof of every backup, oldest first; a record that does not read is skipped
-    /// with a warning.
-    pub fn proofs(&self) -> Result<Vec<Proof>> {
-        let mut out = Vec::new();
-        for o in self.storage.list(&self.key("proofs"))? {
-            match self.get_json::<Proof>(&o.key) {
-                Ok(Some(proof)) => out.push(proof),
-                Ok(None) => {}
-                Err(e) => tracing::warn!("skipping proof record {}: {e:#}", o.key),
-            }
-        }
-        out.sort_by_key(|p| p.finished);
-        Ok(out)
+    /// Every proof's name (`LABEL/FINISHED`) with its size (a proof never changes once
+    /// written), for the catalog.
+    pub fn proof_sizes(&self) -> Result<Vec<(String, u64)>> {
+        self.sized_in("proofs", ".proof")
+    }
+
+    /// The proof named `name` ([`ClusterRepo::proof_sizes`]); `None` if it went.
+    pub fn load_proof(&self, name: &str) -> Result<Option<Proof>> {
+        self.get_json(&self.key(&format!("proofs/{name}.proof")))
     }
 
     /// Removes the proofs of a backup that no longer exists.

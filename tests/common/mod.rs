@@ -227,12 +227,13 @@ impl Env {
 
     /// The `[repository]` section (or sections) of the config.
     fn repository_toml(&self) -> String {
-        let local = format!("[repository]\npath = \"{}\"\n", self.repo.display());
+        // The cache (pack indexes, the catalog) of each test's own.
+        let cache = format!("cache_path = \"{}\"\n", self.dir.join("cache").display());
+        let local = format!("[repository]\npath = \"{}\"\n{cache}", self.repo.display());
         let Some(server) = &self.objects else {
             return local + &self.encryption;
         };
         let port = self.faults.as_ref().map_or(server.port, |f| f.port);
-        let cache = format!("cache_path = \"{}\"\n", self.dir.join("cache").display());
         let object =
             server.repository_toml(&self.bucket, "backups", port) + &cache + &self.encryption;
         match self.local_first {

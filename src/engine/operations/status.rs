@@ -13,11 +13,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::engine::Context;
+use crate::engine::catalog::{Catalog, WalListing};
 use crate::engine::info::{self, Window};
 use crate::engine::wal::receive;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
-use crate::repo::manifest::Manifest;
+use crate::repo::manifest::BackupSummary;
 use crate::repo::proof::Proof;
 
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -149,9 +150,9 @@ struct ServerWal {
 }
 
 pub fn status(ctx: &Context, now: DateTime<Utc>) -> Result<StatusReport> {
-    let manifests = ctx.repo.readable_manifests(None)?;
-    let report = info::report(ctx, &manifests)?;
-    let proofs = ctx.repo.proofs()?;
+    let catalog = Catalog::read(ctx, WalListing::Changes)?;
+    let report = info::report(ctx, &catalog)?;
+    let (manifests, proofs) = (&catalog.backups, &catalog.proofs);
     let limits = &ctx.config.status;
     let mut findings = Vec::new();
     let mut find = |check, level, message: String| {
@@ -269,7 +270,7 @@ pub fn status(ctx: &Context, now: DateTime<Utc>) -> Result<StatusReport> {
         rto_seconds: p.rto_seconds(),
     });
     judge_proofs(&report.backups, last_proof.as_ref(), limits, &mut find);
-    let estimated_rto_seconds = newest.and_then(|m| estimate_rto(m, &proofs, rpo.as_ref()));
+    let estimated_rto_seconds = newest.and_then(|m| estimate_rto(m, proofs, rpo.as_ref()));
 
     let level = findings.iter().map(|f| f.level).max().unwrap_or(Level::Ok);
     Ok(StatusReport {
@@ -464,7 +465,7 @@ fn judge_proofs(
 
 /// Restoring `newest` and replaying the WAL since its start, at the newest passed
 /// proof's restore and replay rates.
-fn estimate_rto(newest: &Manifest, proofs: &[Proof], rpo: Option<&Rpo>) -> Option<f64> {
+fn estimate_rto(newest: &BackupSummary, proofs: &[Proof], rpo: Option<&Rpo>) -> Option<f64> {
     let p = proofs
         .iter()
         .rev()

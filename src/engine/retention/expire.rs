@@ -165,7 +165,7 @@ fn wal_to_remove(
     let needs: Vec<Need> = manifests
         .iter()
         .filter(|m| plan.keep.contains_key(&m.label))
-        .map(|m| Need::of(m, seg, m.stop_time >= from.stop_time))
+        .map(|m| Need::of(&m.summary(), seg, m.stop_time >= from.stop_time))
         .collect();
     let mut remove: Vec<(u64, String)> = ctx
         .repo
@@ -257,9 +257,7 @@ pub fn expire(ctx: &Context, now: DateTime<Utc>, dry_run: bool) -> Result<Expire
         let window = recorded.into_iter().chain([from.stop_time]).max();
         ctx.repo.set_wal_window(window.expect("one at least"))?;
     }
-    for name in &report.wal_removed {
-        ctx.repo.delete_wal(name)?;
-    }
+    ctx.repo.delete_wal(&report.wal_removed)?;
     report.gc = Some(collect_garbage(ctx)?);
     Ok(report)
 }

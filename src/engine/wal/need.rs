@@ -17,7 +17,7 @@ use crate::format::history::TimelinePath;
 use crate::format::lsn::Lsn;
 use crate::format::wal::{SegmentSize, WalFile};
 use crate::repo::ClusterRepo;
-use crate::repo::manifest::Manifest;
+use crate::repo::manifest::BackupSummary;
 
 /// What one backup needs of the archive.
 #[derive(Clone, Debug)]
@@ -49,7 +49,7 @@ fn unknown_history(path: &TimelinePath) -> bool {
 }
 
 impl Need {
-    pub fn of(m: &Manifest, seg: SegmentSize, pitr: bool) -> Need {
+    pub fn of(m: &BackupSummary, seg: SegmentSize, pitr: bool) -> Need {
         Need {
             label: m.label.clone(),
             timeline: m.timeline,
@@ -231,14 +231,14 @@ impl Window {
         (Window { pitr_from, floor }, damaged)
     }
 
-    pub fn pitr(&self, m: &Manifest, seg: SegmentSize) -> bool {
+    pub fn pitr(&self, m: &BackupSummary, seg: SegmentSize) -> bool {
         self.pitr_from.is_none_or(|t| m.stop_time >= t)
             && self.floor.is_none_or(|f| seg.segno(m.start_lsn) >= f)
     }
 
     /// What each backup needs under this window.
-    pub fn needs(&self, manifests: &[Manifest], seg: SegmentSize) -> Vec<Need> {
-        manifests
+    pub fn needs(&self, backups: &[BackupSummary], seg: SegmentSize) -> Vec<Need> {
+        backups
             .iter()
             .map(|m| Need::of(m, seg, self.pitr(m, seg)))
             .collect()

@@ -265,10 +265,17 @@ impl Storage for ObjectStorage {
         }
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectMeta>> {
         let path = self.path(prefix)?;
+        let offset = (!after.is_empty()).then(|| self.path(after)).transpose()?;
         let listed: Vec<object_store::ObjectMeta> = self
-            .run(|| self.store.list(Some(&path)).try_collect())
+            .run(|| match &offset {
+                None => self.store.list(Some(&path)).try_collect(),
+                Some(offset) => self
+                    .store
+                    .list_with_offset(Some(&path), offset)
+                    .try_collect(),
+            })
             .map_err(|e| self.failed("list", prefix, e))?;
         let mut out: Vec<ObjectMeta> = listed
             .into_iter()

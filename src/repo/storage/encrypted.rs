@@ -105,8 +105,8 @@ impl Storage for EncryptedStorage {
         Ok(plain[skip..skip + len].to_vec())
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let mut listed = self.inner.list(prefix)?;
+    fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectMeta>> {
+        let mut listed = self.inner.list_after(prefix, after)?;
         for meta in &mut listed {
             // A size no object has is damage that reading will name; leave it as stored.
             meta.size = encryption::plain_len(meta.size).unwrap_or(meta.size);

@@ -151,7 +151,7 @@ impl Storage for LocalStorage {
         Ok(buf)
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectMeta>> {
         let base = self.path(prefix)?;
         let mut out = Vec::new();
         let mut stack = vec![base.clone()];
@@ -172,10 +172,14 @@ impl Storage for LocalStorage {
                     stack.push(path);
                 } else {
                     use std::os::unix::fs::MetadataExt;
+                    let key = path.strip_prefix(&self.root).unwrap().to_string_lossy();
+                    // Skipped before its metadata is read: the cost of a long folder.
+                    if *key <= *after {
+                        continue;
+                    }
                     let meta = entry.metadata()?;
-                    let rel = path.strip_prefix(&self.root).unwrap();
                     out.push(ObjectMeta {
-                        key: rel.to_string_lossy().into_owned(),
+                        key: key.into_owned(),
                         size: meta.len(),
                         modified: meta.mtime(),
                     });

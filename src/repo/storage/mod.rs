@@ -10,6 +10,7 @@ mod encrypted;
 mod local;
 mod windows;
 
+pub use cache::ObjectCache;
 pub use cloud::ObjectStorage;
 pub use encrypted::EncryptedStorage;
 pub use local::{LocalLocks, LocalStorage};
@@ -37,7 +38,12 @@ pub trait Storage: Send + Sync {
     /// `len` bytes from `offset`; [`TooShort`] if the object is shorter.
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// All objects under `prefix` (a folder), recursively, sorted by key.
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.list_after(prefix, "")
+    }
+    /// The objects under `prefix` whose keys sort after `after`: the new end of a
+    /// folder too long to list whole each time (the archived WAL).
+    fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectMeta>>;
     fn exists(&self, key: &str) -> Result<bool>;
     fn delete(&self, key: &str) -> Result<()>;
     /// Where this storage is, for messages.

@@ -116,8 +116,8 @@ impl Storage for RangeWindows {
         self.inner.get_range(key, offset, len)
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let listed = self.inner.list(prefix)?;
+    fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectMeta>> {
+        let listed = self.inner.list_after(prefix, after)?;
         let mut held = self.held.lock().unwrap();
         for meta in &listed {
             held.sizes.insert(meta.key.clone(), meta.size);
