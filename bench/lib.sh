@@ -4,12 +4,13 @@
 
 as_pg() { runuser -u postgres -- "$@"; }
 
-# timed NAME CMD...: runs CMD as postgres with the page cache dropped first, records
-# elapsed seconds, peak RSS (KiB) and CPU seconds (user + system). A peer's failure
-# (NAME not starting with pgkeep_) is reported and the run goes on.
+# timed NAME CMD...: runs CMD as postgres with the page cache dropped first (unless WARM
+# is set: a command run every minute finds itself cached), records elapsed seconds,
+# peak RSS (KiB) and CPU seconds (user + system). A peer's failure (NAME not starting
+# with pgkeep_) is reported and the run goes on.
 timed() {
     local name=$1; shift
-    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    [ -n "${WARM:-}" ] || { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
     as_pg env AWS_CA_BUNDLE="${AWS_CA_BUNDLE:-}" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
         AWS_DEFAULT_REGION=us-east-1 RESTIC_PASSWORD=bench /usr/bin/time -f "%e %M %U %S" \
         -o "$B/time.$name" "$@" > "$B/out.$name" 2>&1 || {

@@ -5,7 +5,9 @@
 //! Invariants:
 //! - It holds only what was read from objects that never change once written: summaries
 //!   of backup and dump manifests and the proofs, each with its object's size (an object
-//!   of another size is read again), and the archived segments with their archive times.
+//!   of another size is read again), the archived segments with their archive times,
+//!   and the last commit in the WAL the recoverable window ends with (found again when
+//!   the window ends elsewhere, and never kept while receive-wal streams past it).
 //! - Backups, dumps and proofs are listed on every call (their folders stay short), so
 //!   one that went is dropped and a new one read.
 //! - WAL folders grow long, so a call lists each timeline only from [`LOOKBACK`]
@@ -21,12 +23,14 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Context;
 use crate::engine::info::DumpInfo;
 use crate::engine::wal::scan::Segments;
 use crate::format::wal::{SegmentSize, WalFile};
+use crate::repo::ClusterInfo;
 use crate::repo::manifest::BackupSummary;
 use crate::repo::proof::Proof;
 use crate::repo::storage::ObjectCache;
@@ -46,6 +50,12 @@ pub struct Catalog {
     pub proofs: Vec<Proof>,
     /// Archived segments of every timeline.
     pub wal: BTreeMap<u32, Segments>,
+    /// The cluster's record (read on every call: it is small).
+    pub info: ClusterInfo,
+    /// The timelines whose history file is archived.
+    pub histories: Vec<u32>,
+    cache: Option<ObjectCache>,
+    cluster: String,
 }
 
 /// How much of the WAL a read lists.
@@ -100,42 +110,52 @@ impl Catalog {
             .filter(|s: &Stored| s.version == CATALOG_VERSION)
             .unwrap_or_default();
         stored.version = CATALOG_VERSION;
-        // Read before listing: a removal that starts during the listing changes the
-        // epoch, and the next read lists everything again. A damaged epoch (verify names
-        // it) matches none, so all WAL is listed on every call until it is replaced.
-        let epoch = match ctx.repo.wal_epoch() {
+        // At once: on object storage each is a round trip. The epoch is read before the
+        // WAL is listed: a removal that starts during the listing changes it, and the
+        // next read lists everything again.
+        let (epoch, backups, dumps, proofs, info, histories) = std::thread::scope(|s| {
+            let epoch = s.spawn(|| ctx.repo.wal_epoch());
+            let backups = s.spawn(|| ctx.repo.backup_sizes());
+            let dumps = s.spawn(|| ctx.repo.dump_sizes());
+            let proofs = s.spawn(|| ctx.repo.proof_sizes());
+            let info = s.spawn(|| ctx.repo.require_info());
+            let histories = ctx.repo.history_timelines();
+            (
+                joined(epoch),
+                joined(backups),
+                joined(dumps),
+                joined(proofs),
+                joined(info),
+                histories,
+            )
+        });
+        let (info, histories) = (info?, histories?);
+        // A damaged epoch (verify names it) matches none, so all WAL is listed on every
+        // call until it is replaced.
+        let epoch = match epoch {
             Ok(id) => Some(Epoch { id }),
             Err(e) => {
                 tracing::warn!("{e:#}; listing all WAL");
                 None
             }
         };
-        refresh(
-            &mut stored.backups,
-            ctx.repo.backup_sizes()?,
-            "backup",
-            |label| Ok(Some(ctx.repo.load_manifest(label)?.summary())),
-        );
-        refresh(
-            &mut stored.dumps,
-            ctx.repo.dump_sizes()?,
-            "logical backup",
-            |label| Ok(Some(DumpInfo::of(&ctx.repo.load_dump(label)?))),
-        );
-        refresh(
-            &mut stored.proofs,
-            ctx.repo.proof_sizes()?,
-            "proof",
-            |name| ctx.repo.load_proof(name),
-        );
+        refresh(&mut stored.backups, backups?, "backup", |label| {
+            Ok(Some(ctx.repo.load_manifest(label)?.summary()))
+        });
+        refresh(&mut stored.dumps, dumps?, "logical backup", |label| {
+            Ok(Some(DumpInfo::of(&ctx.repo.load_dump(label)?)))
+        });
+        refresh(&mut stored.proofs, proofs?, "proof", |name| {
+            ctx.repo.load_proof(name)
+        });
         let mut wal = expand(&stored.wal);
         let everything =
             listing == WalListing::Everything || epoch.is_none() || stored.wal_listed_in != epoch;
-        let seg = SegmentSize(ctx.repo.require_info()?.wal_segment_size);
+        let seg = SegmentSize(info.wal_segment_size);
         if everything {
             wal = crate::engine::wal::scan::archived_segments(ctx, seg)?;
         } else {
-            list_changes(ctx, seg, &mut wal)?;
+            list_changes(ctx, seg, &histories, &mut wal)?;
         }
         stored.wal = compact(&wal);
         stored.wal_listed_in = epoch;
@@ -152,7 +172,35 @@ impl Catalog {
             dumps: stored.dumps.into_values().map(|e| e.value).collect(),
             proofs,
             wal,
+            info,
+            histories,
+            cache,
+            cluster: ctx.cluster_name.to_string(),
         })
+    }
+
+    /// The time of the last commit in the archived WAL that ends with `segment` (the
+    /// recoverable window's end): `find`s answer, kept for as long as the window ends
+    /// there, since archived segments never change.
+    pub fn last_commit(
+        &self,
+        segment: &str,
+        find: impl FnOnce() -> Result<Option<DateTime<Utc>>>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let key = format!("{}/last-commit.json", self.cluster);
+        let kept: Option<(String, Option<DateTime<Utc>>)> = (self.cache.as_ref())
+            .and_then(|c| c.get(&key))
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if let Some((end, time)) = kept
+            && end == segment
+        {
+            return Ok(time);
+        }
+        let time = find()?;
+        if let Some(cache) = &self.cache {
+            cache.put(&key, &serde_json::to_vec(&(segment, time))?);
+        }
+        Ok(time)
     }
 }
 
@@ -185,9 +233,14 @@ fn refresh<T>(
 
 /// Lists each timeline's WAL from [`LOOKBACK`] segments before its newest known one,
 /// and replaces that span of `wal` with what is there now.
-fn list_changes(ctx: &Context, seg: SegmentSize, wal: &mut BTreeMap<u32, Segments>) -> Result<()> {
+fn list_changes(
+    ctx: &Context,
+    seg: SegmentSize,
+    histories: &[u32],
+    wal: &mut BTreeMap<u32, Segments>,
+) -> Result<()> {
     let mut timelines: Vec<u32> = wal.keys().copied().collect();
-    timelines.extend(ctx.repo.history_timelines()?);
+    timelines.extend(histories);
     timelines.push(1);
     timelines.sort_unstable();
     timelines.dedup();
@@ -210,6 +263,13 @@ fn list_changes(ctx: &Context, seg: SegmentSize, wal: &mut BTreeMap<u32, Segment
         }
     }
     Ok(())
+}
+
+/// What a scoped thread returned; its panic goes on in the caller.
+pub fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Segments as runs of consecutive numbers, for storing.

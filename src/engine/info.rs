@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::Context;
-use super::catalog::{Catalog, WalListing};
+use super::catalog::{Catalog, WalListing, joined};
 use super::wal::need as walneed;
 use super::wal::scan::{self as walscan, contiguous_end, gaps};
 use super::wal::timelines;
@@ -182,11 +182,20 @@ pub fn current(ctx: &Context) -> Result<InfoReport> {
 }
 
 pub fn report(ctx: &Context, catalog: &Catalog) -> Result<InfoReport> {
-    let info = ctx.repo.require_info()?;
-    let pinned = ctx.repo.pinned()?;
+    let info = &catalog.info;
     let seg = SegmentSize(info.wal_segment_size);
     let archive = &catalog.wal;
     let manifests = &catalog.backups;
+    // At once: on object storage each is a round trip.
+    let (pinned, receivers, window, paths) = std::thread::scope(|s| {
+        let pinned = s.spawn(|| ctx.repo.pinned());
+        let receivers = s.spawn(|| ctx.repo.receiver_statuses());
+        let window = s.spawn(|| walneed::Window::read(&ctx.repo).0);
+        let histories = catalog.histories.iter().copied();
+        let (paths, _) = timelines::paths_of(&ctx.repo, histories, archive.keys().copied());
+        (joined(pinned), joined(receivers), joined(window), paths)
+    });
+    let pinned = pinned?;
     let wal = archive
         .iter()
         .map(|(&timeline, segments)| TimelineInfo {
@@ -233,22 +242,27 @@ pub fn report(ctx: &Context, catalog: &Catalog) -> Result<InfoReport> {
             log,
             seg: s,
         }) = WalFile::parse(&w.to_segment)
-        && let Some(last) = walscan::last_transaction_time(
-            &ctx.repo,
-            seg,
-            &TimelinePath::single(timeline),
-            seg.start_lsn(
-                seg.segno_of(log, s)
-                    .saturating_sub(TRANSACTION_SEARCH_SEGMENTS - 1),
-            ),
-            seg.segno_of(log, s),
-        )?
     {
-        w.to_time = last;
+        let end = seg.segno_of(log, s);
+        let find = || {
+            walscan::last_transaction_time(
+                &ctx.repo,
+                seg,
+                &TimelinePath::single(timeline),
+                seg.start_lsn(end.saturating_sub(TRANSACTION_SEARCH_SEGMENTS - 1)),
+                end,
+            )
+        };
+        // WAL streamed past the archive's end is still growing: searched each time.
+        let last = match ctx.repo.has_streamed(&seg.name(timeline, end + 1))? {
+            true => find()?,
+            false => catalog.last_commit(&w.to_segment, find)?,
+        };
+        if let Some(last) = last {
+            w.to_time = last;
+        }
     }
-    let receivers: Vec<ReceiverInfo> = ctx
-        .repo
-        .receiver_statuses()?
+    let receivers: Vec<ReceiverInfo> = receivers?
         .into_iter()
         .map(|status| ReceiverInfo {
             behind: status.server_end.0.saturating_sub(status.flushed.0),
@@ -260,7 +274,7 @@ pub fn report(ctx: &Context, catalog: &Catalog) -> Result<InfoReport> {
     for p in &catalog.proofs {
         proofs.insert(p.backup.clone(), ProofInfo::of(p));
     }
-    let wal_limits = wal_limits(ctx, manifests, seg, archive)?;
+    let wal_limits = wal_limits(&window.needs(manifests, seg), &paths, seg, archive);
     let mut attention = attention(manifests, recoverable.is_some());
     attention.extend(wal_limits.iter().cloned());
     attention.extend(proof_attention(manifests, &proofs));
@@ -390,14 +404,12 @@ fn attention(manifests: &[BackupSummary], recoverable: bool) -> Vec<String> {
 
 /// Missing WAL that limits what backups can recover to, one sentence each.
 fn wal_limits(
-    ctx: &Context,
-    manifests: &[BackupSummary],
+    needs: &[walneed::Need],
+    paths: &BTreeMap<u32, TimelinePath>,
     seg: SegmentSize,
     archive: &BTreeMap<u32, walscan::Segments>,
-) -> Result<Vec<String>> {
-    let (paths, _) = timelines::readable_timeline_paths(&ctx.repo)?;
-    let needs = walneed::Window::read(&ctx.repo).0.needs(manifests, seg);
-    Ok(walneed::limits(&needs, &paths, seg, archive)
+) -> Vec<String> {
+    walneed::limits(needs, paths, seg, archive)
         .iter()
         .map(|limit| {
             format!(
@@ -406,7 +418,7 @@ fn wal_limits(
                 limit.backups.join(", ")
             )
         })
-        .collect())
+        .collect()
 }
 
 /// The report as text for a terminal.

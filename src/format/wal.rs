@@ -57,6 +57,11 @@ impl WalFile {
         Some(WalFile::Segment { timeline, log, seg })
     }
 
+    /// The name of timeline `timeline`'s history file.
+    pub fn history_name(timeline: u32) -> String {
+        format!("{timeline:08X}.history")
+    }
+
     pub fn timeline(&self) -> u32 {
         match *self {
             WalFile::Segment { timeline, .. }

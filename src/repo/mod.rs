@@ -607,6 +607,11 @@ impl ClusterRepo {
         }
     }
 
+    /// Whether receive-wal left a copy of segment `name`.
+    pub fn has_streamed(&self, name: &str) -> Result<bool> {
+        self.storage.exists(&self.streamed_key(name)?)
+    }
+
     pub fn get_streamed(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let key = self.streamed_key(name)?;
         match self.storage.get(&key)? {

@@ -202,7 +202,7 @@ pub fn status(ctx: &Context, now: DateTime<Utc>) -> Result<StatusReport> {
             age_seconds: age(d.stop_time),
         });
 
-    let seg = SegmentSize(ctx.repo.require_info()?.wal_segment_size);
+    let seg = SegmentSize(catalog.info.wal_segment_size);
     let archive_end = report.wal.iter().max_by_key(|t| t.timeline).and_then(|t| {
         let WalFile::Segment { log, seg: s, .. } = WalFile::parse(&t.last_segment)? else {
             return None;

@@ -24,38 +24,52 @@ pub fn timeline_paths(repo: &ClusterRepo) -> Result<BTreeMap<u32, TimelinePath>>
 pub fn readable_timeline_paths(
     repo: &ClusterRepo,
 ) -> Result<(BTreeMap<u32, TimelinePath>, Vec<anyhow::Error>)> {
+    let files = repo.wal_files()?;
+    let histories = files.iter().filter_map(|(_, file, _)| match *file {
+        WalFile::History { timeline } => Some(timeline),
+        _ => None,
+    });
+    let timelines = files.iter().map(|(_, file, _)| file.timeline());
+    Ok(paths_of(repo, histories, timelines))
+}
+
+/// The path of each timeline: from its history file for those in `histories`, on its
+/// own for the other `timelines` (and timeline 1). For a report that knows both from
+/// the catalog, so that nothing is listed.
+pub fn paths_of(
+    repo: &ClusterRepo,
+    histories: impl IntoIterator<Item = u32>,
+    timelines: impl IntoIterator<Item = u32>,
+) -> (BTreeMap<u32, TimelinePath>, Vec<anyhow::Error>) {
     let mut paths = BTreeMap::new();
     let mut damaged = Vec::new();
     paths.insert(1, TimelinePath::single(1));
-    let files = repo.wal_files()?;
-    for (name, file, _) in &files {
-        if let WalFile::History { timeline } = *file {
-            let ancestors = repo
-                .get_wal(name)
-                .and_then(|data| data.with_context(|| format!("{name} vanished")))
-                .and_then(|data| {
-                    history::parse(&String::from_utf8_lossy(&data)).map_err(|e| {
-                        anyhow::anyhow!("timeline history file {name} is malformed: {e}")
-                    })
-                });
-            match ancestors {
-                Ok(ancestors) => {
-                    paths.insert(
+    for timeline in histories {
+        let name = WalFile::history_name(timeline);
+        let ancestors = repo
+            .get_wal(&name)
+            .and_then(|data| data.with_context(|| format!("{name} vanished")))
+            .and_then(|data| {
+                history::parse(&String::from_utf8_lossy(&data))
+                    .map_err(|e| anyhow::anyhow!("timeline history file {name} is malformed: {e}"))
+            });
+        match ancestors {
+            Ok(ancestors) => {
+                paths.insert(
+                    timeline,
+                    TimelinePath {
                         timeline,
-                        TimelinePath {
-                            timeline,
-                            ancestors,
-                        },
-                    );
-                }
-                Err(e) => damaged.push(e),
+                        ancestors,
+                    },
+                );
             }
+            Err(e) => damaged.push(e),
         }
     }
-    for (_, file, _) in &files {
+    for timeline in timelines {
         paths
-            .entry(file.timeline())
-            .or_insert_with(|| TimelinePath::single(file.timeline()));
+            .entry(timeline)
+            .or_insert_with(|| TimelinePath::single(timeline));
     }
-    Ok((paths, damaged))
+    (paths, damaged)
 }

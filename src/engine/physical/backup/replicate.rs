@@ -184,7 +184,7 @@ fn copy_missing_wal(from: &Context, manifest: &Manifest, to: &Context) -> Result
         .map(|segno| seg.name(manifest.timeline, segno))
         .collect();
     if manifest.timeline > 1 {
-        names.push(format!("{:08X}.history", manifest.timeline));
+        names.push(WalFile::history_name(manifest.timeline));
     }
     let mut copied = 0;
     for name in names {

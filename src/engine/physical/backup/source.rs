@@ -172,7 +172,7 @@ impl Source for DataDirectory {
     }
 
     fn timeline_history(&mut self, timeline: u32) -> Result<Option<(String, Vec<u8>)>> {
-        let name = format!("{timeline:08X}.history");
+        let name = crate::format::wal::WalFile::history_name(timeline);
         let path = self.pgdata.join("pg_wal").join(&name);
         match std::fs::read(&path) {
             Ok(data) => Ok(Some((name, data))),
